@@ -1,0 +1,159 @@
+"""The library entry point of a build: Modelfile → description → DAG → solver → store.
+
+``modelbuild.build.build(...)`` is what the CLI calls, and what scripts and tests may call
+directly; it returns a :class:`BuildResult` rather than printing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from modelbuild.errors import UsageError
+from modelbuild.progress import Emitter, Renderer
+
+
+@dataclass
+class BuildResult:
+    digest: str
+    descriptor: dict[str, Any]
+    tags: list[str]
+    layers: list[dict[str, Any]]
+    config: dict[str, Any]
+    stats: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "mediaType": self.descriptor["mediaType"],
+            "size": self.descriptor["size"],
+            "tags": self.tags,
+            "config": self.config,
+            "layers": self.layers,
+            "stats": self.stats,
+            "warnings": self.warnings,
+        }
+
+
+def source_date_epoch() -> tuple[str | None, int]:
+    """``SOURCE_DATE_EPOCH`` as (RFC 3339 createdAt, integer epoch); (None, 0) when unset."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH")
+    if not raw:
+        return None, 0
+    try:
+        epoch = int(raw)
+    except ValueError:
+        raise UsageError(f"SOURCE_DATE_EPOCH must be an integer, got {raw!r}") from None
+    created = datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return created, epoch
+
+
+def parse_output(spec: str) -> dict[str, str]:
+    """``type=oci,dest=DIR`` (BuildKit's --output syntax); a bare path means an OCI layout."""
+    if "=" not in spec:
+        return {"type": "oci", "dest": str(Path(spec).resolve())}
+    fields = {}
+    for part in spec.split(","):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise UsageError(f"bad --output {spec!r}", hint="use type=oci,dest=DIR")
+        fields[key.strip()] = value.strip()
+    if fields.get("type", "oci") != "oci":
+        raise UsageError(f"unsupported output type {fields['type']!r}", hint="supported: oci")
+    if "dest" not in fields:
+        raise UsageError(f"--output {spec!r} needs dest=DIR")
+    return {"type": "oci", "dest": str(Path(fields["dest"]).resolve())}
+
+
+def build(
+    modelfile: str,
+    *,
+    home: Path,
+    context: Path | None = None,
+    build_args: Mapping[str, str] | None = None,
+    tags: Sequence[str] = (),
+    outputs: Sequence[str] = (),
+    layer_format: str = "raw",
+    jobs: int | None = None,
+    renderer: Renderer | None = None,
+    no_cache: bool = False,
+    host: Any = None,
+) -> BuildResult:
+    from modelbuild.cache import BuildCache
+    from modelbuild.frontend import load_description
+    from modelbuild.oci.reference import parse_reference, reference_from_name
+    from modelbuild.ops import ExecEnv
+    from modelbuild.planner import BuildOptions, plan
+    from modelbuild.plugins import make_plugin_manager
+    from modelbuild.progress import PlainRenderer
+    from modelbuild.solver import Solver
+    from modelbuild.store import Store
+    import sys
+
+    host = host or make_plugin_manager()
+    host.codecs.get(layer_format)  # a clear error before any work
+    desc = load_description(modelfile, host=host, build_args=build_args, context=context)
+    refs = [str(parse_reference(t)) for t in tags]
+    if not refs and desc.name:
+        refs = [str(reference_from_name(desc.name))]
+    created, epoch = source_date_epoch()
+    options = BuildOptions(
+        layer_format=layer_format,
+        tags=tuple(refs),
+        outputs=tuple(parse_output(o) for o in outputs),
+        created=created,
+        epoch=epoch,
+    )
+    graph = plan(desc, options)
+
+    emitter = Emitter(renderer or PlainRenderer(sys.stderr))
+    store = Store(home / "store")
+    try:
+        store.ensure()
+    except OSError as exc:
+        raise UsageError(f"cannot create the store at {store.root}: {exc.strerror}") from None
+    cache = BuildCache(home / "cache")
+    try:
+        for warning in desc.warnings:
+            emitter.warn(warning)
+        env = ExecEnv(store=store, cache=cache, host=host, emitter=emitter, no_cache=no_cache)
+        with store.gc_lock(exclusive=False):
+            results = Solver(graph, env, jobs=jobs or os.cpu_count() or 2).solve()
+    finally:
+        cache.close()
+        emitter.close()
+    manifest = results["manifest"]["descriptor"]
+    config_desc = results["config"]["descriptor"]
+    return BuildResult(
+        digest=manifest["digest"],
+        descriptor=manifest,
+        tags=list(refs),
+        layers=[results[f"layer:{f.path}"]["descriptor"] for f in desc.files],
+        config=store.read_json(config_desc["digest"]),
+        stats=env.stats.as_dict(),
+        warnings=list(desc.warnings),
+    )
+
+
+def plan_only(
+    modelfile: str,
+    *,
+    context: Path | None = None,
+    build_args: Mapping[str, str] | None = None,
+    layer_format: str = "raw",
+    tags: Sequence[str] = (),
+) -> Any:
+    """The graph a build would run, without running it (``--print-graph``)."""
+    from modelbuild.frontend import load_description
+    from modelbuild.planner import BuildOptions, plan
+    from modelbuild.plugins import make_plugin_manager
+
+    host = make_plugin_manager()
+    host.codecs.get(layer_format)
+    desc = load_description(modelfile, host=host, build_args=build_args, context=context)
+    created, epoch = source_date_epoch()
+    return plan(desc, BuildOptions(layer_format=layer_format, tags=tuple(tags), created=created, epoch=epoch))

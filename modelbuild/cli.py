@@ -1,0 +1,122 @@
+"""Command-line entry point: a lazy command table, and errors turned into exit codes.
+
+Only the chosen command's module is imported (pip's habit), so ``modelbuild --help`` and a
+no-op rebuild stay close to Python's start-up time. ``modelbuild -f Modelfile`` is short for
+``modelbuild build -f Modelfile``.
+
+Exit codes: 0 success, 1 a build step failed, 2 bad input or usage, 70 a bug (set
+``MODELBUILD_DEBUG=1`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Sequence
+
+from modelbuild import __version__
+from modelbuild.errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, ModelbuildError
+
+# name → (module, one-line summary). Modules are imported only when their command runs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "build": ("modelbuild.commands.build", "build a ModelPack artifact from a Modelfile"),
+    "inspect": ("modelbuild.commands.inspect", "show an artifact's manifest, config and files"),
+    "ls": ("modelbuild.commands.ls", "list the artifacts in the local store"),
+    "rm": ("modelbuild.commands.rm", "remove tags from the local store"),
+    "prune": ("modelbuild.commands.prune", "free space: delete unreferenced blobs; --verify checks every blob"),
+    "plugins": ("modelbuild.commands.plugins", "list installed plugins and what they provide"),
+}
+
+DESCRIPTION = """\
+Build CNCF ModelPack artifacts the way BuildKit builds images: a Modelfile becomes a graph
+of cached, content-addressed steps, and a rebuild redoes only what changed.
+
+examples:
+  modelbuild -f Modelfile                      build ./Modelfile, tag it from its NAME
+  modelbuild build -f Modelfile -t llama:1b .  build with the current directory as context
+  modelbuild build --print-graph=dot           show the step graph without building
+  modelbuild ls                                list what is in the local store
+  modelbuild inspect llama:1b --json           the manifest and config, for scripts
+
+The store lives in $MODELBUILD_HOME (default: $XDG_DATA_HOME/modelbuild).
+Docs: docs/modelfile.md (the Modelfile reference), docs/architecture.md.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelbuild", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"modelbuild {__version__}")
+    parser.add_argument("--home", metavar="DIR", help="store and cache directory (default: $MODELBUILD_HOME)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, summary) in COMMANDS.items():
+        sub.add_parser(name, help=summary, description=summary)
+    return parser
+
+
+def _split_global(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Leading global options (``--home DIR``) and the rest of the command line."""
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--home":
+            i += 2
+        elif argv[i].startswith("--home="):
+            i += 1
+        else:
+            break
+    return argv[:i], argv[i:]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    head, rest = _split_global(list(sys.argv[1:] if argv is None else argv))
+    command = rest[0] if rest else None
+    if command is not None and command.startswith("-") and command not in ("-h", "--help", "--version"):
+        command = "build"  # `modelbuild -f Modelfile` is `modelbuild build -f Modelfile`
+        rest.insert(0, command)
+    args_list = head + rest
+    parser = _parser()
+    module = None
+    if command in COMMANDS:
+        module = importlib.import_module(COMMANDS[command][0])
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        module.configure(subparsers.choices[command])
+    args = parser.parse_args(args_list)
+    if module is None:
+        parser.print_help()
+        return 0 if not args_list else EXIT_USER_ERROR
+    try:
+        return int(module.run(args) or 0)
+    except ModelbuildError as exc:
+        print(f"modelbuild: error: {exc.render()}", file=sys.stderr) if not _is_located(exc) else print(
+            exc.render(), file=sys.stderr
+        )
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("modelbuild: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: say so, hide the traceback unless asked
+        if os.environ.get("MODELBUILD_DEBUG"):
+            raise
+        print(
+            f"modelbuild: internal error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in modelbuild or one of its plugins; please report it "
+            "(set MODELBUILD_DEBUG=1 to see the traceback).",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL_ERROR
+
+
+def _is_located(exc: ModelbuildError) -> bool:
+    return getattr(exc, "span", None) is not None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["main", "COMMANDS", "EXIT_USER_ERROR"]

@@ -1,0 +1,124 @@
+"""``modelbuild build``: Modelfile → ModelPack artifact in the local store."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from modelbuild.errors import UsageError
+
+HELP = """\
+The build context is the Modelfile's FROM directory, else CONTEXT, else the directory that
+holds the Modelfile. Every step is cached by the content it reads: an unchanged rebuild only
+stats the input files.
+
+examples:
+  modelbuild build -f Modelfile.examples/tiny-llama/Modelfile
+  modelbuild build -f Modelfile -t qwen2:0.5b --build-arg REV=main .
+  modelbuild build -f Modelfile --output type=oci,dest=./out   also write an OCI layout
+  modelbuild build -f Modelfile --print-graph=dot | dot -Tsvg > graph.svg
+  SOURCE_DATE_EPOCH=1700000000 modelbuild build -f Modelfile   pin createdAt
+"""
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = HELP
+    p.add_argument("context", nargs="?", help="build context directory when the Modelfile has no FROM")
+    p.add_argument("-f", "--file", default=None, metavar="MODELFILE",
+                   help="the Modelfile (default: CONTEXT/Modelfile); '-' reads standard input")
+    p.add_argument("-t", "--tag", action="append", default=[], metavar="REF",
+                   help="tag the result, e.g. qwen2:0.5b (repeatable; default: from NAME)")
+    p.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a build argument declared with ARG (repeatable)")
+    p.add_argument("--layer-format", default="raw", metavar="FORMAT",
+                   help="raw (default), tar, tar+gzip or tar+zstd; directories are always archives")
+    p.add_argument("-o", "--output", action="append", default=[], metavar="type=oci,dest=DIR",
+                   help="also export to a standalone OCI image layout (repeatable)")
+    p.add_argument("--progress", default="auto", choices=["auto", "tty", "plain", "quiet", "json"],
+                   help="progress display (default: tty on a terminal, else plain)")
+    p.add_argument("--print-graph", nargs="?", const="text", choices=["text", "dot", "json"], default=None,
+                   help="print the step graph and exit without building")
+    p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                   help="steps to run at once (default: number of CPUs)")
+    p.add_argument("--no-cache", action="store_true", help="ignore cached results and re-hash every file")
+    p.add_argument("--json", action="store_true", help="print the result (digest, tags, layers, stats) as JSON")
+
+
+def _build_args(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not name:
+            raise UsageError(f"bad --build-arg {pair!r}", hint="use NAME=VALUE")
+        out[name] = value if eq else os.environ.get(name, "")
+    return out
+
+
+def _modelfile(args: argparse.Namespace) -> str:
+    if args.file:
+        return args.file
+    base = Path(args.context or ".")
+    candidate = base / "Modelfile"
+    if not candidate.exists():
+        raise UsageError(f"no Modelfile in {base.resolve()}", hint="pass -f PATH")
+    return str(candidate)
+
+
+def run(args: argparse.Namespace) -> int:
+    from modelbuild.home import home_dir
+
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    modelfile = _modelfile(args)
+    context = Path(args.context).resolve() if args.context else None
+    if context is not None and not context.is_dir():
+        raise UsageError(f"build context {args.context} is not a directory")
+    build_args = _build_args(args.build_arg)
+    if args.print_graph:
+        return _print_graph(args, modelfile, context, build_args)
+
+    from modelbuild.build import build
+    from modelbuild.progress import make_renderer
+
+    renderer = make_renderer(args.progress)
+    result = build(
+        modelfile,
+        home=home_dir(args.home),
+        context=context,
+        build_args=build_args,
+        tags=args.tag,
+        outputs=args.output,
+        layer_format=args.layer_format,
+        jobs=args.jobs,
+        renderer=renderer,
+        no_cache=args.no_cache,
+    )
+    if args.json:
+        from modelbuild.commands._common import print_json
+
+        print_json(result.as_dict())
+    elif args.progress != "quiet":
+        names = ", ".join(result.tags) if result.tags else "(untagged)"
+        print(f"{result.digest}  {names}", file=sys.stderr if args.progress == "json" else sys.stdout)
+    else:
+        print(result.digest)
+    return 0
+
+
+def _print_graph(args: argparse.Namespace, modelfile: str, context: Path | None, build_args: dict[str, str]) -> int:
+    import json
+
+    from modelbuild.build import plan_only
+
+    graph = plan_only(modelfile, context=context, build_args=build_args, layer_format=args.layer_format,
+                      tags=args.tag)
+    if args.print_graph == "dot":
+        sys.stdout.write(graph.to_dot())
+    elif args.print_graph == "json":
+        sys.stdout.write(json.dumps(graph.to_json(), indent=2) + "\n")
+    else:
+        sys.stdout.write(graph.to_text())
+    return 0

@@ -1,0 +1,189 @@
+"""The build context: a local directory, and the patterns that select files from it.
+
+Pattern rules (documented in docs/modelfile.md):
+
+* ``*``, ``?`` and ``[…]`` match within one path segment, hidden files included (as Go's
+  ``filepath.Glob`` does, so modctl Modelfiles select the same files);
+* ``**`` as a whole segment matches zero or more directories; a pattern with ``**`` selects
+  files only, since a directory it crossed is already covered by its files;
+* a pattern without magic characters is a literal path and must exist;
+* a matched directory is packaged whole, as one tar layer;
+* no pattern may leave the context: absolute paths and ``..`` are refused.
+
+Symlinks are followed for content (a Hugging Face cache snapshot is a tree of symlinks into
+``blobs/``); the path recorded in the artifact is the link's path inside the context.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path, PurePosixPath
+
+from modelbuild.errors import ModelfileError
+
+_MAGIC = set("*?[")
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A path selected by a pattern."""
+
+    path: str  # POSIX, relative to the context root
+    is_dir: bool
+
+
+def has_magic(pattern: str) -> bool:
+    return any(c in _MAGIC for c in pattern)
+
+
+class BuildContext:
+    """A directory that Modelfile paths are relative to."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"BuildContext({str(self.root)!r})"
+
+    def match(self, pattern: str) -> list[Match]:
+        """Every path *pattern* selects, sorted; raises ModelfileError if none or if it escapes."""
+        segments = _normalise(pattern)
+        if not any(has_magic(s) for s in segments):
+            rel = "/".join(segments)
+            return [Match(rel, self._check(rel, literal=True))]
+        recursive = "**" in segments
+        found: list[str] = []
+        self._walk(Path(self.root), segments, [], found)
+        matches = []
+        for rel in sorted(set(found)):
+            is_dir = self._check(rel, literal=False)
+            if recursive and is_dir:
+                continue
+            matches.append(Match(rel, is_dir))
+        if not matches:
+            raise ModelfileError(f"pattern {pattern!r} matches nothing in {self.root}")
+        return matches
+
+    def _walk(self, base: Path, segments: list[str], prefix: list[str], found: list[str]) -> None:
+        if not segments:
+            if prefix:
+                found.append("/".join(prefix))
+            return
+        head, rest = segments[0], segments[1:]
+        if head == "**":
+            self._walk(base, rest, prefix, found)  # zero directories
+            for name, is_dir in _listdir(base):
+                if is_dir:
+                    self._walk(base / name, segments, prefix + [name], found)
+            return
+        if not has_magic(head):
+            if os.path.lexists(base / head):
+                self._walk(base / head, rest, prefix + [head], found)
+            return
+        for name, is_dir in _listdir(base):
+            if fnmatchcase(name, head) and (is_dir or not rest):
+                self._walk(base / name, rest, prefix + [name], found)
+
+    def _check(self, rel: str, *, literal: bool) -> bool:
+        """Check that *rel* is something we can package; return whether it is a directory."""
+        path = self.root / rel
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if os.path.islink(path):
+                raise ModelfileError(f"{rel}: broken symlink (points to {os.readlink(path)!r})") from None
+            raise ModelfileError(f"{rel}: no such file or directory in {self.root}") from None
+        except OSError as exc:
+            raise ModelfileError(f"{rel}: cannot access ({exc.strerror})") from None
+        if stat.S_ISDIR(st.st_mode):
+            if not os.access(path, os.R_OK | os.X_OK):
+                raise ModelfileError(f"{rel}: directory is not readable")
+            return True
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelfileError(f"{rel}: not a regular file or directory")
+        if not os.access(path, os.R_OK):
+            raise ModelfileError(f"{rel}: file is not readable (permission denied)")
+        return False
+
+
+def _listdir(base: Path) -> list[tuple[str, bool]]:
+    try:
+        with os.scandir(base) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    except (NotADirectoryError, FileNotFoundError, PermissionError):
+        return []
+    entries.sort()
+    return entries
+
+
+def _normalise(pattern: str) -> list[str]:
+    """Split a pattern into segments, refusing anything that leaves the context."""
+    if not pattern:
+        raise ModelfileError("empty path")
+    if pattern.startswith("/") or PurePosixPath(pattern).is_absolute():
+        raise ModelfileError(
+            f"{pattern!r} is an absolute path; paths are relative to the build context",
+            hint="use FROM to choose the context",
+        )
+    segments = [s for s in pattern.split("/") if s not in ("", ".")]
+    if ".." in segments:
+        raise ModelfileError(
+            f"{pattern!r} escapes the build context ('..' is not allowed)",
+            hint="use FROM to choose a context that contains the file",
+        )
+    if not segments:
+        raise ModelfileError(f"{pattern!r} names the context itself; name the files in it")
+    return segments
+
+
+@dataclass(frozen=True, slots=True)
+class TreeFile:
+    """One member of a packaged directory, in archive order."""
+
+    path: str  # relative to the context
+    abspath: str
+    kind: str  # "file", "dir" or "symlink"
+    mode: int
+    size: int
+    linkname: str = ""
+
+
+def walk_tree(root: Path, rel: str) -> list[TreeFile]:
+    """The members of directory *rel* in lexicographic order, the directory itself first.
+
+    Symlinks to files are followed (their content is packaged); symlinks to directories are
+    kept as links, so a link cycle cannot make the walk endless.
+    """
+    out: list[TreeFile] = []
+    top = root / rel
+    st = os.stat(top)
+    out.append(TreeFile(rel, str(top), "dir", st.st_mode, 0))
+    stack = [rel]
+    while stack:
+        current = stack.pop()
+        for name, _ in _listdir(root / current):
+            child_rel = f"{current}/{name}"
+            abspath = root / child_rel
+            lst = os.lstat(abspath)
+            if stat.S_ISLNK(lst.st_mode):
+                try:
+                    st = os.stat(abspath)
+                except OSError:
+                    raise ModelfileError(f"{child_rel}: broken symlink") from None
+                if stat.S_ISDIR(st.st_mode):
+                    out.append(TreeFile(child_rel, str(abspath), "symlink", 0o777, 0, os.readlink(abspath)))
+                    continue
+            else:
+                st = lst
+            if stat.S_ISDIR(st.st_mode):
+                out.append(TreeFile(child_rel, str(abspath), "dir", st.st_mode, 0))
+                stack.append(child_rel)
+            elif stat.S_ISREG(st.st_mode):
+                out.append(TreeFile(child_rel, str(abspath), "file", st.st_mode, st.st_size))
+            else:
+                raise ModelfileError(f"{child_rel}: not a regular file, directory or symlink")
+    out.sort(key=lambda t: t.path)
+    return out

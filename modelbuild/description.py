@@ -1,0 +1,61 @@
+"""The build description: what a frontend hands the planner.
+
+It is plain data, independent of any frontend syntax (meson's "build model"): the planner
+never sees Modelfile text, and a frontend never sees steps. Spans ride along only so later
+stages can point a user at the line that asked for something; they never enter a cache key.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from modelbuild.errors import Span
+
+
+class FileKind(str, enum.Enum):
+    """What a packaged file is; picks the ModelPack layer media type family."""
+
+    CONFIG = "config"
+    MODEL = "model"
+    CODE = "code"
+    DATASET = "dataset"
+    DOC = "doc"
+
+    @property
+    def media_family(self) -> str:
+        """The ``application/vnd.cncf.model.<family>.v1`` part of the layer media type."""
+        return {
+            FileKind.CONFIG: "weight.config",
+            FileKind.MODEL: "weight",
+            FileKind.CODE: "code",
+            FileKind.DATASET: "dataset",
+            FileKind.DOC: "doc",
+        }[self]
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpec:
+    """One path to package, relative to the context, in POSIX form."""
+
+    path: str
+    kind: FileKind
+    is_dir: bool
+    origin: Span | None = None
+
+
+@dataclass(frozen=True)
+class BuildDescription:
+    """Everything a build needs to know, resolved: files found, variables expanded."""
+
+    context: Path
+    files: tuple[FileSpec, ...]
+    name: str | None = None
+    descriptor: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    capabilities: Mapping[str, Any] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    source_file: str = "Modelfile"
+    warnings: tuple[str, ...] = ()

@@ -1,0 +1,347 @@
+"""The Modelfile interpreter: instructions → :class:`BuildDescription`.
+
+It expands ``ARG`` variables, resolves ``FROM`` through the source plugins, matches file
+patterns against the context, and checks every argument against the directive table. An
+error raised anywhere below an instruction without a location gets that instruction's span
+here, in one place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from modelbuild.context import BuildContext
+from modelbuild.description import BuildDescription, FileKind, FileSpec
+from modelbuild.errors import ModelfileError, Span
+from modelbuild.frontend import syntax
+from modelbuild.frontend.directives import (
+    CAPABILITY_KEYS,
+    DIRECTIVES,
+    KNOWN_PRECISIONS,
+    MODALITIES,
+    PRECISION_ALIASES,
+    Directive,
+)
+
+if TYPE_CHECKING:
+    from modelbuild.plugins import Registry
+
+_ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PARAMSIZE = re.compile(r"\d+(\.\d)?[QTBMK]")
+
+
+class ModelfileFrontend:
+    """The built-in ``modelfile`` frontend (``# syntax=modelfile``)."""
+
+    name = "modelfile"
+    summary = "modctl-compatible Modelfile with ARG, FROM, LABEL and ModelPack descriptor fields"
+
+    def load(
+        self,
+        text: str,
+        *,
+        filename: str,
+        base_dir: Path,
+        default_context: Path,
+        build_args: Mapping[str, str],
+        sources: "Registry",
+    ) -> BuildDescription:
+        instructions = syntax.parse(text, filename)
+        return _Interpreter(filename, base_dir, default_context, build_args, sources).run(instructions)
+
+
+class _Interpreter:
+    def __init__(
+        self,
+        filename: str,
+        base_dir: Path,
+        default_context: Path,
+        build_args: Mapping[str, str],
+        sources: "Registry",
+    ) -> None:
+        self.filename = filename
+        self.base_dir = base_dir
+        self.default_context = default_context
+        self.build_args = dict(build_args)
+        self.sources = sources
+        self.env: dict[str, str] = {}
+        self.used_args: set[str] = set()
+        self.context: BuildContext | None = None
+        self.from_span: Span | None = None
+        self.first_file_span: Span | None = None
+        self.set_at: dict[str, Span] = {}
+        self.descriptor: dict[str, Any] = {}
+        self.config: dict[str, Any] = {}
+        self.capabilities: dict[str, Any] = {}
+        self.labels: dict[str, str] = {}
+        self.files: dict[str, FileSpec] = {}
+        self.warnings: list[str] = []
+
+    # -- driver -----------------------------------------------------------------------
+    def run(self, instructions: list[syntax.Instruction]) -> BuildDescription:
+        for ins in instructions:
+            directive = DIRECTIVES.get(ins.keyword)
+            if directive is None:
+                raise _unknown_directive(ins)
+            try:
+                self._check_arity(ins, directive)
+                getattr(self, f"_do_{directive.role}")(ins, directive)
+            except ModelfileError as exc:
+                raise exc.located(ins.span) from None
+        unused = sorted(set(self.build_args) - self.used_args)
+        if unused:
+            self.warnings.append(f"build argument(s) not declared by any ARG: {', '.join(unused)}")
+        if not self.files:
+            raise ModelfileError.at(
+                Span(self.filename, 1, 1),
+                "nothing to package",
+                hint="add MODEL, CONFIG, CODE, DATASET or DOC",
+            )
+        files = _drop_nested(self.files, self.warnings)
+        return BuildDescription(
+            context=self._context().root,
+            files=tuple(files[p] for p in sorted(files)),
+            name=self.descriptor.get("name"),
+            descriptor=self.descriptor,
+            config=self.config,
+            capabilities=self.capabilities,
+            labels=self.labels,
+            source_file=self.filename,
+            warnings=tuple(self.warnings),
+        )
+
+    def _check_arity(self, ins: syntax.Instruction, d: Directive) -> None:
+        n = len(ins.args)
+        if n < d.min_args:
+            raise ModelfileError.at(ins.span, f"{d.name} needs an argument", hint=d.summary)
+        if d.max_args is not None and n > d.max_args:
+            extra = ins.args[d.max_args]
+            raise ModelfileError.at(
+                extra.span,
+                f"{d.name} takes {'one argument' if d.max_args == 1 else f'{d.max_args} arguments'}, got {n}",
+                hint='quote a value that contains spaces: "like this"',
+            )
+
+    def _context(self) -> BuildContext:
+        if self.context is None:
+            self.context = BuildContext(self.default_context)
+        return self.context
+
+    # -- words ----------------------------------------------------------------------
+    def expand(self, word: syntax.Word) -> str:
+        out = []
+        for part in word.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            if part.name not in self.env:
+                hint = f"declare it with ARG {part.name}"
+                close = difflib.get_close_matches(part.name, list(self.env), n=1)
+                if close:
+                    hint = f"did you mean {close[0]}?"
+                raise ModelfileError.at(part.span, f"undefined variable {part.name}", hint=hint)
+            value = self.env[part.name]
+            if part.op == ":-":
+                value = value or part.operand
+            elif part.op == ":+":
+                value = part.operand if value else ""
+            out.append(value)
+        return "".join(out)
+
+    # -- handlers, one per directive role ------------------------------------------
+    def _do_arg(self, ins: syntax.Instruction, d: Directive) -> None:
+        for word in ins.args:
+            text = self.expand(word)
+            name, eq, default = text.partition("=")
+            if not _ARG_NAME.fullmatch(name):
+                raise ModelfileError.at(
+                    word.span, f"bad ARG name {name!r}", hint="names are letters, digits and _, not starting with a digit"
+                )
+            if name in self.build_args:
+                self.used_args.add(name)
+                self.env[name] = self.build_args[name]
+            else:
+                self.env[name] = default if eq else ""
+
+    def _do_from(self, ins: syntax.Instruction, d: Directive) -> None:
+        if self.from_span is not None:
+            raise ModelfileError.at(
+                ins.span, f"FROM is already set at line {self.from_span.line}", hint="a Modelfile has one FROM"
+            )
+        if self.first_file_span is not None:
+            raise ModelfileError.at(
+                ins.span, f"FROM must come before the first file directive (line {self.first_file_span.line})"
+            )
+        word = ins.args[0]
+        ref = self.expand(word)
+        try:
+            root = self.sources.get_for_reference(ref).resolve(ref, base_dir=self.base_dir)
+        except ModelfileError as exc:
+            raise exc.located(word.span) from None
+        self.from_span = ins.span
+        self.context = BuildContext(root)
+
+    def _do_files(self, ins: syntax.Instruction, d: Directive) -> None:
+        if self.first_file_span is None:
+            self.first_file_span = ins.span
+        context = self._context()
+        assert d.kind is not None
+        for word in ins.args:
+            pattern = self.expand(word)
+            try:
+                matches = context.match(pattern)
+            except ModelfileError as exc:
+                raise exc.located(word.span) from None
+            for m in matches:
+                prior = self.files.get(m.path)
+                if prior is None:
+                    self.files[m.path] = FileSpec(m.path, d.kind, m.is_dir, word.span)
+                elif prior.kind != d.kind and not syntax_has_magic(pattern):
+                    self.warnings.append(
+                        f"{word.span}: {m.path} is already packaged as {prior.kind.value} "
+                        f"(line {prior.origin.line if prior.origin else '?'}); keeping that"
+                    )
+
+    def _do_scalar(self, ins: syntax.Instruction, d: Directive) -> None:
+        word = ins.args[0]
+        value = self.expand(word)
+        if d.name in self.set_at:
+            raise ModelfileError.at(
+                ins.span,
+                f"duplicate {d.name}: already set at line {self.set_at[d.name].line}",
+                hint=f"a Modelfile sets {d.name} once",
+            )
+        if not value:
+            raise ModelfileError.at(word.span, f"{d.name} must not be empty")
+        self.set_at[d.name] = ins.span
+        self._lint_scalar(d, value, word.span)
+        section, key = d.target.split(".")
+        (self.descriptor if section == "descriptor" else self.config)[key] = value
+
+    def _lint_scalar(self, d: Directive, value: str, span: Span) -> None:
+        if d.name == "PARAMSIZE" and not _PARAMSIZE.fullmatch(value):
+            self.warnings.append(
+                f"{span}: PARAMSIZE {value!r} does not follow the ModelPack grammar "
+                "<count><Q|T|B|M|K>, e.g. 7B or 494M"
+            )
+        if d.name == "PRECISION":
+            for part in value.split(","):
+                if part in PRECISION_ALIASES:
+                    self.warnings.append(
+                        f"{span}: PRECISION {part!r} is not a ModelPack precision; did you mean {PRECISION_ALIASES[part]!r}?"
+                    )
+                elif part not in KNOWN_PRECISIONS:
+                    self.warnings.append(f"{span}: PRECISION {part!r} is not a known ModelPack precision")
+
+    def _do_list(self, ins: syntax.Instruction, d: Directive) -> None:
+        key = d.target.split(".")[1]
+        values = self.descriptor.setdefault(key, [])
+        for word in ins.args:
+            value = self.expand(word)
+            if not value:
+                raise ModelfileError.at(word.span, f"{d.name} must not be empty")
+            if value not in values:
+                values.append(value)
+
+    def _do_label(self, ins: syntax.Instruction, d: Directive) -> None:
+        for word in ins.args:
+            key, value = _key_value(self.expand(word), word.span, "LABEL")
+            self.labels[key] = value
+
+    def _do_capabilities(self, ins: syntax.Instruction, d: Directive) -> None:
+        for word in ins.args:
+            raw_key, value = _key_value(self.expand(word), word.span, "CAPABILITIES")
+            norm = raw_key.lower().replace("-", "").replace("_", "")
+            if norm not in CAPABILITY_KEYS:
+                close = difflib.get_close_matches(norm, list(CAPABILITY_KEYS), n=1)
+                names = ", ".join(k for k, _ in CAPABILITY_KEYS.values())
+                raise ModelfileError.at(
+                    word.span,
+                    f"unknown capability {raw_key!r}",
+                    hint=f"did you mean {CAPABILITY_KEYS[close[0]][0]}?" if close else f"known: {names}",
+                )
+            key, kind = CAPABILITY_KEYS[norm]
+            if key in self.capabilities:
+                raise ModelfileError.at(word.span, f"capability {key} is set twice")
+            self.capabilities[key] = _capability_value(key, kind, value, word.span)
+
+
+def syntax_has_magic(pattern: str) -> bool:
+    from modelbuild.context import has_magic
+
+    return has_magic(pattern)
+
+
+def _unknown_directive(ins: syntax.Instruction) -> ModelfileError:
+    close = difflib.get_close_matches(ins.keyword, list(DIRECTIVES), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else "see docs/modelfile.md for the directives"
+    return ModelfileError.at(ins.span, f"unknown directive {ins.raw_keyword}", hint=hint)
+
+
+def _key_value(text: str, span: Span, directive: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise ModelfileError.at(span, f"{directive} expects key=value, got {text!r}")
+    return key, value
+
+
+def _capability_value(key: str, kind: str, value: str, span: Span) -> Any:
+    if kind == "bool":
+        low = value.lower()
+        if low in ("true", "yes", "1", "on"):
+            return True
+        if low in ("false", "no", "0", "off"):
+            return False
+        raise ModelfileError.at(span, f"capability {key} must be true or false, got {value!r}")
+    if kind == "modalities":
+        items = [v.strip().lower() for v in value.split(",") if v.strip()]
+        for item in items:
+            if item not in MODALITIES:
+                raise ModelfileError.at(
+                    span, f"unknown modality {item!r} in {key}", hint=f"one of {', '.join(MODALITIES)}"
+                )
+        return items
+    if kind == "languages":
+        items = [v.strip().lower() for v in value.split(",") if v.strip()]
+        for item in items:
+            if not re.fullmatch(r"[a-z]{2}", item):
+                raise ModelfileError.at(
+                    span, f"bad language code {item!r}", hint="use two-letter ISO 639-1 codes such as en, zh"
+                )
+        return items
+    return _rfc3339(value, span, key)
+
+
+def _rfc3339(value: str, span: Span, key: str) -> str:
+    """Normalise a date or date-time to RFC 3339 in UTC, as the schema's date-time wants."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ModelfileError.at(
+            span, f"{key} must be a date (2024-06-01) or an RFC 3339 date-time, got {value!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _drop_nested(files: dict[str, FileSpec], warnings: list[str]) -> dict[str, FileSpec]:
+    """Drop files that a packaged directory already contains, so no byte is packaged twice."""
+    dirs = sorted(p for p, f in files.items() if f.is_dir)
+    if not dirs:
+        return files
+    kept = {}
+    for path, spec in files.items():
+        parent = next((d for d in dirs if d != path and path.startswith(d + "/")), None)
+        if parent is None:
+            kept[path] = spec
+        else:
+            warnings.append(f"{spec.origin}: {path} is inside directory {parent}, which is packaged whole")
+    return kept
+
+
+__all__ = ["ModelfileFrontend", "FileKind"]

@@ -1,0 +1,90 @@
+"""Every hook a modelbuild plugin can implement, in the order a build calls them.
+
+This module is the reference for plugin authors (pytest's manner): each hookspec says what
+it receives, what it should do, and what its return value means. Importing it costs nothing
+beyond pluggy.
+
+A plugin is a module or object with functions decorated by :data:`hookimpl`, registered
+under the ``modelbuild`` entry-point group::
+
+    [project.entry-points.modelbuild]
+    my-codec = "my_package.plugin"
+
+Hooks never reach for globals: each receives the registry it adds entries to. Two plugins
+claiming one name in a registry is an error that names both.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from modelbuild.plugins import Registry
+
+PROJECT = "modelbuild"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# -- reading the build file ---------------------------------------------------------
+
+
+@hookspec
+def modelbuild_register_frontends(registry: "Registry") -> None:
+    """Add frontends: objects that turn build-file text into a build description.
+
+    Call ``registry.add(frontend)``. A frontend has a ``name`` (what ``# syntax=NAME`` on a
+    build file's first line selects), a one-line ``summary``, and a method::
+
+        load(text, *, filename, base_dir, default_context, build_args, sources)
+            -> modelbuild.description.BuildDescription
+
+    ``filename`` is the name to use in error spans; ``base_dir`` the directory relative
+    paths in the file are resolved from; ``default_context`` the context when the file names
+    none; ``sources`` the source registry (see :func:`modelbuild_register_sources`).
+    ``load`` raises :class:`modelbuild.errors.ModelfileError` with a span for bad input.
+
+    Return value: ignored.  Since: 0.1.
+    """
+
+
+@hookspec
+def modelbuild_register_sources(registry: "Registry") -> None:
+    """Add sources: what a ``FROM`` reference can name.
+
+    Call ``registry.add(source)``. A source has a ``name``, a tuple of URL ``schemes`` it
+    serves (the empty string means a plain path), a ``summary``, and a method::
+
+        resolve(reference, *, base_dir) -> pathlib.Path
+
+    returning a local directory holding the context's files (a remote source materialises
+    them first). It raises :class:`modelbuild.errors.ModelfileError` without a span for a
+    reference it cannot serve; the frontend adds the location.
+
+    Return value: ignored.  Since: 0.1.
+    """
+
+
+# -- packing layers -----------------------------------------------------------------
+
+
+@hookspec
+def modelbuild_register_layer_codecs(registry: "Registry") -> None:
+    """Add layer codecs: how a file or directory becomes a layer blob.
+
+    Call ``registry.add(codec)``. A codec has a ``name`` (what ``--layer-format`` selects,
+    e.g. ``tar+zstd``), a ``media_suffix`` (the part after ``.v1.`` in the ModelPack media
+    type), ``archive`` (False only for ``raw``, which cannot hold a directory), a
+    ``version`` string that enters every cache key of layers it packs, and a method::
+
+        encode(members, sink) -> str
+
+    ``members`` is a list of :class:`modelbuild.tarball.Member` in archive order; ``sink``
+    a binary writer into the blob store. ``encode`` writes the layer bytes to ``sink`` and
+    returns the layer's diffId (``sha256:…`` of the uncompressed tar). Codecs use
+    :func:`modelbuild.tarball.write_tar` for reproducible archives.
+
+    Return value: ignored.  Since: 0.1.
+    """

@@ -1,0 +1,1 @@
+"""OCI data structures: media types, references, and image-layout export."""

@@ -1,0 +1,172 @@
+"""The solver: runs a build graph in dependency order, through the cache.
+
+For each step, in a thread pool bounded by ``-j``:
+
+1. its op computes the cache key from the step definition and its inputs' results;
+2. a hit whose blobs are still in the store is CACHED, without running anything;
+3. otherwise the step runs under a lock on its key — a thread lock within this process and
+   an ``flock`` across processes — and the cache is checked once more inside the lock, so
+   identical work started by two builds at once is done once;
+4. the result is recorded in the index only after its blobs are in the store.
+
+The first failure stops scheduling; steps already running finish, and the error names the
+step that failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, Iterator
+
+from modelbuild.errors import BuildError, ModelbuildError
+from modelbuild.graph import BuildGraph
+from modelbuild.ops import CORE_OPS, ExecEnv, Op, Outcome, StepContext
+from modelbuild.progress import Event
+
+
+class Solver:
+    def __init__(self, graph: BuildGraph, env: ExecEnv, *, jobs: int = 2, ops: dict[str, Op] | None = None) -> None:
+        self.graph = graph
+        self.env = env
+        self.jobs = max(1, jobs)
+        self.ops = ops or CORE_OPS
+        self.number = {sid: i + 1 for i, sid in enumerate(graph.order)}
+        self.results: dict[str, dict[str, Any]] = {}
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._key_locks_guard = threading.Lock()
+
+    def solve(self) -> dict[str, dict[str, Any]]:
+        remaining = {sid: len(self.graph.deps[sid]) for sid in self.graph.order}
+        ready = [sid for sid in self.graph.order if remaining[sid] == 0]
+        running: dict[Future[dict[str, Any]], str] = {}
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="step") as pool:
+            while ready or running:
+                while ready and failure is None:
+                    sid = ready.pop(0)
+                    running[pool.submit(self._run_step, sid)] = sid
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: self.number[running[f]]):
+                    sid = running.pop(fut)
+                    exc = fut.exception()
+                    if exc is not None:
+                        failure = failure or exc
+                        continue
+                    self.results[sid] = fut.result()
+                    for succ in self.graph.successors(sid):
+                        remaining[succ] -= 1
+                        if remaining[succ] == 0:
+                            ready.append(succ)
+                    ready.sort(key=lambda s: self.number[s])
+        if failure is not None:
+            raise failure
+        return self.results
+
+    def _run_step(self, sid: str) -> dict[str, Any]:
+        step = self.graph.step(sid)
+        number = self.number[sid]
+        op = self.ops[step.op]
+        inputs = [self.results[d] for d in self.graph.deps[sid]]
+        emit = self.env.emitter.emit
+        started = time.monotonic()
+        try:
+            key = op.key(step, inputs, self.env)
+            if key is not None:
+                hit = self._lookup(op, key)
+                if hit is not None:
+                    return self._cached(number, step.label, hit)
+                emit(Event("start", number, step.label))
+                with self._locked(key):
+                    hit = self._lookup(op, key)
+                    if hit is not None:
+                        emit(Event("log", number, step.label, message="done by a concurrent build"))
+                        emit(Event("done", number, step.label, duration=time.monotonic() - started))
+                        self.env.stats.add(steps_cached=1)
+                        return hit
+                    outcome = op.run(step, inputs, StepContext(self.env, number, step))
+                    self.env.cache.set_step(key, outcome.result)
+                self._done(number, step, started)
+                return outcome.result
+            outcome = self._run_unkeyed(op, step, inputs, number)
+            if outcome.cached:
+                return self._cached(number, step.label, outcome.result, announce=False)
+            self._done(number, step, started)
+            return outcome.result
+        except ModelbuildError as exc:
+            emit(Event("error", number, step.label, message=exc.render()))
+            raise
+        except OSError as exc:
+            emit(Event("error", number, step.label, message=str(exc)))
+            raise BuildError(f"{step.label}: {exc.strerror or exc}") from exc
+
+    def _run_unkeyed(self, op: Op, step: Any, inputs: list[dict[str, Any]], number: int) -> Outcome:
+        """Run a step that has no key; announce it only once it turns out to do work."""
+        ctx = _LazyStartContext(self.env, number, step)
+        outcome = op.run(step, inputs, ctx)
+        if not outcome.cached and not ctx.announced:
+            self.env.emitter.emit(Event("start", number, step.label))
+        elif outcome.cached:
+            self.env.emitter.emit(Event("cached", number, step.label))
+            self.env.stats.add(steps_cached=1)
+        return outcome
+
+    def _lookup(self, op: Op, key: str) -> dict[str, Any] | None:
+        if self.env.no_cache:
+            return None
+        hit = self.env.cache.get_step(key)
+        if hit is not None and op.valid(hit, self.env):
+            return hit
+        return None
+
+    def _cached(self, number: int, label: str, result: dict[str, Any], announce: bool = True) -> dict[str, Any]:
+        if announce:
+            self.env.emitter.emit(Event("cached", number, label))
+            self.env.stats.add(steps_cached=1)
+        return result
+
+    def _done(self, number: int, step: Any, started: float) -> None:
+        self.env.stats.add(steps_run=1, executed=step.id)
+        self.env.emitter.emit(Event("done", number, step.label, duration=time.monotonic() - started))
+
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        with self._key_locks_guard:
+            tlock = self._key_locks.setdefault(key, threading.Lock())
+        with tlock:
+            path = self.env.store.root / "locks" / (key.removeprefix("sha256:") + ".lock")
+            with open(path, "a+b") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class _LazyStartContext(StepContext):
+    """Emits the step's start event on its first progress report, so a step that turns out
+    to be cached (a digest answered by the stat cache) shows as CACHED, never as started."""
+
+    announced = False
+
+    def _announce(self) -> None:
+        if not self.announced:
+            self.announced = True
+            self.env.emitter.emit(Event("start", self.number, self.step.label))
+
+    def set_total(self, total: int) -> None:
+        self._announce()
+        super().set_total(total)
+
+    def advance(self, n: int) -> None:
+        self._announce()
+        super().advance(n)
+
+    def log(self, message: str) -> None:
+        self._announce()
+        super().log(message)

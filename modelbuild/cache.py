@@ -55,4 +55,11 @@ class BuildCache:
         return self._db.get(self.stat_key(st))
 
     def set_file_digest(self, st: os.stat_result, digest: str) -> None:
-        self._db.set(self.stat_key(st), digest)
+        with self._db.transact():
+            self._db.set(self.stat_key(st), digest)
+            self._db.set(("inode", st.st_dev, st.st_ino, st.st_size), digest)
+
+    def seen_inode(self, st: os.stat_result) -> bool:
+        """Whether this inode, at this size, was hashed before (with another mtime): the
+        likely case is a ``touch`` or a checkout that kept the content."""
+        return ("inode", st.st_dev, st.st_ino, st.st_size) in self._db

@@ -101,12 +101,24 @@ class BuildContext:
         if stat.S_ISDIR(st.st_mode):
             if not os.access(path, os.R_OK | os.X_OK):
                 raise ModelfileError(f"{rel}: directory is not readable")
+            walk_tree(self.root, rel)  # a bad member is an error now, at the line, not mid-build
             return True
         if not stat.S_ISREG(st.st_mode):
-            raise ModelfileError(f"{rel}: not a regular file or directory")
+            raise ModelfileError(f"{rel}: {_what(st.st_mode)}, not a regular file or directory")
         if not os.access(path, os.R_OK):
             raise ModelfileError(f"{rel}: file is not readable (permission denied)")
         return False
+
+
+def _what(mode: int) -> str:
+    """Name a special file the way a user would."""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    return "a special file"
 
 
 def _listdir(base: Path) -> list[tuple[str, bool]]:
@@ -131,8 +143,8 @@ def _normalise(pattern: str) -> list[str]:
     segments = [s for s in pattern.split("/") if s not in ("", ".")]
     if ".." in segments:
         raise ModelfileError(
-            f"{pattern!r} escapes the build context ('..' is not allowed)",
-            hint="use FROM to choose a context that contains the file",
+            f"{pattern!r} escapes the build context",
+            hint="'..' is not allowed; use FROM to choose a context that contains the file",
         )
     if not segments:
         raise ModelfileError(f"{pattern!r} names the context itself; name the files in it")
@@ -172,7 +184,9 @@ def walk_tree(root: Path, rel: str) -> list[TreeFile]:
                 try:
                     st = os.stat(abspath)
                 except OSError:
-                    raise ModelfileError(f"{child_rel}: broken symlink") from None
+                    raise ModelfileError(
+                        f"{child_rel}: broken symlink (points to {os.readlink(abspath)!r})"
+                    ) from None
                 if stat.S_ISDIR(st.st_mode):
                     out.append(TreeFile(child_rel, str(abspath), "symlink", 0o777, 0, os.readlink(abspath)))
                     continue
@@ -184,6 +198,6 @@ def walk_tree(root: Path, rel: str) -> list[TreeFile]:
             elif stat.S_ISREG(st.st_mode):
                 out.append(TreeFile(child_rel, str(abspath), "file", st.st_mode, st.st_size))
             else:
-                raise ModelfileError(f"{child_rel}: not a regular file, directory or symlink")
+                raise ModelfileError(f"{child_rel}: {_what(st.st_mode)}, not a regular file, directory or symlink")
     out.sort(key=lambda t: t.path)
     return out

@@ -159,18 +159,34 @@ class DigestOp(Op):
         return Outcome(self._result(path, st, digest))
 
     def _hash(self, path: Path, st: os.stat_result, rel: str, ingest: bool, ctx: StepContext) -> str:
+        """Hash a file; with *ingest*, make sure its bytes are in the store too.
+
+        A file never seen before is copied into the store while it is hashed (one read). A
+        file whose inode was hashed before under another mtime (touched, or checked out
+        again) is most likely unchanged: it is only hashed, and copied in a second pass
+        just when its content turns out to be new.
+        """
         env = ctx.env
         ctx.set_total(st.st_size)
-        if ingest:
-            digest, size = env.store.ingest_file(path, ctx.advance)
-            env.stats.add(bytes_written=size)
+        if ingest and not env.cache.seen_inode(st):
+            digest, size, created = env.store.ingest_file(path, ctx.advance)
+            if created:
+                env.stats.add(bytes_written=size)
         else:
-            from modelbuild.store import copy_stream
             import hashlib
+
+            from modelbuild.store import copy_stream
 
             hasher = hashlib.sha256()
             size = copy_stream(path, hasher.update, ctx.advance)
             digest = "sha256:" + hasher.hexdigest()
+            if ingest and not env.store.has_blob(digest):
+                ctx.current = 0
+                digest2, size, created = env.store.ingest_file(path, ctx.advance)
+                if digest2 != digest:
+                    raise BuildError(f"{rel} changed while it was being read; build again once it is written")
+                if created:
+                    env.stats.add(bytes_written=size)
         env.stats.add(bytes_hashed=size, files_hashed=rel)
         after = os.stat(path)
         if env.cache.stat_key(after) != env.cache.stat_key(st) or size != st.st_size:
@@ -262,7 +278,8 @@ class LayerOp(Op):
                 digest = sink.commit()
                 size = sink.size
             diff_id = diff_id or digest
-            env.stats.add(bytes_written=size)
+            if sink.created:
+                env.stats.add(bytes_written=size)
             if not codec.archive and digest != src["digest"]:
                 raise BuildError(f"{p['path']} changed during the build; build again")
             cached = False

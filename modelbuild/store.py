@@ -46,6 +46,7 @@ class BlobWriter:
         self.hasher = hashlib.sha256()
         self.size = 0
         self.digest: str | None = None
+        self.created = False  # whether commit() added a new blob (vs. one already stored)
 
     def write(self, data: bytes | memoryview) -> int:
         self.hasher.update(data)
@@ -66,6 +67,7 @@ class BlobWriter:
         else:
             os.chmod(self.temp, 0o444)
             os.replace(self.temp, final)
+            self.created = True
         self.digest = digest
         return digest
 
@@ -133,11 +135,14 @@ class Store:
     def read_json(self, digest: str) -> Any:
         return json.loads(self.read_blob(digest))
 
-    def ingest_file(self, path: str | Path, progress: Progress | None = None) -> tuple[str, int]:
-        """Copy a file into the store, hashing it in the same pass: each byte read once."""
+    def ingest_file(self, path: str | Path, progress: Progress | None = None) -> tuple[str, int, bool]:
+        """Copy a file into the store, hashing it in the same pass: each byte read once.
+
+        Returns the digest, the size, and whether the blob is new to the store.
+        """
         with self.writer() as w:
             _copy_stream(path, w.write, progress)
-            return w.commit(), w.size
+            return w.commit(), w.size, w.created
 
     # -- tags -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -179,6 +184,8 @@ class Store:
             return True
 
     def untag(self, ref: str) -> dict[str, Any] | None:
+        if ref not in self.tags():
+            ref = _normalised(ref)
         with self._index_lock():
             entries = self.manifests()
             gone = [m for m in entries if m.get("annotations", {}).get(REF_ANNOTATION) == ref]
@@ -199,13 +206,7 @@ class Store:
         tags = self.tags()
         if ref in tags:
             return tags[ref]
-        from modelbuild.errors import UsageError
-        from modelbuild.oci.reference import parse_reference
-
-        try:
-            normalised = str(parse_reference(ref))
-        except UsageError:
-            normalised = ref
+        normalised = _normalised(ref)
         if normalised in tags:
             return tags[normalised]
         raise NotFoundError(f"no such model: {ref}", hint="`modelbuild ls` lists what is stored")
@@ -249,6 +250,17 @@ class Store:
         hasher = hashlib.sha256()
         _copy_stream(self.blob_path(digest), hasher.update, None)
         return "sha256:" + hasher.hexdigest() == digest
+
+
+def _normalised(ref: str) -> str:
+    """``name`` → ``name:latest``, as a user typing a bare name means."""
+    from modelbuild.errors import UsageError
+    from modelbuild.oci.reference import parse_reference
+
+    try:
+        return str(parse_reference(ref))
+    except UsageError:
+        return ref
 
 
 def _copy_stream(path: str | Path, sink: Callable[[memoryview], Any], progress: Progress | None) -> int:

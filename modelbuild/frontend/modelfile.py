@@ -117,7 +117,8 @@ class _Interpreter:
     def _check_arity(self, ins: syntax.Instruction, d: Directive) -> None:
         n = len(ins.args)
         if n < d.min_args:
-            raise ModelfileError.at(ins.span, f"{d.name} needs an argument", hint=d.summary)
+            what = "at least one file or pattern" if d.role == "files" else "an argument"
+            raise ModelfileError.at(ins.span, f"{d.name} needs {what}", hint=d.summary)
         if d.max_args is not None and n > d.max_args:
             extra = ins.args[d.max_args]
             raise ModelfileError.at(

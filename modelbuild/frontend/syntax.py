@@ -73,20 +73,23 @@ def decode_source(data: bytes, filename: str) -> str:
     """Decode a Modelfile strictly: binary garbage is an error, not mojibake."""
     nul = data.find(b"\x00")
     if nul >= 0:
-        line = data.count(b"\n", 0, nul) + 1
-        col = nul - (data.rfind(b"\n", 0, nul) + 1) + 1
         raise ModelfileError.at(
-            Span(filename, line, col), "not a text file (NUL byte)", hint="is this a binary file?"
+            _byte_span(data, nul, filename), "not a text file (NUL byte)", hint="is this a binary file?"
         )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise ModelfileError.at(
-            Span(filename, line, col), "not a text file (invalid UTF-8)", hint="Modelfiles are UTF-8 text"
+            _byte_span(data, exc.start, filename), "not a text file (invalid UTF-8)", hint="Modelfiles are UTF-8 text"
         ) from None
     return text.removeprefix("\ufeff")
+
+
+def _byte_span(data: bytes, offset: int, filename: str) -> Span:
+    """The line and *character* column of a byte offset, as every other span counts."""
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    prefix = data[line_start:offset].decode("utf-8", errors="replace")
+    return Span(filename, data.count(b"\n", 0, offset) + 1, len(prefix) + 1)
 
 
 def syntax_directive(text: str) -> tuple[str, Span] | None:
@@ -105,6 +108,7 @@ def _logical_lines(text: str, filename: str) -> list[tuple[str, list[Pos]]]:
     positions: list[Pos] = []
     continuing = False
     last_line = 0
+    last_col = 1
     for lineno, raw in enumerate(text.split("\n"), start=1):
         line = raw.rstrip("\r")
         stripped = line.strip()
@@ -116,6 +120,7 @@ def _logical_lines(text: str, filename: str) -> list[tuple[str, list[Pos]]]:
         cont = body.endswith("\\") and not _escaped_backslash_end(body)
         if cont:
             body = body[:-1]
+            last_col = len(body) + 1
         for col, ch in enumerate(body, start=1):
             chars.append(ch)
             positions.append(Pos(lineno, col))
@@ -128,7 +133,7 @@ def _logical_lines(text: str, filename: str) -> list[tuple[str, list[Pos]]]:
         chars, positions = [], []
     if continuing:
         raise ModelfileError.at(
-            Span(filename, last_line, 1),
+            Span(filename, last_line, last_col),
             "line continuation '\\' at end of file",
             hint="remove the trailing backslash or add the continued line",
         )

@@ -1,0 +1,69 @@
+"""Shared fixtures: an isolated MODELBUILD_HOME, and the CLI run as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "Modelfile.examples"
+
+
+@dataclass
+class Run:
+    rc: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+    def events(self) -> list[dict]:
+        """Progress events from a ``--progress json`` run."""
+        return [json.loads(line) for line in self.err.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "mbhome"
+
+
+@pytest.fixture
+def cli(home: Path):
+    """Run ``modelbuild ARGS`` in a subprocess with its own MODELBUILD_HOME."""
+
+    def run(*args: str, cwd: Path | None = None, env: dict | None = None, input: bytes | None = None,
+            timeout: float = 300) -> Run:
+        full_env = {**os.environ, "MODELBUILD_HOME": str(home), **(env or {})}
+        full_env.pop("MODELBUILD_DEBUG", None)
+        proc = subprocess.run(
+            [sys.executable, "-m", "modelbuild", *args],
+            cwd=cwd, env=full_env, input=input, capture_output=True, timeout=timeout,
+        )
+        return Run(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+
+    return run
+
+
+def age(path: Path, seconds: float = 10.0) -> None:
+    """Set a file's mtime in the past, as files a user built from would be (outside the
+    stat cache's racy window, see modelbuild.ops.RACY_WINDOW_NS)."""
+    st = path.stat()
+    t = st.st_mtime - seconds
+    os.utime(path, (t, t))
+
+
+def write_model_dir(root: Path, files: dict[str, bytes | str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data.encode() if isinstance(data, str) else data)
+        age(p)
+    return root

@@ -155,6 +155,45 @@ def write_model(model_dir: Path, sizes: list[int], aged_ns: int) -> list[Path]:
     return paths
 
 
+# -- what the machine can do without modelbuild ----------------------------------------
+def baseline(paths: list[Path], workdir: Path, threads: int) -> dict[str, Any]:
+    """Single-thread read+sha256 speed, and copy+fsync speed (files copied ``threads`` at a
+    time into the work dir, 1 MiB chunks, fsync'd: what a cold build's store writes cost)."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    total = sum(p.stat().st_size for p in paths)
+    buf = bytearray(MiB)
+    view = memoryview(buf)
+    t0 = time.perf_counter()
+    for p in paths:
+        h = hashlib.sha256()
+        with open(p, "rb", buffering=0) as fh:
+            while n := fh.readinto(buf):
+                h.update(view[:n])
+    sha = gb(total) / (time.perf_counter() - t0)
+
+    dest = workdir / "baseline-copy"
+    dest.mkdir()
+
+    def copy(p: Path) -> None:
+        b = bytearray(MiB)
+        v = memoryview(b)
+        with open(p, "rb", buffering=0) as src, open(dest / p.name, "wb", buffering=0) as dst:
+            while n := src.readinto(b):
+                dst.write(v[:n])
+            os.fsync(dst.fileno())
+
+    os.sync()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(copy, paths))
+    cp = gb(total) / (time.perf_counter() - t0)
+    shutil.rmtree(dest)
+    os.sync()
+    return {"sha256_gbps_1thread": sha, "copy_fsync_gbps": cp, "copy_threads": threads}
+
+
 # -- running modelbuild -----------------------------------------------------------------
 def modelbuild_cmd() -> list[str]:
     script = Path(sys.executable).parent / "modelbuild"
@@ -171,6 +210,7 @@ def run_build(workdir: Path, home: Path, label: str) -> dict[str, Any]:
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
     out_path, err_path = logs / f"{label}.stdout", logs / f"{label}.stderr"
+    os.sync()  # no dirty pages left from earlier steps to be flushed on this build's time
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
@@ -230,9 +270,22 @@ def benchmark(args: argparse.Namespace, workdir: Path, rep: Report) -> dict[str,
         f"model: {args.files} files, {gb(total):.2f} GB ({total} bytes) written in "
         f"{time.perf_counter() - t0:.2f} s, mtimes aged {AGE_S} s"
     )
+    t0 = time.perf_counter()
+    os.sync()
+    rep.line(f"sync after writing the model: {time.perf_counter() - t0:.2f} s")
+    if not args.no_baseline:
+        results_baseline = baseline(paths, workdir, os.cpu_count() or 1)  # modelbuild: -j defaults to nproc
+        rep.line(
+            f"baseline (same files, no modelbuild): read+sha256 {results_baseline['sha256_gbps_1thread']:.2f} GB/s "
+            f"per thread; copy+fsync {results_baseline['copy_fsync_gbps']:.2f} GB/s "
+            f"({results_baseline['copy_threads']} threads) = this machine's ceilings for hashing and for store writes"
+        )
+    else:
+        results_baseline = None
     rep.line("note: inputs are in the page cache (files just written, cache not dropped): "
              "the cold build measures hashing + store writes, not disk reads")
-    results: dict[str, Any] = {"machine": info, "total_bytes": total, "files": args.files, "file_sizes": sizes}
+    results: dict[str, Any] = {"machine": info, "total_bytes": total, "files": args.files, "file_sizes": sizes,
+                               "baseline": results_baseline}
 
     # 1. cold build
     cold = run_build(workdir, home, "cold")
@@ -352,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to write the model and the store (default: a new temp dir under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory at the end")
     parser.add_argument("--repeat", type=int, default=3, help="no-op rebuilds to take the median of (default 3)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the sha256 / copy+fsync baseline measured before the builds")
     parser.add_argument("--json", action="store_true",
                         help="print machine-readable results on stdout (the report goes to stderr)")
     args = parser.parse_args(argv)

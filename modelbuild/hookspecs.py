@@ -79,12 +79,17 @@ def modelbuild_register_layer_codecs(registry: "Registry") -> None:
     type), ``archive`` (False only for ``raw``, which cannot hold a directory), a
     ``version`` string that enters every cache key of layers it packs, and a method::
 
-        encode(members, sink) -> str
+        encode(members, sink, *, mtime=0, progress=None) -> str | None
 
-    ``members`` is a list of :class:`modelbuild.tarball.Member` in archive order; ``sink``
-    a binary writer into the blob store. ``encode`` writes the layer bytes to ``sink`` and
-    returns the layer's diffId (``sha256:…`` of the uncompressed tar). Codecs use
-    :func:`modelbuild.tarball.write_tar` for reproducible archives.
+    ``members`` is a list of :class:`modelbuild.tarball.Member` in archive order (one
+    file, or a directory and everything in it); ``sink`` a writer into the blob store with
+    a ``write(bytes)`` method; ``mtime`` the constant timestamp archives must use
+    (``SOURCE_DATE_EPOCH`` or 0); ``progress`` a callable taking a count of input bytes
+    consumed. ``encode`` writes the layer bytes to ``sink`` and returns the diffId
+    (``sha256:…`` of the uncompressed tar), or None when the layer is not compressed and
+    its diffId is its own digest. Codecs use :func:`modelbuild.tarball.write_tar` for
+    reproducible archives. Output must depend only on the members' content, names and
+    modes: the layer is cached under that.
 
     Return value: ignored.  Since: 0.1.
     """

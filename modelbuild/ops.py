@@ -26,6 +26,7 @@ from modelbuild.tarball import Member, normalise_mode
 
 if TYPE_CHECKING:
     from modelbuild.cache import BuildCache
+    from modelbuild.locks import KeyLocks
     from modelbuild.plugins import PluginHost
     from modelbuild.store import Store
 
@@ -74,6 +75,12 @@ class ExecEnv:
     emitter: Emitter
     stats: Stats = field(default_factory=Stats)
     no_cache: bool = False
+    locks: "KeyLocks" = field(init=False)
+
+    def __post_init__(self) -> None:
+        from modelbuild.locks import KeyLocks
+
+        self.locks = KeyLocks(self.store.root / "locks")
 
 
 class StepContext:
@@ -149,14 +156,31 @@ class DigestOp(Op):
             raise BuildError(f"{p['path']}: vanished during the build ({exc.filename})") from None
 
     def _file(self, root: Path, rel: str, ingest: bool, ctx: StepContext) -> Outcome:
-        env = ctx.env
         path = root / rel
         st = os.stat(path)
+        digest, cached = self._digest(path, st, rel, ingest, ctx)
+        return Outcome(self._result(path, st, digest), cached=cached)
+
+    def _digest(self, path: Path, st: os.stat_result, rel: str, ingest: bool, ctx: StepContext) -> tuple[str, bool]:
+        """The file's digest and whether the stat cache knew it; hashes at most once."""
+        env = ctx.env
+        digest = self._known(st, ingest, env)
+        if digest is not None:
+            return digest, True
+        # another build (or step) may be hashing this very file: wait, then use its answer
+        with env.locks.hold(repr(env.cache.stat_key(st))):
+            digest = self._known(st, ingest, env)
+            if digest is not None:
+                return digest, True
+            return self._hash(path, st, rel, ingest, ctx), False
+
+    @staticmethod
+    def _known(st: os.stat_result, ingest: bool, env: ExecEnv) -> str | None:
+        """The digest the stat cache has for this file, if its blob is where it must be."""
         digest = None if env.no_cache else env.cache.get_file_digest(st)
         if digest is not None and (not ingest or env.store.has_blob(digest)):
-            return Outcome(self._result(path, st, digest), cached=True)
-        digest = self._hash(path, st, rel, ingest, ctx)
-        return Outcome(self._result(path, st, digest))
+            return digest
+        return None
 
     def _hash(self, path: Path, st: os.stat_result, rel: str, ingest: bool, ctx: StepContext) -> str:
         """Hash a file; with *ingest*, make sure its bytes are in the store too.
@@ -215,11 +239,8 @@ class DigestOp(Op):
             mode = normalise_mode(f.mode, f.kind == "dir")
             digest = ""
             if f.kind == "file":
-                st = os.stat(f.abspath)
-                digest = (None if env.no_cache else env.cache.get_file_digest(st)) or ""
-                if not digest:
-                    all_cached = False
-                    digest = self._hash(Path(f.abspath), st, name, False, ctx)
+                digest, cached = self._digest(Path(f.abspath), os.stat(f.abspath), name, False, ctx)
+                all_cached &= cached
             members.append([name, f.kind, mode, f.size, digest, f.linkname, f.abspath])
         tree_digest = key_of([m[:6] for m in members])
         result = {

@@ -15,12 +15,9 @@ step that failed.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, Iterator
+from typing import Any
 
 from modelbuild.errors import BuildError, ModelbuildError
 from modelbuild.graph import BuildGraph
@@ -36,8 +33,6 @@ class Solver:
         self.ops = ops or CORE_OPS
         self.number = {sid: i + 1 for i, sid in enumerate(graph.order)}
         self.results: dict[str, dict[str, Any]] = {}
-        self._key_locks: dict[str, threading.Lock] = {}
-        self._key_locks_guard = threading.Lock()
 
     def solve(self) -> dict[str, dict[str, Any]]:
         remaining = {sid: len(self.graph.deps[sid]) for sid in self.graph.order}
@@ -82,7 +77,7 @@ class Solver:
                 if hit is not None:
                     return self._cached(number, step.label, hit)
                 emit(Event("start", number, step.label))
-                with self._locked(key):
+                with self.env.locks.hold(key):
                     hit = self._lookup(op, key)
                     if hit is not None:
                         emit(Event("log", number, step.label, message="done by a concurrent build"))
@@ -133,19 +128,6 @@ class Solver:
     def _done(self, number: int, step: Any, started: float) -> None:
         self.env.stats.add(steps_run=1, executed=step.id)
         self.env.emitter.emit(Event("done", number, step.label, duration=time.monotonic() - started))
-
-    @contextlib.contextmanager
-    def _locked(self, key: str) -> Iterator[None]:
-        with self._key_locks_guard:
-            tlock = self._key_locks.setdefault(key, threading.Lock())
-        with tlock:
-            path = self.env.store.root / "locks" / (key.removeprefix("sha256:") + ".lock")
-            with open(path, "a+b") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class _LazyStartContext(StepContext):

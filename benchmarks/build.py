@@ -18,7 +18,8 @@ writes, not disk reads. Input files are aged (mtime 60 s in the past) because mo
 does not stat-cache a file modified less than 1 s before it was hashed (ops.RACY_WINDOW_NS).
 
 Stdlib only. Run:  python benchmarks/build.py [--size-gb 2] [--files 4] [--json]
-Exit status: 0 when every check and target passes, 1 otherwise, 2 on a setup error.
+Exit status: 0 when every check and target passes, 1 when one fails, 2 when a build fails
+(or there is not enough free disk).
 """
 
 from __future__ import annotations
@@ -259,7 +260,7 @@ def benchmark(args: argparse.Namespace, workdir: Path, rep: Report) -> dict[str,
     sizes = file_sizes(total, args.files)
     need = 2 * total + max(sizes) + 256 * MiB  # inputs + store + one re-ingested blob + slack
     if shutil.disk_usage(workdir).free < need:
-        raise SystemExit(f"benchmark: need about {gb(need):.1f} GB free in {workdir}")
+        raise RuntimeError(f"need about {gb(need):.1f} GB free in {workdir}")
 
     model_dir, home = workdir / "model", workdir / "home"
     (workdir / "Modelfile").write_text(MODELFILE)

@@ -141,7 +141,8 @@ class Store:
         Returns the digest, the size, and whether the blob is new to the store.
         """
         with self.writer() as w:
-            _copy_stream(path, w.write, progress)
+            if not _kernel_copy(path, w, progress):
+                _copy_stream(path, w.write, progress)
             return w.commit(), w.size, w.created
 
     # -- tags -------------------------------------------------------------------------
@@ -250,6 +251,56 @@ class Store:
         hasher = hashlib.sha256()
         _copy_stream(self.blob_path(digest), hasher.update, None)
         return "sha256:" + hasher.hexdigest() == digest
+
+
+KERNEL_CHUNK = 64 << 20
+
+
+def _kernel_copy(path: str | Path, w: BlobWriter, progress: Progress | None) -> bool:
+    """Copy *path* into the blob being written with ``copy_file_range`` (no byte passes
+    through Python), hashing each chunk from the *copy* while it is hot in the page cache.
+
+    Hashing the copy, not the source, means the digest always names the bytes stored, even
+    if the source changes meanwhile. Returns False, having written nothing, where the
+    kernel cannot do it (other file systems, old kernels); the caller then streams.
+    """
+    if not hasattr(os, "copy_file_range"):
+        return False
+    w.file.flush()
+    out_fd = w.file.fileno()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    try:
+        src_fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise BuildError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        offset = 0
+        while True:
+            try:
+                n = os.copy_file_range(src_fd, out_fd, KERNEL_CHUNK, offset, offset)
+            except OSError as exc:
+                if offset == 0 and exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    return False
+                if exc.errno == errno.ENOSPC:
+                    raise BuildError("no space left on device while writing the store") from None
+                raise BuildError(f"cannot copy {path}: {exc.strerror}") from None
+            if n == 0:
+                break
+            end = offset + n
+            while offset < end:
+                got = os.preadv(out_fd, [view[: min(CHUNK, end - offset)]], offset)
+                if got <= 0:
+                    raise BuildError(f"short read from the store while ingesting {path}")
+                w.hasher.update(view[:got])
+                offset += got
+                if progress is not None:
+                    progress(got)
+        w.size = offset
+        w.file.seek(offset)
+        return True
+    finally:
+        os.close(src_fd)
 
 
 def _normalised(ref: str) -> str:

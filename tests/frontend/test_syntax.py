@@ -54,10 +54,10 @@ def test_lone_dollar_is_literal():
     "text, line, col, message",
     [
         ('NAME "open\n', 1, 6, "unclosed quote"),
-        ("MODEL a \\\n", 1, 1, "line continuation"),
+        ("MODEL a \\\n", 1, 9, "line continuation"),
         ("MODEL ${X\n", 1, 7, "unterminated variable"),
         ("MODEL ${1x}\n", 1, 7, "bad variable reference"),
-        ("\n\n  model a\\", 3, 1, "line continuation"),
+        ("\n\n  model a\\", 3, 10, "line continuation"),
     ],
 )
 def test_syntax_errors_carry_their_location(text, line, col, message):

@@ -7,6 +7,7 @@ directly; it returns a :class:`BuildResult` rather than printing.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,6 +70,47 @@ def parse_output(spec: str) -> dict[str, str]:
     return {"type": "oci", "dest": str(Path(fields["dest"]).resolve())}
 
 
+def prepare(
+    modelfile: str,
+    *,
+    host: Any = None,
+    context: Path | None = None,
+    build_args: Mapping[str, str] | None = None,
+    tags: Sequence[str] = (),
+    outputs: Sequence[str] = (),
+    layer_format: str = "raw",
+) -> tuple[Any, Any, Any]:
+    """Everything up to the graph: plugins, frontend, tags, options, plan. Reads no weights."""
+    from modelbuild.frontend import load_description
+    from modelbuild.oci.reference import parse_reference, reference_from_name
+    from modelbuild.planner import BuildOptions, plan
+    from modelbuild.plugins import make_plugin_manager
+
+    host = host or make_plugin_manager()
+    host.codecs.get(layer_format)  # a clear error before any work
+    desc = load_description(modelfile, host=host, build_args=build_args, context=context)
+    if context is not None and desc.context != context.resolve():
+        desc = _with_warning(desc, f"the Modelfile's FROM ({desc.context}) overrides the CONTEXT argument ({context})")
+    refs = [str(parse_reference(t)) for t in tags]
+    if not refs and desc.name:
+        refs = [str(reference_from_name(desc.name))]
+    created, epoch = source_date_epoch()
+    options = BuildOptions(
+        layer_format=layer_format,
+        tags=tuple(refs),
+        outputs=tuple(parse_output(o) for o in outputs),
+        created=created,
+        epoch=epoch,
+    )
+    return host, desc, plan(desc, options)
+
+
+def _with_warning(desc: Any, warning: str) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(desc, warnings=(*desc.warnings, warning))
+
+
 def build(
     modelfile: str,
     *,
@@ -84,32 +126,13 @@ def build(
     host: Any = None,
 ) -> BuildResult:
     from modelbuild.cache import BuildCache
-    from modelbuild.frontend import load_description
-    from modelbuild.oci.reference import parse_reference, reference_from_name
     from modelbuild.ops import ExecEnv
-    from modelbuild.planner import BuildOptions, plan
-    from modelbuild.plugins import make_plugin_manager
     from modelbuild.progress import PlainRenderer
     from modelbuild.solver import Solver
     from modelbuild.store import Store
-    import sys
 
-    host = host or make_plugin_manager()
-    host.codecs.get(layer_format)  # a clear error before any work
-    desc = load_description(modelfile, host=host, build_args=build_args, context=context)
-    refs = [str(parse_reference(t)) for t in tags]
-    if not refs and desc.name:
-        refs = [str(reference_from_name(desc.name))]
-    created, epoch = source_date_epoch()
-    options = BuildOptions(
-        layer_format=layer_format,
-        tags=tuple(refs),
-        outputs=tuple(parse_output(o) for o in outputs),
-        created=created,
-        epoch=epoch,
-    )
-    graph = plan(desc, options)
-
+    host, desc, graph = prepare(modelfile, host=host, context=context, build_args=build_args, tags=tags,
+                                outputs=outputs, layer_format=layer_format)
     emitter = Emitter(renderer or PlainRenderer(sys.stderr))
     store = Store(home / "store")
     try:
@@ -131,29 +154,9 @@ def build(
     return BuildResult(
         digest=manifest["digest"],
         descriptor=manifest,
-        tags=list(refs),
+        tags=list(graph.step("export").params["tags"]),
         layers=[results[f"layer:{f.path}"]["descriptor"] for f in desc.files],
         config=store.read_json(config_desc["digest"]),
         stats=env.stats.as_dict(),
         warnings=list(desc.warnings),
     )
-
-
-def plan_only(
-    modelfile: str,
-    *,
-    context: Path | None = None,
-    build_args: Mapping[str, str] | None = None,
-    layer_format: str = "raw",
-    tags: Sequence[str] = (),
-) -> Any:
-    """The graph a build would run, without running it (``--print-graph``)."""
-    from modelbuild.frontend import load_description
-    from modelbuild.planner import BuildOptions, plan
-    from modelbuild.plugins import make_plugin_manager
-
-    host = make_plugin_manager()
-    host.codecs.get(layer_format)
-    desc = load_description(modelfile, host=host, build_args=build_args, context=context)
-    created, epoch = source_date_epoch()
-    return plan(desc, BuildOptions(layer_format=layer_format, tags=tuple(tags), created=created, epoch=epoch))

@@ -100,8 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # a bug: say so, hide the traceback unless asked
-        if os.environ.get("MODELBUILD_DEBUG"):
-            raise
+        if os.environ.get("MODELBUILD_DEBUG", "0") not in ("", "0"):
+            import traceback
+
+            traceback.print_exc()
+            return EXIT_INTERNAL_ERROR
         print(
             f"modelbuild: internal error: {type(exc).__name__}: {exc}\n"
             "This is a bug in modelbuild or one of its plugins; please report it "

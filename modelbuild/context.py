@@ -2,10 +2,12 @@
 
 Pattern rules (documented in docs/modelfile.md):
 
-* ``*``, ``?`` and ``[…]`` match within one path segment, hidden files included (as Go's
-  ``filepath.Glob`` does, so modctl Modelfiles select the same files);
+* ``*``, ``?`` and ``[…]`` match within one path segment (``[!…]`` and Go's ``[^…]`` negate);
+  as in a shell, a wildcard does not match a leading ``.``: ``*`` never picks up ``.git``,
+  ``.cache`` or ``.gitattributes`` (write ``.*`` or the name to select them);
 * ``**`` as a whole segment matches zero or more directories; a pattern with ``**`` selects
-  files only, since a directory it crossed is already covered by its files;
+  files only, since a directory it crossed is already covered by its files; a trailing
+  ``**`` selects every file below;
 * a pattern without magic characters is a literal path and must exist;
 * a matched directory is packaged whole, as one tar layer;
 * no pattern may leave the context: absolute paths and ``..`` are refused.
@@ -76,19 +78,27 @@ class BuildContext:
         if head == "**":
             self._walk(base, rest, prefix, found)  # zero directories
             for name, is_dir in _listdir(base):
+                if name.startswith("."):
+                    continue
                 if is_dir:
                     self._walk(base / name, segments, prefix + [name], found)
+                elif not rest:
+                    found.append("/".join(prefix + [name]))  # a trailing ** takes every file
             return
         if not has_magic(head):
             if os.path.lexists(base / head):
                 self._walk(base / head, rest, prefix + [head], found)
             return
+        wanted = head.replace("[^", "[!")  # Go's negation spelling, as modctl users write it
         for name, is_dir in _listdir(base):
-            if fnmatchcase(name, head) and (is_dir or not rest):
+            if name.startswith(".") and not head.startswith("."):
+                continue
+            if fnmatchcase(name, wanted) and (is_dir or not rest):
                 self._walk(base / name, rest, prefix + [name], found)
 
     def _check(self, rel: str, *, literal: bool) -> bool:
         """Check that *rel* is something we can package; return whether it is a directory."""
+        _check_name(rel)
         path = self.root / rel
         try:
             st = os.stat(path)
@@ -108,6 +118,15 @@ class BuildContext:
         if not os.access(path, os.R_OK):
             raise ModelfileError(f"{rel}: file is not readable (permission denied)")
         return False
+
+
+def _check_name(rel: str) -> None:
+    """File names go into JSON and tar headers as UTF-8: refuse undecodable ones early."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ModelfileError(f"{shown}: file name is not valid UTF-8; rename it") from None
 
 
 def _what(mode: int) -> str:
@@ -178,6 +197,7 @@ def walk_tree(root: Path, rel: str) -> list[TreeFile]:
         current = stack.pop()
         for name, _ in _listdir(root / current):
             child_rel = f"{current}/{name}"
+            _check_name(child_rel)
             abspath = root / child_rel
             lst = os.lstat(abspath)
             if stat.S_ISLNK(lst.st_mode):

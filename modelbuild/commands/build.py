@@ -111,10 +111,10 @@ def run(args: argparse.Namespace) -> int:
 def _print_graph(args: argparse.Namespace, modelfile: str, context: Path | None, build_args: dict[str, str]) -> int:
     import json
 
-    from modelbuild.build import plan_only
+    from modelbuild.build import prepare
 
-    graph = plan_only(modelfile, context=context, build_args=build_args, layer_format=args.layer_format,
-                      tags=args.tag)
+    _, _, graph = prepare(modelfile, context=context, build_args=build_args, layer_format=args.layer_format,
+                          tags=args.tag, outputs=args.output)
     if args.print_graph == "dot":
         sys.stdout.write(graph.to_dot())
     elif args.print_graph == "json":

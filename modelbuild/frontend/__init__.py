@@ -7,6 +7,7 @@ built-in ``modelfile`` frontend. Frontends are plugins: see ``modelbuild_registe
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
@@ -46,14 +47,16 @@ def load_description(
 ) -> "BuildDescription":
     """Parse and interpret a build file with the frontend its first line selects."""
     text, display = read_build_file(path)
-    base_dir = Path.cwd() if path == "-" else Path(path).resolve().parent
+    # the directory the Modelfile is in, as named: a symlinked Modelfile keeps its link's place
+    base_dir = Path.cwd() if path == "-" else Path(os.path.abspath(path)).parent
     chosen = syntax_directive(text)
     name = DEFAULT_FRONTEND
     if chosen is not None:
         name, span = chosen
         span = dataclasses.replace(span, file=display)
         try:
-            frontend = host.frontends.get(name.split(":", 1)[0].split("/")[-1])
+            # "modelfile", "modelfile:1" or "registry:5000/org/modelfile:1" all name "modelfile"
+            frontend = host.frontends.get(name.rsplit("/", 1)[-1].split(":", 1)[0])
         except UsageError as exc:
             raise ModelfileError.at(span, f"unknown syntax {name!r}", hint=exc.hint) from None
     else:

@@ -53,7 +53,10 @@ def parse_reference(text: str, *, default_tag: str | None = "latest") -> Referen
 
 def reference_from_name(name: str) -> Reference:
     """A tag derived from a Modelfile NAME: lower-cased, other characters folded to ``-``."""
-    slug = re.sub(r"[^a-z0-9._/-]+", "-", name.lower()).strip("-._/")
+    import unicodedata
+
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9._/-]+", "-", ascii_name.lower()).strip("-._/")
     if not slug:
         raise UsageError(f"cannot derive a tag from NAME {name!r}", hint="pass -t NAME:TAG")
     return parse_reference(slug)

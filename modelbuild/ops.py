@@ -230,7 +230,6 @@ class DigestOp(Op):
         }
 
     def _directory(self, root: Path, rel: str, ctx: StepContext) -> Outcome:
-        env = ctx.env
         tree = walk_tree(root, rel)
         all_cached = True
         members = []

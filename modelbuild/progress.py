@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import IO, Callable
 
+from modelbuild.units import human_size
+
 MODES = ("auto", "tty", "plain", "quiet", "json")
 
 
@@ -68,11 +70,7 @@ class Emitter:
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n} B"
+    return human_size(n, digits=2)
 
 
 class PlainRenderer:

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
         name = ""
         try:
             manifest = store.read_json(desc["digest"])
-            size += manifest.get("config", {}).get("size", 0) + sum(l["size"] for l in manifest.get("layers", []))
+            size += manifest.get("config", {}).get("size", 0) + sum(layer["size"] for layer in manifest.get("layers", []))
             config = store.read_json(manifest["config"]["digest"]) if "config" in manifest else {}
             name = config.get("descriptor", {}).get("name", "")
         except Exception:  # a damaged entry is still listed; `prune --verify` explains

@@ -7,7 +7,6 @@ deletes a blob a build has written but not yet tagged.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 

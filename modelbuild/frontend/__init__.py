@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from modelbuild.errors import ModelfileError, Span, UsageError
+from modelbuild.errors import ModelfileError, UsageError
 from modelbuild.frontend.syntax import decode_source, syntax_directive
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelbuild.errors import BuildError
-from modelbuild.store import REF_ANNOTATION, Store, atomic_write
+from modelbuild.store import Store, atomic_write
 
 
 def blobs_of(store: Store, descriptor: dict[str, Any]) -> list[str]:

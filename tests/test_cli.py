@@ -141,3 +141,18 @@ def test_internal_errors_are_reported_as_bugs_without_traceback(monkeypatch, cap
     assert cli_module.main(["ls"]) == 70
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: kaboom" in err and "please report" in err and "Traceback" not in err
+
+
+def test_the_plan_is_a_networkx_dag_in_networkx_order():
+    import networkx as nx
+
+    from modelbuild.build import prepare
+
+    _, desc, graph = prepare(str(EXAMPLE))
+    g = graph.g
+    assert isinstance(g, nx.DiGraph) and nx.is_directed_acyclic_graph(g)
+    assert g.number_of_nodes() == 1 + 2 * len(desc.files) + 3
+    assert graph.order == list(nx.lexicographical_topological_sort(g, key=lambda n: graph.sort_key(graph, n)))
+    # the manifest depends on the config, then every layer, in path order
+    preds = sorted(g.in_edges("manifest", data="index"), key=lambda e: e[2])
+    assert [p for p, _, _ in preds] == ["config", *(f"layer:{f.path}" for f in desc.files)]

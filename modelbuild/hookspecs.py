@@ -93,3 +93,72 @@ def modelbuild_register_layer_codecs(registry: "Registry") -> None:
 
     Return value: ignored.  Since: 0.1.
     """
+
+
+# -- weights: formats, quantizers, shard strategies ------------------------------------
+
+
+@hookspec
+def modelbuild_register_formats(registry: "Registry") -> None:
+    """Add weight-format handlers: how files of a format are recognised and read.
+
+    Call ``registry.add(handler)``. A handler has a ``name`` (``safetensors``, ``gguf``,
+    ``onnx``: what ``ModelInfo.format`` and the config's ``format`` say), a ``version``
+    (enters cache keys), a ``summary``, ``extensions`` (e.g. ``(".safetensors",)``) and::
+
+        detect(path) -> bool
+            True when the file at *path* is of this format; reads a few bytes at most.
+        read_info(files, config) -> modelbuild.weights.ModelInfo
+            Facts from headers alone, never by loading weights: parameter count, parameters
+            per dtype, quantization, architecture, family. ``files`` are the
+            :class:`~modelbuild.weights.WeightFile` objects of this format; ``config`` the
+            parsed ``config.json`` beside them, or None. Raises
+            :class:`~modelbuild.weights.FormatError` naming the file for bad input.
+        iter_tensors(file) -> iterator of (name, dtype, shape, load)
+            Lazily: ``load()`` returns the tensor as a numpy array (memory-mapped where
+            the format allows).
+        write(path, tensors, metadata) -> None
+            Stream ``(name, numpy array)`` pairs into a new file at *path*.
+
+    Return value: ignored.  Since: 0.2.
+    """
+
+
+@hookspec
+def modelbuild_register_quantizers(registry: "Registry") -> None:
+    """Add quantizers: what ``QUANTIZE TYPE`` can do to a model set of one format.
+
+    Call ``registry.add(quantizer)``. A quantizer has a unique ``name``, a ``version``
+    (enters cache keys: bump it when output bytes change), a ``summary``, the ``format``
+    it works on, the ``types`` it produces (e.g. ``("q8_0", "q4_0")``), and::
+
+        quantize(files, qtype, options, ctx) -> list[WeightFile | Output]
+
+    ``files`` is the model set (:class:`~modelbuild.weights.WeightFile`, weights and
+    config files); ``qtype`` one of ``types``; ``options`` the ``--key=value`` options of
+    the ``QUANTIZE`` line (``keep`` is a list of tensor-name patterns to leave in full
+    precision); ``ctx`` a :class:`~modelbuild.weights.TransformContext`. Return the
+    complete new set: inputs passed through unchanged, and an
+    :class:`~modelbuild.weights.Output` for each file written under ``ctx.workdir``. Use up
+    to ``ctx.jobs`` processes and keep memory bounded by a few tensors.
+
+    Return value: ignored.  Since: 0.2.
+    """
+
+
+@hookspec
+def modelbuild_register_shard_strategies(registry: "Registry") -> None:
+    """Add shard strategies: how ``SHARD SIZE`` splits, and ``SHARD none`` merges, a format.
+
+    Call ``registry.add(strategy)``. A strategy has a ``name`` equal to the format it
+    handles, a ``version``, a ``summary``, and::
+
+        shard(files, max_bytes, ctx) -> list[WeightFile | Output]
+        merge(files, ctx) -> list[WeightFile | Output]
+
+    with the same conventions as ``quantize`` (see :func:`modelbuild_register_quantizers`).
+    ``max_bytes`` is the largest shard in bytes of tensor data (decimal units were parsed
+    already: ``2GB`` is 2,000,000,000).
+
+    Return value: ignored.  Since: 0.2.
+    """

@@ -92,9 +92,31 @@ class PluginHost:
         self.frontends: Registry[Any] = Registry("frontend")
         self.sources = SourceRegistry("source")
         self.codecs: Registry[Any] = Registry("layer format")
+        self.formats: Registry[Any] = Registry("weight format")
+        self.quantizers: Registry[Any] = Registry("quantizer")
+        self.shard_strategies: Registry[Any] = Registry("shard strategy")
         self._fill(self.frontends, "modelbuild_register_frontends")
         self._fill(self.sources, "modelbuild_register_sources")
         self._fill(self.codecs, "modelbuild_register_layer_codecs")
+        self._fill(self.formats, "modelbuild_register_formats")
+        self._fill(self.quantizers, "modelbuild_register_quantizers")
+        self._fill(self.shard_strategies, "modelbuild_register_shard_strategies")
+
+    def format_for_path(self, path: str) -> Any | None:
+        """The format handler whose extension *path* has, if any (no file access)."""
+        for handler in self.formats:
+            if any(path.endswith(ext) for ext in handler.extensions):
+                return handler
+        return None
+
+    def quantizer_for(self, fmt: str, qtype: str) -> Any | None:
+        for quantizer in self.quantizers:
+            if quantizer.format == fmt and qtype in quantizer.types:
+                return quantizer
+        return None
+
+    def quant_types(self, fmt: str | None = None) -> list[str]:
+        return sorted({t for q in self.quantizers if fmt is None or q.format == fmt for t in q.types})
 
     def _fill(self, registry: Registry[Any], hook_name: str) -> None:
         hook = getattr(self.pm.hook, hook_name)
@@ -124,7 +146,14 @@ class PluginHost:
 
     def infos(self) -> list[PluginInfo]:
         provides: dict[str, list[str]] = {}
-        for label, registry in (("frontend", self.frontends), ("source", self.sources), ("layer-format", self.codecs)):
+        for label, registry in (
+            ("frontend", self.frontends),
+            ("source", self.sources),
+            ("layer-format", self.codecs),
+            ("format", self.formats),
+            ("quantizer", self.quantizers),
+            ("shard", self.shard_strategies),
+        ):
             for name in registry.names():
                 provides.setdefault(registry.owner(name), []).append(f"{label}:{name}")
         out = []

@@ -1,0 +1,146 @@
+"""The public API for format, quantizer and shard plugins: what they receive and return.
+
+A *model set* is the list of files a weight transform works on: the weight files selected
+by ``MODEL`` plus the ``CONFIG`` files beside them (a quantizer may rewrite
+``config.json``). Each is a :class:`WeightFile`, readable at ``source``. A transform returns
+the complete new set: input :class:`WeightFile` objects it leaves alone, and an
+:class:`Output` for every file it wrote into ``ctx.workdir``. modelbuild hashes the outputs,
+moves them into the content-addressed store, caches the result under a key made of the
+plugin's name and version, the parameters and the input digests, and packs the final set as
+layers.
+
+Plugins import numpy, gguf, safetensors… inside their functions, never at module level: the
+CLI imports every plugin module on every run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from modelbuild.errors import ModelbuildError
+
+
+class FormatError(ModelbuildError):
+    """A weight file that cannot be read as what it claims to be. Names the file."""
+
+    def __init__(self, file: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{file}: {message}", hint=hint)
+        self.file = file
+
+
+@dataclass(frozen=True, slots=True)
+class WeightFile:
+    """A file of the model set: its artifact path, where to read it, and its content digest."""
+
+    path: str  # relative POSIX path in the artifact, e.g. "model-00001-of-00002.safetensors"
+    source: str  # absolute path to read the bytes from (a context file or a store blob)
+    digest: str  # "sha256:…"
+    size: int
+    kind: str = "model"  # "model" (weights) or "config"
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A file a transform wrote: ``file`` lies in ``ctx.workdir``; ``path`` is its name in the artifact."""
+
+    path: str
+    file: str
+    kind: str = "model"
+
+
+@dataclass
+class ModelInfo:
+    """What a format handler reads from headers alone (never by loading weights)."""
+
+    format: str
+    param_count: int = 0
+    dtype_params: dict[str, int] = field(default_factory=dict)  # ModelPack precision → parameters
+    quantization: str | None = None  # e.g. "q8_0", "fp8"; None when not quantized
+    architecture: str | None = None  # e.g. "transformer"
+    family: str | None = None  # e.g. "llama"
+    extra: dict[str, Any] = field(default_factory=dict)  # format-specific facts (opset, inputs, …)
+
+    @property
+    def precision(self) -> str | None:
+        """All dtypes present, comma-joined, the one holding most parameters first."""
+        if not self.dtype_params:
+            return None
+        return ",".join(sorted(self.dtype_params, key=lambda d: (-self.dtype_params[d], d)))
+
+    @property
+    def param_size(self) -> str | None:
+        return format_param_size(self.param_count) if self.param_count else None
+
+
+class TransformContext:
+    """What a transform gets besides its inputs: a work directory, a CPU budget, progress."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        jobs: int = 1,
+        advance: Callable[[int], None] | None = None,
+        set_total: Callable[[int], None] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.jobs = max(1, jobs)
+        self._advance = advance or (lambda n: None)
+        self._set_total = set_total or (lambda n: None)
+        self._log = log or (lambda m: None)
+
+    def output_path(self, path: str) -> str:
+        """Where to write the output that will be called *path* in the artifact."""
+        target = self.workdir / "out" / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return str(target)
+
+    def advance(self, n: int) -> None:
+        """Report *n* more units of work done (bytes or parameters, as set_total said)."""
+        self._advance(n)
+
+    def set_total(self, n: int) -> None:
+        self._set_total(n)
+
+    def log(self, message: str) -> None:
+        self._log(message)
+
+
+_SCALES = (("Q", 10**15), ("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3))
+
+
+def format_param_size(count: int) -> str:
+    """A parameter count in ModelPack's grammar: ``<count><scale>``, at most one decimal.
+
+    >>> format_param_size(494_032_768), format_param_size(6_738_415_616), format_param_size(156_480)
+    ('494M', '6.7B', '156.5K')
+    """
+    for i, (letter, scale) in enumerate(_SCALES):
+        if count >= scale:
+            value = round(count / scale, 1)
+            if value >= 1000 and i > 0:  # 999.96M rounds to 1000.0M: that is 1B
+                return f"1{_SCALES[i - 1][0]}"
+            text = f"{value:.1f}".rstrip("0").rstrip(".")
+            return f"{text}{letter}"
+    return str(count)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
+          "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``2GB``, ``500MB``, ``1.5G`` (decimal, as Hugging Face and llama.cpp count) or ``2GiB``."""
+    match = _SIZE.match(text)
+    unit = match.group(2).upper() if match else ""
+    if not match or unit not in _UNITS:
+        raise ValueError(f"bad size {text!r}: use e.g. 2GB, 500MB or 4GiB")
+    value = int(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise ValueError(f"size {text!r} must be positive")
+    return value

@@ -102,7 +102,7 @@ def prepare(
         created=created,
         epoch=epoch,
     )
-    return host, desc, plan(desc, options)
+    return host, desc, plan(desc, options, host)
 
 
 def _with_warning(desc: Any, warning: str) -> Any:
@@ -127,6 +127,7 @@ def build(
 ) -> BuildResult:
     from modelbuild.cache import BuildCache
     from modelbuild.ops import ExecEnv
+    from modelbuild.ops.artifact import all_layers
     from modelbuild.progress import PlainRenderer
     from modelbuild.solver import Solver
     from modelbuild.store import Store
@@ -143,9 +144,10 @@ def build(
     try:
         for warning in desc.warnings:
             emitter.warn(warning)
-        env = ExecEnv(store=store, cache=cache, host=host, emitter=emitter, no_cache=no_cache)
+        jobs = jobs or os.cpu_count() or 2
+        env = ExecEnv(store=store, cache=cache, host=host, emitter=emitter, no_cache=no_cache, jobs=jobs)
         with store.gc_lock(exclusive=False):
-            results = Solver(graph, env, jobs=jobs or os.cpu_count() or 2).solve()
+            results = Solver(graph, env, jobs=jobs).solve()
     finally:
         cache.close()
         emitter.close()
@@ -155,8 +157,8 @@ def build(
         digest=manifest["digest"],
         descriptor=manifest,
         tags=list(graph.step("export").params["tags"]),
-        layers=[results[f"layer:{f.path}"]["descriptor"] for f in desc.files],
+        layers=[layer["descriptor"] for layer in all_layers([results[s] for s in graph.steps if s.startswith("layer")])],
         config=store.read_json(config_desc["digest"]),
         stats=env.stats.as_dict(),
-        warnings=list(desc.warnings),
+        warnings=list(desc.warnings) + list(results["config"].get("warnings", [])),
     )

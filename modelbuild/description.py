@@ -46,6 +46,20 @@ class FileSpec:
     origin: Span | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class TransformSpec:
+    """A step that changes the weights: ``QUANTIZE bfloat16``, ``SHARD 2GB``, ``SHARD none``."""
+
+    action: str  # "quantize", "shard" or "merge"
+    arg: str  # the quant type, or the shard size as written
+    options: tuple[tuple[str, Any], ...] = ()
+    origin: Span | None = None
+
+    @property
+    def directive(self) -> str:
+        return "QUANTIZE" if self.action == "quantize" else "SHARD"
+
+
 @dataclass(frozen=True)
 class BuildDescription:
     """Everything a build needs to know, resolved: files found, variables expanded."""
@@ -57,5 +71,6 @@ class BuildDescription:
     config: Mapping[str, Any] = field(default_factory=dict)
     capabilities: Mapping[str, Any] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+    transforms: tuple[TransformSpec, ...] = ()
     source_file: str = "Modelfile"
     warnings: tuple[str, ...] = ()

@@ -154,7 +154,8 @@ class BuildGraph:
         return "\n".join(out) + "\n"
 
 
-_RANKS = {"source": 0, "digest": 1, "layer": 2, "config": 3, "manifest": 4, "export": 5}
+_RANKS = {"source": 0, "digest": 1, "transform": 2, "layer": 3, "layerset": 3, "describe": 4, "config": 5,
+          "manifest": 6, "export": 7}
 
 
 def _op_rank(op: str) -> int:

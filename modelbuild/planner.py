@@ -1,17 +1,34 @@
 """Build description → DAG of steps. Pure: nothing runs, nothing is read from disk.
 
+Without weight transforms::
+
     source ─┬─ digest a ── layer a ─┐
             ├─ digest b ── layer b ─┼─ config ─ manifest ─ export
-            └─ …                    ┘
+            └─ …          describe ─┘
+
+With ``QUANTIZE``/``SHARD``, the model set (MODEL weights of a known format and the
+CONFIG files beside them) goes through a chain of transforms, and one ``layerset`` step
+packs whatever files the last transform produced (sharding decides how many)::
+
+    source ─ digest(model set…) ─ transform 1 ─ transform 2 ─┬─ layerset ─┐
+           ─ digest c ── layer c ────────────────────────────┼────────────┼─ config ─ manifest ─ export
+                                                             └─ describe ─┘
+
+The registries are consulted (which plugin quantizes this format to that type) so that an
+impossible transform is an error at its Modelfile line before anything runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modelbuild.description import BuildDescription
+from modelbuild.description import BuildDescription, FileKind, FileSpec, TransformSpec
+from modelbuild.errors import ModelfileError
 from modelbuild.graph import BuildGraph, Step
+
+if TYPE_CHECKING:
+    from modelbuild.plugins import PluginHost
 
 
 @dataclass(frozen=True)
@@ -26,23 +43,42 @@ class BuildOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def plan(desc: BuildDescription, options: BuildOptions) -> BuildGraph:
+def model_set(desc: BuildDescription, host: "PluginHost") -> list[FileSpec]:
+    """The files weight transforms and the metadata reader work on."""
+    return [
+        f for f in desc.files
+        if not f.is_dir and (f.kind == FileKind.CONFIG or (f.kind == FileKind.MODEL and host.format_for_path(f.path)))
+    ]
+
+
+def plan(desc: BuildDescription, options: BuildOptions, host: "PluginHost") -> BuildGraph:
     graph = BuildGraph()
     source = graph.add(Step.make("source", "source", f"load build context {desc.context}", {"root": str(desc.context)}))
-    layers = []
+    chain = resolve_transforms(desc, host)
+    in_set = {f.path for f in model_set(desc, host)}
+    transformed = bool(chain)
+    layers: list[Step] = []
+    set_digests: list[Step] = []
     for spec in desc.files:
+        # files a transform will replace are only hashed, not copied into the store
+        consumed = transformed and spec.path in in_set
         raw = options.layer_format == "raw" and not spec.is_dir
-        codec = "tar" if (options.layer_format == "raw" and spec.is_dir) else options.layer_format
+        ingest = raw and not consumed
         digest = graph.add(
             Step.make(
                 f"digest:{spec.path}",
                 "digest",
-                f"{'ingest' if raw else 'digest'} {spec.path}{'/' if spec.is_dir else ''}",
-                {"path": spec.path, "is_dir": spec.is_dir, "ingest": raw},
+                f"{'ingest' if ingest else 'digest'} {spec.path}{'/' if spec.is_dir else ''}",
+                {"path": spec.path, "is_dir": spec.is_dir, "ingest": ingest, "kind": spec.kind.value},
             ),
             [source],
         )
-        layer = graph.add(
+        if spec.path in in_set:
+            set_digests.append(digest)
+        if consumed:
+            continue
+        codec = "tar" if (options.layer_format == "raw" and spec.is_dir) else options.layer_format
+        layers.append(graph.add(
             Step.make(
                 f"layer:{spec.path}",
                 "layer",
@@ -50,8 +86,27 @@ def plan(desc: BuildDescription, options: BuildOptions) -> BuildGraph:
                 {"path": spec.path, "kind": spec.kind.value, "codec": codec, "epoch": options.epoch},
             ),
             [digest],
+        ))
+    last: list[Step] = set_digests
+    for index, (t, plugin_name, owner) in enumerate(chain, start=1):
+        step = graph.add(
+            Step.make(
+                f"transform:{index}",
+                "transform",
+                _transform_label(t),
+                {"action": t.action, "arg": t.arg, "options": [list(o) for o in t.options], "plugin": plugin_name},
+                plugin=owner,
+            ),
+            last,
         )
-        layers.append(layer)
+        last = [step]
+    if transformed:
+        layers.append(graph.add(
+            Step.make("layerset", "layerset", f"pack transformed weights ({options.layer_format})",
+                      {"codec": options.layer_format, "epoch": options.epoch}),
+            last,
+        ))
+    describe = graph.add(Step.make("describe", "describe", "read weight metadata", {}), last or [source])
     config = graph.add(
         Step.make(
             "config",
@@ -64,7 +119,7 @@ def plan(desc: BuildDescription, options: BuildOptions) -> BuildGraph:
                 "created": options.created,
             },
         ),
-        layers,
+        [describe, *layers],
     )
     manifest = graph.add(
         Step.make("manifest", "manifest", "write manifest", {"labels": dict(desc.labels), "created": options.created}),
@@ -76,3 +131,51 @@ def plan(desc: BuildDescription, options: BuildOptions) -> BuildGraph:
         [manifest],
     )
     return graph
+
+
+def _transform_label(t: TransformSpec) -> str:
+    if t.action == "merge":
+        return "merge shards"
+    if t.action == "shard":
+        return f"shard {t.arg}"
+    return f"quantize {t.arg}"
+
+
+def resolve_transforms(desc: BuildDescription, host: "PluginHost") -> list[tuple[TransformSpec, str, str]]:
+    """Each transform with the plugin object that will do it and the plugin that owns it;
+    a ModelfileError at the directive's line when none can."""
+    if not desc.transforms:
+        return []
+    first = desc.transforms[0]
+    dirs = [f.path for f in desc.files if f.kind == FileKind.MODEL and f.is_dir]
+    formats = sorted({host.format_for_path(f.path).name for f in model_set(desc, host) if f.kind == FileKind.MODEL})
+    if not formats:
+        known = ", ".join(ext for h in host.formats for ext in h.extensions)
+        hint = f"weights inside a directory ({dirs[0]}) cannot be transformed; select the files" if dirs else \
+            f"MODEL must select weight files of a known format ({known})"
+        raise ModelfileError.at(first.origin, f"{first.directive} has no weights to work on", hint=hint) \
+            if first.origin else ModelfileError(f"{first.directive} has no weights to work on", hint=hint)
+    if len(formats) > 1:
+        raise _at(first, f"{first.directive} needs weights of one format, found {' and '.join(formats)}")
+    fmt = formats[0]
+    chain = []
+    for t in desc.transforms:
+        if t.action == "quantize":
+            quantizer = host.quantizer_for(fmt, t.arg)
+            if quantizer is None:
+                if t.arg in host.quant_types():
+                    others = sorted({q.format for q in host.quantizers if t.arg in q.types})
+                    raise _at(t, f"quant type {t.arg} cannot be applied to {fmt} weights (it is for {', '.join(others)})",
+                              hint=f"{fmt} takes: {', '.join(host.quant_types(fmt)) or 'none'}")
+                raise _at(t, f"unknown quant type {t.arg}", hint=f"known: {', '.join(host.quant_types())}")
+            chain.append((t, quantizer.name, host.quantizers.owner(quantizer.name)))
+        else:
+            if fmt not in host.shard_strategies:
+                raise _at(t, f"no shard strategy for {fmt} weights",
+                          hint=f"installed: {', '.join(host.shard_strategies.names()) or 'none'}")
+            chain.append((t, fmt, host.shard_strategies.owner(fmt)))
+    return chain
+
+
+def _at(t: TransformSpec, message: str, hint: str | None = None) -> ModelfileError:
+    return ModelfileError(message, t.origin, hint=hint)

@@ -71,34 +71,43 @@ class Solver:
         emit = self.env.emitter.emit
         started = time.monotonic()
         try:
-            key = op.key(step, inputs, self.env)
-            if key is not None:
-                hit = self._lookup(op, key)
-                if hit is not None:
-                    return self._cached(number, step.label, hit)
-                emit(Event("start", number, step.label))
-                with self.env.locks.hold(key):
-                    hit = self._lookup(op, key)
-                    if hit is not None:
-                        emit(Event("log", number, step.label, message="done by a concurrent build"))
-                        emit(Event("done", number, step.label, duration=time.monotonic() - started))
-                        self.env.stats.add(steps_cached=1)
-                        return hit
-                    outcome = op.run(step, inputs, StepContext(self.env, number, step))
-                    self.env.cache.set_step(key, outcome.result)
-                self._done(number, step, started)
-                return outcome.result
-            outcome = self._run_unkeyed(op, step, inputs, number)
-            if outcome.cached:
-                return self._cached(number, step.label, outcome.result, announce=False)
-            self._done(number, step, started)
-            return outcome.result
+            result = self._execute(op, step, number, inputs, started)
+            result = op.finalize(result, inputs, self.env)
+            for warning in result.get("warnings", ()):
+                self.env.emitter.warn(warning)
+            return result
         except ModelbuildError as exc:
             emit(Event("error", number, step.label, message=exc.render()))
             raise
         except OSError as exc:
             emit(Event("error", number, step.label, message=str(exc)))
             raise BuildError(f"{step.label}: {exc.strerror or exc}") from exc
+
+    def _execute(self, op: Op, step: Any, number: int, inputs: list[dict[str, Any]], started: float) -> dict[str, Any]:
+        """The step's result: from the cache when its key hits, else by running it."""
+        emit = self.env.emitter.emit
+        key = op.key(step, inputs, self.env)
+        if key is not None:
+            hit = self._lookup(op, key)
+            if hit is not None:
+                return self._cached(number, step.label, hit)
+            emit(Event("start", number, step.label))
+            with self.env.locks.hold(key):
+                hit = self._lookup(op, key)
+                if hit is not None:
+                    emit(Event("log", number, step.label, message="done by a concurrent build"))
+                    emit(Event("done", number, step.label, duration=time.monotonic() - started))
+                    self.env.stats.add(steps_cached=1)
+                    return hit
+                outcome = op.run(step, inputs, StepContext(self.env, number, step))
+                self.env.cache.set_step(key, outcome.result)
+            self._done(number, step, started)
+            return outcome.result
+        outcome = self._run_unkeyed(op, step, inputs, number)
+        if outcome.cached:
+            return self._cached(number, step.label, outcome.result, announce=False)
+        self._done(number, step, started)
+        return outcome.result
 
     def _run_unkeyed(self, op: Op, step: Any, inputs: list[dict[str, Any]], number: int) -> Outcome:
         """Run a step that has no key; announce it only once it turns out to do work."""

@@ -145,6 +145,26 @@ class Store:
                 _copy_stream(path, w.write, progress)
             return w.commit(), w.size, w.created
 
+    def adopt(self, path: str | Path, progress: Progress | None = None) -> tuple[str, int, bool]:
+        """Move a finished file (written under ``ingest/``) into the store: hash it, fsync
+        it, rename it under its digest. No copy. Returns digest, size, and whether it is new."""
+        hasher = hashlib.sha256()
+        size = _copy_stream(path, hasher.update, progress)
+        digest = "sha256:" + hasher.hexdigest()
+        final = self.blob_path(digest)
+        if final.exists():
+            os.unlink(path)
+            return digest, size, False
+        if _fsync_enabled():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.chmod(path, 0o444)
+        os.replace(path, final)
+        return digest, size, True
+
     # -- tags -------------------------------------------------------------------------
     @contextlib.contextmanager
     def _index_lock(self) -> Iterator[None]:

@@ -67,3 +67,12 @@ def write_model_dir(root: Path, files: dict[str, bytes | str]) -> Path:
         p.write_bytes(data.encode() if isinstance(data, str) else data)
         age(p)
     return root
+
+
+def safetensors_blob(payload: bytes, name: str = "weight") -> bytes:
+    """A valid safetensors file holding *payload* as one U8 tensor: real headers around
+    arbitrary bytes, so tests can make big or random weight files cheaply."""
+    header = json.dumps({name: {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}},
+                        separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + payload

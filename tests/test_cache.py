@@ -6,12 +6,12 @@ import os
 
 import pytest
 
-from conftest import age, write_model_dir
+from conftest import age, safetensors_blob, write_model_dir
 
 FILES = {
     "config.json": '{"model_type": "llama"}',
-    "model-00001.safetensors": os.urandom(300_000),
-    "model-00002.safetensors": os.urandom(200_000),
+    "model-00001.safetensors": safetensors_blob(os.urandom(300_000)),
+    "model-00002.safetensors": safetensors_blob(os.urandom(200_000)),
     "tokenizer.json": "{}",
     "README.md": "# m\n",
 }
@@ -57,7 +57,7 @@ def test_unchanged_rebuild_is_all_cached_and_reads_nothing(cli, model):
     result = again.json()
     assert result["digest"] == first["digest"]
     assert set(kinds(again).values()) == {"cached"}
-    assert len(kinds(again)) == 1 + 2 * len(FILES) + 3  # source, digest+layer per file, config, manifest, export
+    assert len(kinds(again)) == 1 + 2 * len(FILES) + 4  # source, digest+layer per file, describe, config, manifest, export
     assert result["stats"]["bytes_hashed"] == 0
     assert result["stats"]["steps_run"] == 0
 
@@ -82,7 +82,7 @@ def test_changing_one_file_rehashes_only_that_file(cli, model):
     first = build(cli, model).json()
     target = model / "model-00002.safetensors"
     data = bytearray(target.read_bytes())
-    data[1000] ^= 0xFF
+    data[-1000] ^= 0xFF
     target.write_bytes(bytes(data))
     age(target)
     second = build(cli, model)
@@ -91,7 +91,7 @@ def test_changing_one_file_rehashes_only_that_file(cli, model):
     assert result["stats"]["files_hashed"] == ["model-00002.safetensors"]
     assert result["stats"]["bytes_hashed"] == len(data)
     assert sorted(result["stats"]["executed"]) == [
-        "config", "digest:model-00002.safetensors", "export", "layer:model-00002.safetensors", "manifest"]
+        "config", "describe", "digest:model-00002.safetensors", "export", "layer:model-00002.safetensors", "manifest"]
     # the other layers are exactly what they were
     old = {l["annotations"]["org.cncf.model.filepath"]: l["digest"] for l in first["layers"]}
     new = {l["annotations"]["org.cncf.model.filepath"]: l["digest"] for l in result["layers"]}
@@ -116,7 +116,7 @@ def test_no_cache_reruns_everything_with_the_same_result(cli, model):
     first = build(cli, model).json()
     result = build(cli, model, "--no-cache").json()
     assert result["digest"] == first["digest"]
-    assert {"config", "manifest", *(f"digest:{n}" for n in FILES), *(f"layer:{n}" for n in FILES)} <= set(
+    assert {"config", "manifest", "describe", *(f"digest:{n}" for n in FILES), *(f"layer:{n}" for n in FILES)} <= set(
         result["stats"]["executed"])
     assert result["stats"]["bytes_hashed"] > 0
 

@@ -44,7 +44,7 @@ def test_print_graph_formats_show_every_step_without_building(cli, home):
     assert lines[-1].split()[1] == "export"
     graph = json.loads(cli("build", "-f", str(EXAMPLE), "--print-graph=json").out)
     ops = [s["op"] for s in graph["steps"]]
-    assert ops.count("digest") == 7 and ops[-3:] == ["config", "manifest", "export"]
+    assert ops.count("digest") == 7 and ops[-4:] == ["describe", "config", "manifest", "export"]
     manifest = next(s for s in graph["steps"] if s["op"] == "manifest")
     assert len(manifest["deps"]) == 8  # config + 7 layers
     dot = cli("build", "-f", str(EXAMPLE), "--print-graph=dot").out
@@ -151,8 +151,12 @@ def test_the_plan_is_a_networkx_dag_in_networkx_order():
     _, desc, graph = prepare(str(EXAMPLE))
     g = graph.g
     assert isinstance(g, nx.DiGraph) and nx.is_directed_acyclic_graph(g)
-    assert g.number_of_nodes() == 1 + 2 * len(desc.files) + 3
+    assert g.number_of_nodes() == 1 + 2 * len(desc.files) + 4  # + describe, config, manifest, export
     assert graph.order == list(nx.lexicographical_topological_sort(g, key=lambda n: graph.sort_key(graph, n)))
     # the manifest depends on the config, then every layer, in path order
     preds = sorted(g.in_edges("manifest", data="index"), key=lambda e: e[2])
     assert [p for p, _, _ in preds] == ["config", *(f"layer:{f.path}" for f in desc.files)]
+    # the weight metadata is read from the weights and the config files beside them
+    assert sorted(p for p, _ in g.in_edges("describe")) == [
+        "digest:config.json", "digest:generation_config.json", "digest:model.safetensors", "digest:tokenizer.json",
+        "digest:tokenizer_config.json"]

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import age
+from conftest import age, safetensors_blob
 
 NAMES = [f"model-{i:05d}.safetensors" for i in range(4)]
 MODELFILE = "NAME crash\nCONFIG config.json\nMODEL *.safetensors\nDATASET data\n"
@@ -20,7 +20,7 @@ MODELFILE = "NAME crash\nCONFIG config.json\nMODEL *.safetensors\nDATASET data\n
 
 def _write(ctx, rng, names, size):
     for name in names:
-        (ctx / name).write_bytes(rng.randbytes(size))
+        (ctx / name).write_bytes(safetensors_blob(rng.randbytes(size)))
         age(ctx / name)
 
 

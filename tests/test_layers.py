@@ -12,12 +12,12 @@ import tarfile
 import pytest
 import zstandard
 
-from conftest import age, write_model_dir
+from conftest import age, safetensors_blob, write_model_dir
 from helpers import blob, read_artifact, validate_against_shared_schema
 
 FILES = {
     "config.json": "{}",
-    "model.safetensors": os.urandom(50_000),
+    "model.safetensors": safetensors_blob(os.urandom(50_000)),
     "tok/vocab.txt": "a\nb\n",
     "tok/sub/merges.txt": "a b\n",
     "run.sh": "#!/bin/sh\n",
@@ -129,7 +129,7 @@ def test_source_date_epoch_sets_created_and_tar_mtime(cli, home, tmp_path):
 
 
 def test_symlinked_files_are_packaged_by_content_under_the_link_path(cli, home, tmp_path):
-    blobs = write_model_dir(tmp_path / "hub" / "blobs", {"abc123": b"weights!"})
+    blobs = write_model_dir(tmp_path / "hub" / "blobs", {"abc123": safetensors_blob(b"weights!")})
     snap = tmp_path / "hub" / "snapshots" / "main"
     snap.mkdir(parents=True)
     (snap / "model.safetensors").symlink_to(blobs / "abc123")
@@ -139,4 +139,4 @@ def test_symlinked_files_are_packaged_by_content_under_the_link_path(cli, home, 
     assert run.rc == 0, run.err
     layer = run.json()["layers"][0]
     assert layer["annotations"]["org.cncf.model.filepath"] == "model.safetensors"
-    assert blob(home / "store", layer["digest"]) == b"weights!"
+    assert blob(home / "store", layer["digest"]) == safetensors_blob(b"weights!")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import write_model_dir
+from conftest import safetensors_blob, write_model_dir
 from helpers import blob, layer_paths, read_artifact, validate_against_shared_schema
 
 # modctl docs/getting-started.md, verbatim
@@ -77,8 +77,8 @@ def test_getting_started_modelfile_builds_unchanged(cli, home, tmp_path):
     ctx = write_model_dir(tmp_path / "gemma", {
         "config.json": '{"model_type": "gemma"}',
         "generation_config.json": "{}",
-        "model-00001-of-00002.safetensors": b"\x08" * 4096,
-        "model-00002-of-00002.safetensors": b"\x09" * 4096,
+        "model-00001-of-00002.safetensors": safetensors_blob(b"\x08" * 4096),
+        "model-00002-of-00002.safetensors": safetensors_blob(b"\x09" * 4096),
         "modeling.py": "print(1)\n",
         "README.md": "# gemma\n",
         "notes.txt": "not selected",

@@ -59,6 +59,10 @@ DIRECTIVES: dict[str, Directive] = {
         _d("DATASETURL", "list", "URL(s) of training datasets; repeatable", "descriptor.datasetsURL"),
         _d("CAPABILITIES", "capabilities", "model capabilities as key=value pairs; repeatable"),
         _d("LABEL", "label", "manifest annotations as key=value pairs; repeatable"),
+        # weight transforms, applied in order to the MODEL files (and config.json beside them)
+        _d("QUANTIZE", "transform", "quantize or cast the weights: QUANTIZE TYPE [--keep=PATTERN]…", since="0.2"),
+        _d("SHARD", "transform", "split the weights into shards of at most SIZE (SHARD 2GB), or merge them (SHARD none)",
+           max_args=1, since="0.2"),
     ]
 }
 

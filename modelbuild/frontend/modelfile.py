@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from modelbuild.context import BuildContext
-from modelbuild.description import BuildDescription, FileKind, FileSpec
+from modelbuild.description import BuildDescription, FileKind, FileSpec, TransformSpec
 from modelbuild.errors import ModelfileError, Span
 from modelbuild.frontend import syntax
 from modelbuild.frontend.directives import (
@@ -79,6 +79,7 @@ class _Interpreter:
         self.capabilities: dict[str, Any] = {}
         self.labels: dict[str, str] = {}
         self.files: dict[str, FileSpec] = {}
+        self.transforms: list[TransformSpec] = []
         self.warnings: list[str] = []
 
     # -- driver -----------------------------------------------------------------------
@@ -110,6 +111,7 @@ class _Interpreter:
             config=self.config,
             capabilities=self.capabilities,
             labels=self.labels,
+            transforms=tuple(self.transforms),
             source_file=self.filename,
             warnings=tuple(self.warnings),
         )
@@ -269,6 +271,37 @@ class _Interpreter:
             if key in self.capabilities:
                 raise ModelfileError.at(word.span, f"capability {key} is set twice")
             self.capabilities[key] = _capability_value(key, kind, value, word.span)
+
+
+    def _do_transform(self, ins: syntax.Instruction, d: Directive) -> None:
+        first, *rest = ins.args
+        arg = self.expand(first).strip()
+        if d.name == "SHARD":
+            if arg.lower() in ("none", "off", "merge"):
+                self.transforms.append(TransformSpec("merge", arg.lower(), (), ins.span))
+                return
+            from modelbuild.weights import parse_size
+
+            try:
+                parse_size(arg)
+            except ValueError as exc:
+                raise ModelfileError.at(first.span, str(exc), hint="or SHARD none to merge shards") from None
+            self.transforms.append(TransformSpec("shard", arg, (), ins.span))
+            return
+        options: dict[str, Any] = {}
+        for word in rest:
+            text = self.expand(word)
+            key, eq, value = text.removeprefix("--").partition("=")
+            if not text.startswith("--") or not eq or not key:
+                raise ModelfileError.at(word.span, f"expected an option --name=value, got {text!r}",
+                                        hint="e.g. --keep=lm_head.weight")
+            if key == "keep":
+                options.setdefault("keep", []).extend(v for v in value.split(",") if v)
+            elif key in options:
+                raise ModelfileError.at(word.span, f"option --{key} is given twice")
+            else:
+                options[key] = value
+        self.transforms.append(TransformSpec("quantize", arg.lower(), tuple(sorted(options.items())), ins.span))
 
 
 def syntax_has_magic(pattern: str) -> bool:

@@ -1,0 +1,156 @@
+"""Ops that finish the artifact: the ModelPack config, the manifest, and the export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from modelbuild.digests import canonical_json, key_of
+from modelbuild.errors import ModelbuildError
+from modelbuild.graph import Step
+from modelbuild.oci import mediatypes as mt
+from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
+
+# Config fields a build derives from the weights; a value the Modelfile sets wins.
+DERIVED_FIELDS = ("architecture", "format", "paramSize", "precision", "quantization")
+MODELFILE_NAMES = {"architecture": "ARCH", "format": "FORMAT", "paramSize": "PARAMSIZE", "precision": "PRECISION",
+                   "quantization": "QUANTIZATION", "family": "FAMILY"}
+
+
+def all_layers(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every layer of the layer-producing inputs, in lexicographic path order."""
+    layers = [layer for i in inputs for layer in i.get("layers", [])]
+    return sorted(layers, key=lambda layer: layer["descriptor"]["annotations"][mt.ANNOTATION_FILEPATH])
+
+
+class ConfigOp(Op):
+    """Write the ModelPack config, validated against the spec's schema.
+
+    Inputs: the ``describe`` step (facts read from the weights), then the layer steps.
+    """
+
+    name = "config"
+
+    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
+        derived, *rest = inputs
+        return key_of({**step.definition(), "derived": derived["derived"],
+                       "diffIds": [layer["diffId"] for layer in all_layers(rest)]})
+
+    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
+        return env.store.has_blob(result["descriptor"]["digest"])
+
+    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+        from modelbuild.schema import validate_config
+
+        derived, *rest = inputs
+        doc, warnings = build_config(step.params, derived["derived"], [layer["diffId"] for layer in all_layers(rest)])
+        validate_config(doc)
+        data = canonical_json(doc)
+        digest = ctx.env.store.put_bytes(data)
+        return Outcome({"descriptor": {"mediaType": mt.MODEL_CONFIG, "digest": digest, "size": len(data)},
+                        "warnings": warnings})
+
+
+def build_config(params: dict[str, Any], derived: dict[str, Any],
+                 diff_ids: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The config document, and a warning for each explicit value the weights contradict."""
+    warnings = []
+    descriptor = dict(params["descriptor"])
+    if params.get("created"):
+        descriptor["createdAt"] = params["created"]
+    config = dict(params["config"])
+    for name in DERIVED_FIELDS:
+        found = derived.get(name)
+        if found is None:
+            continue
+        if name not in config:
+            config[name] = found
+        elif not _agrees(name, config[name], found):
+            warnings.append(f"{MODELFILE_NAMES[name]} {config[name]} contradicts the weights, which say {found}; "
+                            f"keeping {config[name]}")
+    if derived.get("family"):
+        if "family" not in descriptor:
+            descriptor["family"] = derived["family"]
+        elif descriptor["family"].lower() != derived["family"].lower():
+            warnings.append(f"FAMILY {descriptor['family']} contradicts the weights, which say {derived['family']}; "
+                            f"keeping {descriptor['family']}")
+    if params.get("capabilities"):
+        config["capabilities"] = dict(params["capabilities"])
+    doc = {"descriptor": descriptor, "config": config, "modelfs": {"type": "layers", "diffIds": diff_ids}}
+    return doc, warnings
+
+
+def _agrees(name: str, explicit: str, found: str) -> bool:
+    """Whether an explicit value says the same as the derived one, allowing common spellings."""
+    if name == "precision":
+        from modelbuild.frontend.directives import PRECISION_ALIASES
+
+        norm = {PRECISION_ALIASES.get(p.strip().lower(), p.strip().lower()) for p in explicit.split(",")}
+        return norm == set(found.split(","))
+    if name == "paramSize":
+        return explicit.upper() == found.upper()
+    return explicit.strip().lower() == found.strip().lower()
+
+
+class ManifestOp(Op):
+    """Write the OCI image manifest that makes the files a ModelPack artifact."""
+
+    name = "manifest"
+
+    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
+        config, *rest = inputs
+        return key_of({**step.definition(), "config": config["descriptor"],
+                       "layers": [layer["descriptor"] for layer in all_layers(rest)]})
+
+    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
+        return env.store.has_blob(result["descriptor"]["digest"])
+
+    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+        config, *rest = inputs
+        manifest: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "artifactType": mt.MODEL_ARTIFACT,
+            "config": config["descriptor"],
+            "layers": [layer["descriptor"] for layer in all_layers(rest)],
+        }
+        annotations = dict(step.params["labels"])
+        if step.params.get("created"):
+            annotations.setdefault(mt.ANNOTATION_CREATED, step.params["created"])
+        if annotations:
+            manifest["annotations"] = dict(sorted(annotations.items()))
+        data = canonical_json(manifest)
+        digest = ctx.env.store.put_bytes(data)
+        return Outcome(
+            {
+                "descriptor": {
+                    "mediaType": mt.OCI_MANIFEST,
+                    "artifactType": mt.MODEL_ARTIFACT,
+                    "digest": digest,
+                    "size": len(data),
+                }
+            }
+        )
+
+
+class ExportOp(Op):
+    """Tag the manifest in the local store and write any ``--output`` layouts."""
+
+    name = "export"
+
+    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+        from modelbuild.oci.layout import export_layout
+
+        desc = inputs[0]["descriptor"]
+        changed = False
+        for ref in step.params["tags"]:
+            changed |= ctx.env.store.tag(ref, desc)
+        for output in step.params["outputs"]:
+            if output["type"] != "oci":
+                raise ModelbuildError(f"unsupported output type {output['type']!r}")
+            ref = step.params["tags"][0] if step.params["tags"] else None
+            changed |= export_layout(ctx.env.store, desc, Path(output["dest"]), ref)
+        return Outcome({"descriptor": desc, "tags": step.params["tags"]}, cached=not changed)
+
+
+

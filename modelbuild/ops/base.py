@@ -1,0 +1,116 @@
+"""The step-execution environment shared by every op: stats, context, the Op base class.
+
+An op computes its step's cache key from the step's definition and its inputs' content
+digests (``key``), does the work (``run``), says whether a cached result is still usable
+(``valid``: its blobs are still in the store), and re-attaches what a cached result cannot
+carry (``finalize``: local paths). Ops never print: progress goes out as events.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from modelbuild.graph import Step
+from modelbuild.progress import Emitter, Event
+
+if TYPE_CHECKING:
+    from modelbuild.cache import BuildCache
+    from modelbuild.locks import KeyLocks
+    from modelbuild.plugins import PluginHost
+    from modelbuild.store import Store
+
+@dataclass
+class Stats:
+    """What a build did, reported in ``--json`` output and asserted by tests."""
+
+    steps_run: int = 0
+    steps_cached: int = 0
+    bytes_hashed: int = 0
+    bytes_written: int = 0
+    files_hashed: list[str] = field(default_factory=list)
+    executed: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: Any) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                current = getattr(self, name)
+                if isinstance(current, list):
+                    current.append(value)
+                else:
+                    setattr(self, name, current + value)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "steps_run": self.steps_run,
+            "steps_cached": self.steps_cached,
+            "bytes_hashed": self.bytes_hashed,
+            "bytes_written": self.bytes_written,
+            "files_hashed": sorted(self.files_hashed),
+            "executed": sorted(self.executed),
+        }
+
+
+@dataclass
+class ExecEnv:
+    store: "Store"
+    cache: "BuildCache"
+    host: "PluginHost"
+    emitter: Emitter
+    stats: Stats = field(default_factory=Stats)
+    no_cache: bool = False
+    jobs: int = 1
+    locks: "KeyLocks" = field(init=False)
+
+    def __post_init__(self) -> None:
+        from modelbuild.locks import KeyLocks
+
+        self.locks = KeyLocks(self.store.root / "locks")
+
+
+class StepContext:
+    """What an op sees while it runs: the environment and a progress reporter."""
+
+    def __init__(self, env: ExecEnv, number: int, step: Step) -> None:
+        self.env = env
+        self.number = number
+        self.step = step
+        self.current = 0
+        self.total: int | None = None
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+
+    def advance(self, n: int) -> None:
+        self.current += n
+        self.env.emitter.emit(Event("progress", self.number, self.step.label, self.current, self.total))
+
+    def log(self, message: str) -> None:
+        self.env.emitter.emit(Event("log", self.number, self.step.label, message=message))
+
+
+@dataclass
+class Outcome:
+    result: dict[str, Any]
+    cached: bool = False
+
+
+class Op:
+    name = ""
+
+    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
+        """The step's cache key, or None for a step that always runs (it is cheap)."""
+        return None
+
+    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+        raise NotImplementedError
+
+    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
+        return True
+
+    def finalize(self, result: dict[str, Any], inputs: list[dict[str, Any]], env: ExecEnv) -> dict[str, Any]:
+        """Attach what a cached result cannot carry (paths on this machine); default: nothing."""
+        return result
+

@@ -1,0 +1,149 @@
+"""Ops that read the build context: make it available, and digest its files."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from modelbuild.context import walk_tree
+from modelbuild.digests import key_of
+from modelbuild.errors import BuildError
+from modelbuild.graph import Step
+from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
+from modelbuild.tarball import normalise_mode
+
+# A file modified less than this long before it was hashed is not put in the stat cache:
+# file-system clocks are coarse, so a write in the same tick would not change its mtime.
+RACY_WINDOW_NS = 1_000_000_000
+
+
+class SourceOp(Op):
+    """Make the build context available. Local directories need no work."""
+
+    name = "source"
+
+    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+        root = step.params["root"]
+        if not os.path.isdir(root):
+            raise BuildError(f"build context {root} is gone")
+        return Outcome({"root": root}, cached=True)
+
+
+class DigestOp(Op):
+    """Content digest of a file or directory, through the stat cache.
+
+    With ``ingest`` (raw layers), a file missing from the store is copied in while it is
+    hashed, so its bytes are read exactly once and the layer step has nothing left to do.
+    """
+
+    name = "digest"
+
+    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+        p = step.params
+        root = Path(inputs[0]["root"])
+        try:
+            if p["is_dir"]:
+                return self._directory(root, p["path"], ctx)
+            return self._file(root, p["path"], p["ingest"], ctx)
+        except FileNotFoundError as exc:
+            raise BuildError(f"{p['path']}: vanished during the build ({exc.filename})") from None
+
+    def _file(self, root: Path, rel: str, ingest: bool, ctx: StepContext) -> Outcome:
+        path = root / rel
+        st = os.stat(path)
+        digest, cached = self._digest(path, st, rel, ingest, ctx)
+        return Outcome({**self._result(path, st, digest), "path": rel, "kind": ctx.step.params.get("kind", "model")},
+                       cached=cached)
+
+    def _digest(self, path: Path, st: os.stat_result, rel: str, ingest: bool, ctx: StepContext) -> tuple[str, bool]:
+        """The file's digest and whether the stat cache knew it; hashes at most once."""
+        env = ctx.env
+        digest = self._known(st, ingest, env)
+        if digest is not None:
+            return digest, True
+        # another build (or step) may be hashing this very file: wait, then use its answer
+        with env.locks.hold(repr(env.cache.stat_key(st))):
+            digest = self._known(st, ingest, env)
+            if digest is not None:
+                return digest, True
+            return self._hash(path, st, rel, ingest, ctx), False
+
+    @staticmethod
+    def _known(st: os.stat_result, ingest: bool, env: ExecEnv) -> str | None:
+        """The digest the stat cache has for this file, if its blob is where it must be."""
+        digest = None if env.no_cache else env.cache.get_file_digest(st)
+        if digest is not None and (not ingest or env.store.has_blob(digest)):
+            return digest
+        return None
+
+    def _hash(self, path: Path, st: os.stat_result, rel: str, ingest: bool, ctx: StepContext) -> str:
+        """Hash a file; with *ingest*, make sure its bytes are in the store too.
+
+        A file never seen before is copied into the store while it is hashed (one read). A
+        file whose inode was hashed before under another mtime (touched, or checked out
+        again) is most likely unchanged: it is only hashed, and copied in a second pass
+        just when its content turns out to be new.
+        """
+        env = ctx.env
+        ctx.set_total(st.st_size)
+        if ingest and not env.cache.seen_inode(st):
+            digest, size, created = env.store.ingest_file(path, ctx.advance)
+            if created:
+                env.stats.add(bytes_written=size)
+        else:
+            import hashlib
+
+            from modelbuild.store import copy_stream
+
+            hasher = hashlib.sha256()
+            size = copy_stream(path, hasher.update, ctx.advance)
+            digest = "sha256:" + hasher.hexdigest()
+            if ingest and not env.store.has_blob(digest):
+                ctx.current = 0
+                digest2, size, created = env.store.ingest_file(path, ctx.advance)
+                if digest2 != digest:
+                    raise BuildError(f"{rel} changed while it was being read; build again once it is written")
+                if created:
+                    env.stats.add(bytes_written=size)
+        env.stats.add(bytes_hashed=size, files_hashed=rel)
+        after = os.stat(path)
+        if env.cache.stat_key(after) != env.cache.stat_key(st) or size != st.st_size:
+            raise BuildError(f"{rel} changed while it was being read; build again once it is written")
+        if time.time_ns() - st.st_mtime_ns > RACY_WINDOW_NS:
+            env.cache.set_file_digest(st, digest)
+        return digest
+
+    @staticmethod
+    def _result(path: Path, st: os.stat_result, digest: str) -> dict[str, Any]:
+        return {
+            "digest": digest,
+            "size": st.st_size,
+            "mode": normalise_mode(st.st_mode),
+            "is_dir": False,
+            "source": str(path),
+        }
+
+    def _directory(self, root: Path, rel: str, ctx: StepContext) -> Outcome:
+        tree = walk_tree(root, rel)
+        all_cached = True
+        members = []
+        for f in tree:
+            name = f.path
+            mode = normalise_mode(f.mode, f.kind == "dir")
+            digest = ""
+            if f.kind == "file":
+                digest, cached = self._digest(Path(f.abspath), os.stat(f.abspath), name, False, ctx)
+                all_cached &= cached
+            members.append([name, f.kind, mode, f.size, digest, f.linkname, f.abspath])
+        tree_digest = key_of([m[:6] for m in members])
+        result = {
+            "digest": tree_digest,
+            "size": sum(m[3] for m in members),
+            "mode": 0o755,
+            "is_dir": True,
+            "members": members,
+            "path": rel,
+        }
+        return Outcome(result, cached=all_cached)

@@ -1,0 +1,132 @@
+"""Ops that turn files into ModelPack layers, through layer-codec plugins.
+
+``layer`` packs one file or directory of the context. ``layerset`` packs every file of a
+transformed model set (whose files are only known once the transforms ran: sharding
+decides how many there are). Both use :func:`pack_layer`, and both return
+``{"layers": [{"descriptor": …, "diffId": …}, …]}``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from modelbuild.description import FileKind
+from modelbuild.digests import key_of
+from modelbuild.errors import BuildError
+from modelbuild.graph import Step
+from modelbuild.oci import mediatypes as mt
+from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
+from modelbuild.tarball import Member
+
+
+def rfc3339(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def codec_identity(codec_name: str, env: ExecEnv) -> dict[str, Any]:
+    """What of a codec enters a cache key: its name, version, plugin and plugin version."""
+    codec = env.host.codecs.get(codec_name)
+    owner = env.host.codecs.owner(codec.name)
+    return {"name": codec.name, "version": codec.version, "plugin": owner,
+            "plugin_version": env.host.plugin_version(owner)}
+
+
+def content_of(src: dict[str, Any]) -> dict[str, Any]:
+    """The part of a file description that identifies its content (not where it lies)."""
+    return {k: src[k] for k in ("digest", "size", "mode", "is_dir")}
+
+
+def pack_layer(path: str, kind: str, src: dict[str, Any], codec_name: str, epoch: int,
+               ctx: StepContext) -> tuple[dict[str, Any], bool]:
+    """Encode *src* (a digest result) as the layer for *path*; return it and whether it was
+    already in the store (a raw file ingested while it was hashed)."""
+    env = ctx.env
+    codec = env.host.codecs.get(codec_name)
+    if src["is_dir"] and not codec.archive:
+        raise BuildError(f"{path}: layer format {codec.name} cannot hold a directory")
+    if not codec.archive and env.store.has_blob(src["digest"]):
+        digest, size, diff_id, reused = src["digest"], src["size"], src["digest"], True
+    else:
+        ctx.set_total(src["size"])
+        with env.store.writer() as sink:
+            diff_id = codec.encode(_members(path, src), sink, mtime=epoch, progress=ctx.advance)
+            digest = sink.commit()
+            size = sink.size
+        diff_id = diff_id or digest
+        if sink.created:
+            env.stats.add(bytes_written=size)
+        if not codec.archive and digest != src["digest"]:
+            raise BuildError(f"{path} changed during the build; build again")
+        reused = False
+    metadata = {
+        "name": path.rsplit("/", 1)[-1],
+        "mode": src["mode"],
+        "uid": 0,
+        "gid": 0,
+        "size": 0 if src["is_dir"] else src["size"],
+        "mtime": rfc3339(epoch),
+        "typeflag": 5 if src["is_dir"] else 0,
+    }
+    descriptor = {
+        "mediaType": mt.layer_media_type(FileKind(kind).media_family, codec.media_suffix),
+        "digest": digest,
+        "size": size,
+        "annotations": {
+            mt.ANNOTATION_FILE_METADATA: json.dumps(metadata, separators=(",", ":"), ensure_ascii=False),
+            mt.ANNOTATION_FILEPATH: path,
+            mt.ANNOTATION_MEDIATYPE_UNTESTED: "false",
+            mt.ANNOTATION_TITLE: path,
+        },
+    }
+    return {"descriptor": descriptor, "diffId": diff_id}, reused
+
+
+def _members(path: str, src: dict[str, Any]) -> list[Member]:
+    if not src["is_dir"]:
+        return [Member(path, "file", src["source"], src["mode"], src["size"])]
+    return [
+        Member(name, kind, abspath if kind == "file" else None, mode, size, linkname)
+        for name, kind, mode, size, _digest, linkname, abspath in src["members"]
+    ]
+
+
+def layers_valid(result: dict[str, Any], env: ExecEnv) -> bool:
+    return all(env.store.has_blob(layer["descriptor"]["digest"]) for layer in result["layers"])
+
+
+class LayerOp(Op):
+    """Encode one file or directory of the context as a layer."""
+
+    name = "layer"
+
+    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
+        return key_of({**step.definition(), "codec": codec_identity(step.params["codec"], env),
+                       "input": content_of(inputs[0])})
+
+    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
+        return layers_valid(result, env)
+
+    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+        p = step.params
+        layer, _ = pack_layer(p["path"], p["kind"], inputs[0], p["codec"], p["epoch"], ctx)
+        return Outcome({"layers": [layer]})
+
+
+class LayerSetOp(Op):
+    """Encode every file of a transformed model set, one layer each."""
+
+    name = "layerset"
+
+    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
+        files = [{"path": f["path"], "kind": f["kind"], **content_of(f)} for f in inputs[0]["files"]]
+        return key_of({**step.definition(), "codec": codec_identity(step.params["codec"], env), "files": files})
+
+    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
+        return layers_valid(result, env)
+
+    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+        p = step.params
+        layers = [pack_layer(f["path"], f["kind"], f, p["codec"], p["epoch"], ctx)[0] for f in inputs[0]["files"]]
+        return Outcome({"layers": layers})

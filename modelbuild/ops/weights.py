@@ -1,0 +1,175 @@
+"""Ops on the model set: transform it with a plugin (quantize, shard, merge), and read
+from its headers the facts the config states (format, precision, parameter count, …).
+
+A model set travels between steps as ``{"files": [file, …]}``, each file a dict with
+``path``, ``kind``, ``digest``, ``size``, ``mode``, ``is_dir`` (always False) and ``origin``:
+``"input"`` (a file of the build context) or ``"blob"`` (a transform's output, in the store).
+``source``, where to read it now, is attached by ``finalize`` and never cached: a cached
+result stays valid when the context moves.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from modelbuild.digests import key_of
+from modelbuild.errors import BuildError, PluginError
+from modelbuild.graph import Step
+from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
+
+
+def model_set(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The files of a model set, from digest results or a previous transform's result."""
+    files: list[dict[str, Any]] = []
+    for i in inputs:
+        if "files" in i:
+            files.extend(i["files"])
+        elif "digest" in i:
+            files.append({**i, "origin": "input"})
+    return sorted(files, key=lambda f: f["path"])
+
+
+def identity(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: f[k] for k in ("path", "kind", "digest", "size")} for f in files]
+
+
+def plugin_identity(registry: Any, name: str, env: ExecEnv) -> dict[str, Any]:
+    obj = registry.get(name)
+    owner = registry.owner(name)
+    return {"name": name, "version": obj.version, "plugin": owner, "plugin_version": env.host.plugin_version(owner)}
+
+
+def weight_files(files: list[dict[str, Any]]) -> list[Any]:
+    from modelbuild.weights import WeightFile
+
+    return [WeightFile(f["path"], f["source"], f["digest"], f["size"], f["kind"]) for f in files]
+
+
+class TransformOp(Op):
+    """Run a quantizer or shard strategy plugin over the model set."""
+
+    name = "transform"
+
+    def _registry(self, step: Step, env: ExecEnv) -> Any:
+        return env.host.quantizers if step.params["action"] == "quantize" else env.host.shard_strategies
+
+    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
+        return key_of({**step.definition(),
+                       "implementation": plugin_identity(self._registry(step, env), step.params["plugin"], env),
+                       "files": identity(model_set(inputs))})
+
+    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
+        return all(env.store.has_blob(f["digest"]) for f in result["files"] if f["origin"] == "blob")
+
+    def finalize(self, result: dict[str, Any], inputs: list[dict[str, Any]], env: ExecEnv) -> dict[str, Any]:
+        by_digest = {f["digest"]: f["source"] for f in model_set(inputs)}
+        files = []
+        for f in result["files"]:
+            source = str(env.store.blob_path(f["digest"])) if f["origin"] == "blob" else by_digest[f["digest"]]
+            files.append({**f, "source": source})
+        return {"files": files}
+
+    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+        from modelbuild.weights import Output, TransformContext, WeightFile
+
+        env = ctx.env
+        p = step.params
+        inputs_set = model_set(inputs)
+        files = weight_files(inputs_set)
+        plugin = self._registry(step, env).get(p["plugin"])
+        workdir = Path(tempfile.mkdtemp(dir=env.store.ingest_dir, prefix="transform-"))
+        tctx = TransformContext(workdir, jobs=env.jobs, advance=ctx.advance, set_total=ctx.set_total, log=ctx.log)
+        try:
+            if p["action"] == "quantize":
+                produced = plugin.quantize(files, p["arg"], dict(p["options"]), tctx)
+            elif p["action"] == "shard":
+                from modelbuild.weights import parse_size
+
+                produced = plugin.shard(files, parse_size(p["arg"]), tctx)
+            else:
+                produced = plugin.merge(files, tctx)
+            known = {(f.path, f.digest): f for f in files}
+            out: dict[str, dict[str, Any]] = {}
+            for item in produced:
+                if isinstance(item, WeightFile):
+                    if (item.path, item.digest) not in known:
+                        raise PluginError(f"{p['plugin']} returned a file it was not given: {item.path}")
+                    entry = {"path": item.path, "kind": item.kind, "digest": item.digest, "size": item.size,
+                             "origin": "input"}
+                elif isinstance(item, Output):
+                    digest, size, created = env.store.adopt(item.file)
+                    if created:
+                        env.stats.add(bytes_written=size)
+                    entry = {"path": item.path, "kind": item.kind, "digest": digest, "size": size, "origin": "blob"}
+                else:
+                    raise PluginError(f"{p['plugin']} returned {item!r}, not a WeightFile or an Output")
+                if entry["path"] in out:
+                    raise PluginError(f"{p['plugin']} returned two files named {entry['path']}")
+                out[entry["path"]] = {**entry, "mode": 0o644, "is_dir": False}
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if not out:
+            raise BuildError(f"{step.label}: produced no files")
+        return Outcome({"files": [out[k] for k in sorted(out)]})
+
+
+class DescribeOp(Op):
+    """Read format, parameter count, precision, quantization, architecture and family from
+    the model set's headers (never by loading weights), for the config."""
+
+    name = "describe"
+
+    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
+        formats = [plugin_identity(env.host.formats, name, env) for name in env.host.formats.names()]
+        return key_of({**step.definition(), "formats": formats, "files": identity(model_set(inputs))})
+
+    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+        env = ctx.env
+        files = model_set(inputs)
+        config = _read_config(files)
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for f in files:
+            handler = env.host.format_for_path(f["path"]) if f["kind"] == "model" else None
+            if handler is not None:
+                groups.setdefault(handler.name, []).append(f)
+        infos = []
+        for name, group in sorted(groups.items()):
+            infos.append(env.host.formats.get(name).read_info(weight_files(group), config))
+        derived: dict[str, Any] = {}
+        if infos:
+            info = max(infos, key=lambda i: (i.param_count, i.format))
+            derived = {
+                "format": info.format,
+                "paramSize": info.param_size,
+                "precision": info.precision,
+                "quantization": info.quantization,
+                "architecture": info.architecture,
+                "family": info.family,
+            }
+        elif config:
+            derived = _from_config(config)
+        return Outcome({"derived": {k: v for k, v in derived.items() if v}})
+
+
+def _read_config(files: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The Hugging Face ``config.json`` of the model set, if it has one at its top level."""
+    for f in files:
+        if f["path"] == "config.json":
+            try:
+                with open(f["source"], "rb") as fh:
+                    doc = json.load(fh)
+            except (OSError, ValueError) as exc:
+                from modelbuild.weights import FormatError
+
+                raise FormatError("config.json", f"not valid JSON ({exc})") from None
+            return doc if isinstance(doc, dict) else None
+    return None
+
+
+def _from_config(config: dict[str, Any]) -> dict[str, Any]:
+    transformer = any(k in config for k in ("transformers_version", "architectures", "num_attention_heads"))
+    return {"architecture": "transformer" if transformer else None, "family": config.get("model_type")}

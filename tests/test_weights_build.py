@@ -1,0 +1,139 @@
+"""Weight transforms in a build: QUANTIZE and SHARD as cached DAG steps, and a config
+filled in from the weights themselves."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import EXAMPLES, age
+from helpers import blob, read_artifact, validate_against_shared_schema
+
+EXAMPLE_MODEL = EXAMPLES / "tiny-llama" / "model"
+BASE = "NAME tiny\nCONFIG *.json\nMODEL *.safetensors\nDOC README.md\n"
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    dest = tmp_path / "model"
+    shutil.copytree(EXAMPLE_MODEL, dest)
+    for p in dest.iterdir():
+        age(p)
+    return dest
+
+
+def build(cli, ctx, text, *extra):
+    (ctx / "Modelfile").write_text(text)
+    run = cli("build", "-f", "Modelfile", "--json", "--progress", "plain", *extra, cwd=ctx)
+    assert run.rc == 0, run.err
+    return run.json()
+
+
+def layer_bytes(home, result, path):
+    layer = next(l for l in result["layers"] if l["annotations"]["org.cncf.model.filepath"] == path)
+    return blob(home / "store", layer["digest"])
+
+
+def test_config_is_derived_from_the_weights(cli, home, ctx):
+    result = build(cli, ctx, BASE)
+    config = result["config"]
+    validate_against_shared_schema(config)
+    assert config["config"] == {"architecture": "transformer", "format": "safetensors", "paramSize": "156.5K",
+                                "precision": "float32"}
+    assert config["descriptor"]["family"] == "llama"
+
+
+def test_explicit_values_win_and_contradictions_warn(cli, ctx):
+    result = build(cli, ctx, BASE + "PRECISION bfloat16\nFORMAT safetensors\nPARAMSIZE 7B\n")
+    assert result["config"]["config"]["precision"] == "bfloat16"
+    assert result["config"]["config"]["paramSize"] == "7B"
+    assert any("PRECISION bfloat16 contradicts the weights, which say float32" in w for w in result["warnings"])
+    assert any("PARAMSIZE 7B contradicts" in w for w in result["warnings"])
+    assert not any("FORMAT" in w for w in result["warnings"])
+
+
+def test_quantize_bfloat16_replaces_the_weights_and_keeps_the_rest(cli, home, ctx, tmp_path):
+    result = build(cli, ctx, BASE + "QUANTIZE bfloat16\n")
+    assert result["config"]["config"]["precision"] == "bfloat16"
+    assert result["config"]["config"]["paramSize"] == "156.5K"
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(layer_bytes(home, result, "model.safetensors"))
+    import ml_dtypes
+
+    original = load_file(str(ctx / "model.safetensors"))
+    converted = load_file(str(out))
+    assert sorted(converted) == sorted(original)
+    for name, arr in original.items():
+        assert converted[name].dtype == ml_dtypes.bfloat16
+        assert np.array_equal(converted[name].view(np.uint16), arr.astype(ml_dtypes.bfloat16).view(np.uint16))
+    assert layer_bytes(home, result, "tokenizer.json") == (ctx / "tokenizer.json").read_bytes()
+    assert sorted(l["annotations"]["org.cncf.model.filepath"] for l in result["layers"]) == sorted(
+        p.name for p in ctx.iterdir() if p.suffix in (".json", ".safetensors") or p.name == "README.md")
+
+
+def test_changing_the_quant_type_reruns_only_that_step_and_what_follows(cli, ctx):
+    build(cli, ctx, BASE + "QUANTIZE float16\nSHARD 200KB\n")
+    result = build(cli, ctx, BASE + "QUANTIZE bfloat16\nSHARD 200KB\n")
+    executed = result["stats"]["executed"]
+    assert "transform:1" in executed and "transform:2" in executed
+    assert not [s for s in executed if s.startswith(("digest:", "layer:"))]
+    assert result["stats"]["bytes_hashed"] == 0
+    # changing only the shard size keeps the quantized weights
+    again = build(cli, ctx, BASE + "QUANTIZE bfloat16\nSHARD 150KB\n")
+    assert "transform:1" not in again["stats"]["executed"] and "transform:2" in again["stats"]["executed"]
+
+
+def test_shard_and_merge_round_trip(cli, home, ctx, tmp_path):
+    sharded = build(cli, ctx, BASE + "SHARD 200KB\n")
+    names = sorted(l["annotations"]["org.cncf.model.filepath"] for l in sharded["layers"])
+    shards = [n for n in names if n.startswith("model-")]
+    assert len(shards) >= 3 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert "model.safetensors" not in names and "model.safetensors.index.json" in names
+    index = json.loads(layer_bytes(home, sharded, "model.safetensors.index.json"))
+    assert set(index["weight_map"].values()) == set(shards)
+    merged_tensors = {}
+    for shard in shards:
+        p = tmp_path / shard
+        p.write_bytes(layer_bytes(home, sharded, shard))
+        merged_tensors.update(load_file(str(p)))
+    original = load_file(str(ctx / "model.safetensors"))
+    assert sorted(merged_tensors) == sorted(original)
+    assert all(np.array_equal(merged_tensors[k], original[k]) for k in original)
+    assert index["metadata"]["total_size"] == sum(a.nbytes for a in original.values())
+    # SHARD none merges back into one file with the same tensors
+    merged = build(cli, ctx, BASE + "SHARD 200KB\nSHARD none\n")
+    out = tmp_path / "merged.safetensors"
+    out.write_bytes(layer_bytes(home, merged, "model.safetensors"))
+    again = load_file(str(out))
+    assert all(np.array_equal(again[k], original[k]) for k in original)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("QUANTIZE q4_7", "Modelfile:5:1: unknown quant type q4_7 (known: "),
+        ("QUANTIZE q8_0", "Modelfile:5:1: quant type q8_0 cannot be applied to safetensors weights (it is for gguf)"),
+        ("SHARD 2XB", "Modelfile:5:7: bad size '2XB'"),
+        ("QUANTIZE bfloat16 keep=x", "Modelfile:5:19: expected an option --name=value, got 'keep=x'"),
+    ],
+)
+def test_impossible_transforms_fail_at_their_line(cli, ctx, line, message):
+    (ctx / "Modelfile").write_text(BASE + line + "\n")
+    run = cli("build", "-f", "Modelfile", cwd=ctx)
+    assert run.rc == 2, run.err
+    assert run.err.startswith(message), run.err
+    assert run.err.count("\n") == 1
+
+
+def test_a_truncated_weight_file_is_a_clear_error_naming_it(cli, ctx):
+    data = (ctx / "model.safetensors").read_bytes()
+    (ctx / "model.safetensors").write_bytes(data[: len(data) // 2])
+    age(ctx / "model.safetensors")
+    (ctx / "Modelfile").write_text(BASE)
+    run = cli("build", "-f", "Modelfile", "--progress", "quiet", cwd=ctx)
+    assert run.rc == 2, run.err
+    assert "model.safetensors" in run.err and "Traceback" not in run.err

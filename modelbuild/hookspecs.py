@@ -104,7 +104,10 @@ def modelbuild_register_formats(registry: "Registry") -> None:
 
     Call ``registry.add(handler)``. A handler has a ``name`` (``safetensors``, ``gguf``,
     ``onnx``: what ``ModelInfo.format`` and the config's ``format`` say), a ``version``
-    (enters cache keys), a ``summary``, ``extensions`` (e.g. ``(".safetensors",)``) and::
+    (enters cache keys), a ``summary``, ``extensions`` (e.g. ``(".safetensors",)``),
+    optionally ``sidecar_files = True`` (``read_info`` then also receives the model set's
+    weight files of no known format, e.g. ONNX external data) and ``writable = False``
+    (``write`` is not supported), and::
 
         detect(path) -> bool
             True when the file at *path* is of this format; reads a few bytes at most.

@@ -44,11 +44,10 @@ class BuildOptions:
 
 
 def model_set(desc: BuildDescription, host: "PluginHost") -> list[FileSpec]:
-    """The files weight transforms and the metadata reader work on."""
-    return [
-        f for f in desc.files
-        if not f.is_dir and (f.kind == FileKind.CONFIG or (f.kind == FileKind.MODEL and host.format_for_path(f.path)))
-    ]
+    """The files weight transforms and the metadata reader work on: every MODEL and CONFIG
+    file (not directories). Weight files of no known format ride along: an ONNX model's
+    external data file is one, and a transform passes what it does not know through."""
+    return [f for f in desc.files if not f.is_dir and f.kind in (FileKind.CONFIG, FileKind.MODEL)]
 
 
 def plan(desc: BuildDescription, options: BuildOptions, host: "PluginHost") -> BuildGraph:
@@ -148,7 +147,8 @@ def resolve_transforms(desc: BuildDescription, host: "PluginHost") -> list[tuple
         return []
     first = desc.transforms[0]
     dirs = [f.path for f in desc.files if f.kind == FileKind.MODEL and f.is_dir]
-    formats = sorted({host.format_for_path(f.path).name for f in model_set(desc, host) if f.kind == FileKind.MODEL})
+    formats = sorted({h.name for f in model_set(desc, host) if f.kind == FileKind.MODEL
+                      and (h := host.format_for_path(f.path)) is not None})
     if not formats:
         known = ", ".join(ext for h in host.formats for ext in h.extensions)
         hint = f"weights inside a directory ({dirs[0]}) cannot be transformed; select the files" if dirs else \

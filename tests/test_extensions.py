@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import write_model_dir
+from conftest import safetensors_blob, write_model_dir
 from helpers import read_artifact, validate_against_shared_schema
 
 EVERYTHING = r"""# syntax=modelfile
@@ -45,8 +45,8 @@ def test_every_extension_builds_and_lands_in_the_config(cli, home, tmp_path):
     ctx = tmp_path / "proj"
     write_model_dir(ctx / "model", {
         "config.json": "{}",
-        "weights/part1/a.safetensors": b"1" * 10,
-        "weights/b.safetensors": b"2" * 10,
+        "weights/part1/a.safetensors": safetensors_blob(b"1" * 10),
+        "weights/b.safetensors": safetensors_blob(b"2" * 10),
         "data/train.jsonl": "{}\n",
         "code/run.py": "print()\n",
         "README.md": "hi\n",
@@ -105,7 +105,8 @@ def test_every_extension_builds_and_lands_in_the_config(cli, home, tmp_path):
         "weights/part1/a.safetensors": "application/vnd.cncf.model.weight.v1.raw",
     }
     assert result["tags"] == ["my-model-base:latest"]
-    assert result["warnings"] == []
+    # the tiny stand-in weights are 20 uint8 values: the explicit values win, with warnings
+    assert [w.split(" contradicts")[0] for w in result["warnings"]] == ["PARAMSIZE 1.5B", "PRECISION bfloat16"]
 
 
 def test_build_arg_overrides_default_and_unused_args_warn(cli, tmp_path):

@@ -131,8 +131,8 @@ def test_modctl_parser_test_modelfile_builds_unchanged(cli, home, tmp_path):
 
 def test_directories_and_recursive_globs_are_packaged(cli, home, tmp_path):
     ctx = write_model_dir(tmp_path / "m", {
-        "weights/a.safetensors": b"a" * 100,
-        "weights/sub/b.safetensors": b"b" * 200,
+        "weights/a.safetensors": safetensors_blob(b"a" * 100),
+        "weights/sub/b.safetensors": safetensors_blob(b"b" * 200),
         "tokenizer/vocab.txt": "v",
         "tokenizer/merges.txt": "m",
         "nested/deep/x.json": "{}",

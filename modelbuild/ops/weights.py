@@ -132,13 +132,19 @@ class DescribeOp(Op):
         files = model_set(inputs)
         config = _read_config(files)
         groups: dict[str, list[dict[str, Any]]] = {}
+        unclaimed = []
         for f in files:
             handler = env.host.format_for_path(f["path"]) if f["kind"] == "model" else None
             if handler is not None:
                 groups.setdefault(handler.name, []).append(f)
+            elif f["kind"] == "model":
+                unclaimed.append(f)
         infos = []
         for name, group in sorted(groups.items()):
-            infos.append(env.host.formats.get(name).read_info(weight_files(group), config))
+            handler = env.host.formats.get(name)
+            # formats whose models reference side files (ONNX external data) see those too
+            given = group + unclaimed if getattr(handler, "sidecar_files", False) else group
+            infos.append(handler.read_info(weight_files(given), config))
         derived: dict[str, Any] = {}
         if infos:
             info = max(infos, key=lambda i: (i.param_count, i.format))

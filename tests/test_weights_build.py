@@ -137,3 +137,41 @@ def test_a_truncated_weight_file_is_a_clear_error_naming_it(cli, ctx):
     run = cli("build", "-f", "Modelfile", "--progress", "quiet", cwd=ctx)
     assert run.rc == 2, run.err
     assert "model.safetensors" in run.err and "Traceback" not in run.err
+
+
+def test_gguf_q8_0_through_a_modelfile(cli, home, tmp_path):
+    import gguf
+
+    rng = np.random.default_rng(1)
+    ctx = tmp_path / "g"
+    ctx.mkdir()
+    writer = gguf.GGUFWriter(str(ctx / "model.gguf"), "llama")
+    writer.add_block_count(1)
+    tensors = {
+        "token_embd.weight": rng.standard_normal((64, 32)).astype(np.float32),
+        "blk.0.attn_q.weight": rng.standard_normal((32, 32)).astype(np.float32),
+        "blk.0.attn_norm.weight": np.ones(32, dtype=np.float32),
+    }
+    for name, arr in tensors.items():
+        writer.add_tensor(name, arr)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    age(ctx / "model.gguf")
+    result = build(cli, ctx, "NAME g\nMODEL model.gguf\nQUANTIZE q8_0\n")
+    config = result["config"]["config"]
+    assert config["format"] == "gguf" and config["quantization"] == "q8_0"
+    assert config["precision"] == "q8_0,float32"
+    out = tmp_path / "out.gguf"
+    out.write_bytes(layer_bytes(home, result, "model.gguf"))
+    reader = gguf.GGUFReader(str(out))
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types == {"token_embd.weight": "Q8_0", "blk.0.attn_q.weight": "Q8_0", "blk.0.attn_norm.weight": "F32"}
+    for t in reader.tensors:
+        if t.tensor_type.name == "Q8_0":
+            expected = gguf.quants.quantize(tensors[t.name], gguf.GGMLQuantizationType.Q8_0)
+            assert np.array_equal(np.asarray(t.data).reshape(-1).view(np.uint8), expected.reshape(-1).view(np.uint8))
+    # a GGUF split, then merged back: the tensors come back unchanged
+    split = build(cli, ctx, "NAME g\nMODEL model.gguf\nQUANTIZE q8_0\nSHARD 3KB\n")
+    assert sorted(l["annotations"]["org.cncf.model.filepath"] for l in split["layers"])[0] == "model-00001-of-00002.gguf"

@@ -50,14 +50,14 @@ class FileSpec:
 class TransformSpec:
     """A step that changes the weights: ``QUANTIZE bfloat16``, ``SHARD 2GB``, ``SHARD none``."""
 
-    action: str  # "quantize", "shard" or "merge"
+    action: str  # "convert", "quantize", "shard" or "merge"
     arg: str  # the quant type, or the shard size as written
     options: tuple[tuple[str, Any], ...] = ()
     origin: Span | None = None
 
     @property
     def directive(self) -> str:
-        return "QUANTIZE" if self.action == "quantize" else "SHARD"
+        return {"convert": "CONVERT", "quantize": "QUANTIZE"}.get(self.action, "SHARD")
 
 
 @dataclass(frozen=True)

@@ -165,3 +165,39 @@ def modelbuild_register_shard_strategies(registry: "Registry") -> None:
 
     Return value: ignored.  Since: 0.2.
     """
+
+
+@hookspec
+def modelbuild_register_converters(registry: "Registry") -> None:
+    """Add converters: what ``CONVERT FORMAT`` can do to a model set.
+
+    Call ``registry.add(converter)``. A converter has a unique ``name``, a ``version``
+    (enters cache keys), a ``summary``, ``source_format`` and ``target_format`` (format
+    names, e.g. ``"safetensors"`` → ``"gguf"``), ``outtypes`` (what ``--outtype=`` may
+    name; the first is the default), and::
+
+        convert(files, options, ctx) -> list[WeightFile | Output]
+
+    with the conventions of ``quantize`` (see :func:`modelbuild_register_quantizers`):
+    ``files`` is the model set (weights and config files such as ``config.json`` and
+    ``tokenizer.json``), ``options`` the ``--name=value`` options of the ``CONVERT`` line
+    (``outtype`` always set), and the return value the complete new set. Raise
+    :class:`~modelbuild.weights.FormatError` for input it cannot convert (an unsupported
+    architecture, naming the supported ones; a missing tokenizer; a missing shard).
+
+    Return value: ignored.  Since: 0.3.
+    """
+
+
+@hookspec
+def modelbuild_register_architectures(registry: "Registry") -> None:
+    """Add model architectures to the Hugging Face → GGUF converter.
+
+    Call ``registry.add(adapter)``. An adapter has a ``name`` (the GGUF architecture, e.g.
+    ``"llama"``), a ``version``, a ``summary`` and ``hf_architectures`` (the
+    ``config.json`` ``architectures`` entries it handles, e.g. ``("LlamaForCausalLM",)``);
+    the methods the converter calls are documented in ``plugins/hf_to_gguf.py``
+    (:class:`ArchitectureAdapter`). Adding an architecture is one small plugin.
+
+    Return value: ignored.  Since: 0.3.
+    """

@@ -133,6 +133,8 @@ def plan(desc: BuildDescription, options: BuildOptions, host: "PluginHost") -> B
 
 
 def _transform_label(t: TransformSpec) -> str:
+    if t.action == "convert":
+        return f"convert to {t.arg}"
     if t.action == "merge":
         return "merge shards"
     if t.action == "shard":
@@ -160,7 +162,18 @@ def resolve_transforms(desc: BuildDescription, host: "PluginHost") -> list[tuple
     fmt = formats[0]
     chain = []
     for t in desc.transforms:
-        if t.action == "quantize":
+        if t.action == "convert":
+            converter = host.converter_for(fmt, t.arg)
+            if converter is None:
+                pairs = ", ".join(f"{c.source_format} → {c.target_format}" for c in host.converters) or "none"
+                raise _at(t, f"cannot convert {fmt} weights to {t.arg}", hint=f"installed converters: {pairs}")
+            outtype = dict(t.options).get("outtype")
+            if outtype is not None and outtype not in converter.outtypes:
+                raise _at(t, f"unknown --outtype={outtype} for CONVERT {t.arg}",
+                          hint=f"one of {', '.join(converter.outtypes)}")
+            chain.append((t, converter.name, host.converters.owner(converter.name)))
+            fmt = converter.target_format
+        elif t.action == "quantize":
             quantizer = host.quantizer_for(fmt, t.arg)
             if quantizer is None:
                 if t.arg in host.quant_types():

@@ -95,12 +95,16 @@ class PluginHost:
         self.formats: Registry[Any] = Registry("weight format")
         self.quantizers: Registry[Any] = Registry("quantizer")
         self.shard_strategies: Registry[Any] = Registry("shard strategy")
+        self.converters: Registry[Any] = Registry("converter")
+        self.architectures: Registry[Any] = Registry("architecture")
         self._fill(self.frontends, "modelbuild_register_frontends")
         self._fill(self.sources, "modelbuild_register_sources")
         self._fill(self.codecs, "modelbuild_register_layer_codecs")
         self._fill(self.formats, "modelbuild_register_formats")
         self._fill(self.quantizers, "modelbuild_register_quantizers")
         self._fill(self.shard_strategies, "modelbuild_register_shard_strategies")
+        self._fill(self.converters, "modelbuild_register_converters")
+        self._fill(self.architectures, "modelbuild_register_architectures")
 
     def format_for_path(self, path: str) -> Any | None:
         """The format handler whose extension *path* has, if any (no file access)."""
@@ -113,6 +117,12 @@ class PluginHost:
         for quantizer in self.quantizers:
             if quantizer.format == fmt and qtype in quantizer.types:
                 return quantizer
+        return None
+
+    def converter_for(self, source: str, target: str) -> Any | None:
+        for converter in self.converters:
+            if converter.source_format == source and converter.target_format == target:
+                return converter
         return None
 
     def quant_types(self, fmt: str | None = None) -> list[str]:
@@ -153,6 +163,8 @@ class PluginHost:
             ("format", self.formats),
             ("quantizer", self.quantizers),
             ("shard", self.shard_strategies),
+            ("converter", self.converters),
+            ("architecture", self.architectures),
         ):
             for name in registry.names():
                 provides.setdefault(registry.owner(name), []).append(f"{label}:{name}")

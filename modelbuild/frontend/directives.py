@@ -60,6 +60,7 @@ DIRECTIVES: dict[str, Directive] = {
         _d("CAPABILITIES", "capabilities", "model capabilities as key=value pairs; repeatable"),
         _d("LABEL", "label", "manifest annotations as key=value pairs; repeatable"),
         # weight transforms, applied in order to the MODEL files (and config.json beside them)
+        _d("CONVERT", "transform", "convert the weights to another format: CONVERT gguf [--outtype=f16]", since="0.3"),
         _d("QUANTIZE", "transform", "quantize or cast the weights: QUANTIZE TYPE [--keep=PATTERN]…", since="0.2"),
         _d("SHARD", "transform", "split the weights into shards of at most SIZE (SHARD 2GB), or merge them (SHARD none)",
            max_args=1, since="0.2"),

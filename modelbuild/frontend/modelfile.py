@@ -301,7 +301,8 @@ class _Interpreter:
                 raise ModelfileError.at(word.span, f"option --{key} is given twice")
             else:
                 options[key] = value
-        self.transforms.append(TransformSpec("quantize", arg.lower(), tuple(sorted(options.items())), ins.span))
+        action = "convert" if d.name == "CONVERT" else "quantize"
+        self.transforms.append(TransformSpec(action, arg.lower(), tuple(sorted(options.items())), ins.span))
 
 
 def syntax_has_magic(pattern: str) -> bool:

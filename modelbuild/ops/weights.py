@@ -55,7 +55,8 @@ class TransformOp(Op):
     name = "transform"
 
     def _registry(self, step: Step, env: ExecEnv) -> Any:
-        return env.host.quantizers if step.params["action"] == "quantize" else env.host.shard_strategies
+        return {"quantize": env.host.quantizers, "convert": env.host.converters}.get(
+            step.params["action"], env.host.shard_strategies)
 
     def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
         return key_of({**step.definition(),
@@ -86,6 +87,9 @@ class TransformOp(Op):
         try:
             if p["action"] == "quantize":
                 produced = plugin.quantize(files, p["arg"], dict(p["options"]), tctx)
+            elif p["action"] == "convert":
+                options = {"outtype": plugin.outtypes[0], **dict(p["options"])}
+                produced = plugin.convert(files, options, tctx)
             elif p["action"] == "shard":
                 from modelbuild.weights import parse_size
 

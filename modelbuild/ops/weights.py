@@ -83,7 +83,8 @@ class TransformOp(Op):
         files = weight_files(inputs_set)
         plugin = self._registry(step, env).get(p["plugin"])
         workdir = Path(tempfile.mkdtemp(dir=env.store.ingest_dir, prefix="transform-"))
-        tctx = TransformContext(workdir, jobs=env.jobs, advance=ctx.advance, set_total=ctx.set_total, log=ctx.log)
+        tctx = TransformContext(workdir, jobs=env.jobs, advance=ctx.advance, set_total=ctx.set_total, log=ctx.log,
+                                architectures=env.host.architectures)
         try:
             if p["action"] == "quantize":
                 produced = plugin.quantize(files, p["arg"], dict(p["options"]), tctx)

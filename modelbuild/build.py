@@ -26,6 +26,7 @@ class BuildResult:
     config: dict[str, Any]
     stats: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    variants: list[dict[str, Any]] = field(default_factory=list)  # one per TARGET stage
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +38,7 @@ class BuildResult:
             "layers": self.layers,
             "stats": self.stats,
             "warnings": self.warnings,
+            **({"variants": self.variants} if self.variants else {}),
         }
 
 
@@ -79,6 +81,7 @@ def prepare(
     tags: Sequence[str] = (),
     outputs: Sequence[str] = (),
     layer_format: str = "raw",
+    platforms: Sequence[str] = (),
 ) -> tuple[Any, Any, Any]:
     """Everything up to the graph: plugins, frontend, tags, options, plan. Reads no weights."""
     from modelbuild.frontend import load_description
@@ -101,6 +104,7 @@ def prepare(
         outputs=tuple(parse_output(o) for o in outputs),
         created=created,
         epoch=epoch,
+        extra={"platforms": list(platforms)} if platforms else {},
     )
     return host, desc, plan(desc, options, host)
 
@@ -124,16 +128,16 @@ def build(
     renderer: Renderer | None = None,
     no_cache: bool = False,
     host: Any = None,
+    platforms: Sequence[str] = (),
 ) -> BuildResult:
     from modelbuild.cache import BuildCache
     from modelbuild.ops import ExecEnv
-    from modelbuild.ops.artifact import all_layers
     from modelbuild.progress import PlainRenderer
     from modelbuild.solver import Solver
     from modelbuild.store import Store
 
     host, desc, graph = prepare(modelfile, host=host, context=context, build_args=build_args, tags=tags,
-                                outputs=outputs, layer_format=layer_format)
+                                outputs=outputs, layer_format=layer_format, platforms=platforms)
     emitter = Emitter(renderer or PlainRenderer(sys.stderr))
     store = Store(home / "store")
     try:
@@ -151,14 +155,29 @@ def build(
     finally:
         cache.close()
         emitter.close()
-    manifest = results["manifest"]["descriptor"]
-    config_desc = results["config"]["descriptor"]
+    top = results["export"]["descriptor"]
+    warnings = list(desc.warnings) + [w for sid, r in results.items() if sid.startswith("config")
+                                      for w in r.get("warnings", [])]
+    variants = []
+    for sid in graph.steps:
+        if sid.startswith("manifest"):
+            stage = sid.partition(":")[2] or None
+            suffix = f":{stage}" if stage else ""
+            manifest = store.read_json(results[sid]["descriptor"]["digest"])
+            variants.append({
+                "stage": stage,
+                "digest": results[sid]["descriptor"]["digest"],
+                "config": store.read_json(results[f"config{suffix}"]["descriptor"]["digest"]),
+                "layers": manifest["layers"],
+            })
+    single = "index" not in graph.steps
     return BuildResult(
-        digest=manifest["digest"],
-        descriptor=manifest,
-        tags=list(graph.step("export").params["tags"]),
-        layers=[layer["descriptor"] for layer in all_layers([results[s] for s in graph.steps if s.startswith("layer")])],
-        config=store.read_json(config_desc["digest"]),
+        digest=top["digest"],
+        descriptor=top,
+        tags=list(results["export"]["tags"]),
+        layers=variants[0]["layers"] if single else [],
+        config=variants[0]["config"] if single else {},
         stats=env.stats.as_dict(),
-        warnings=list(desc.warnings) + list(results["config"].get("warnings", [])),
+        warnings=warnings,
+        variants=[] if single else variants,
     )

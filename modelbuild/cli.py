@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("modelbuild.commands.build", "build a ModelPack artifact from a Modelfile"),
     "inspect": ("modelbuild.commands.inspect", "show an artifact's manifest, config and files"),
     "ls": ("modelbuild.commands.ls", "list the artifacts in the local store"),
+    "pull": ("modelbuild.commands.pull", "pick the variant for this host and write its files to a directory"),
     "rm": ("modelbuild.commands.rm", "remove tags from the local store"),
     "prune": ("modelbuild.commands.prune", "free space: delete unreferenced blobs; --verify checks every blob"),
     "plugins": ("modelbuild.commands.plugins", "list installed plugins and what they provide"),

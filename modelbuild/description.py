@@ -60,6 +60,18 @@ class TransformSpec:
         return {"convert": "CONVERT", "quantize": "QUANTIZE"}.get(self.action, "SHARD")
 
 
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """A ``TARGET`` stage: a target plugin, its variant and constraints, and its own steps."""
+
+    name: str
+    target: str
+    variant: str | None
+    constraints: tuple[str, ...]
+    transforms: tuple[TransformSpec, ...] = ()
+    origin: Span | None = None
+
+
 @dataclass(frozen=True)
 class BuildDescription:
     """Everything a build needs to know, resolved: files found, variables expanded."""
@@ -71,6 +83,7 @@ class BuildDescription:
     config: Mapping[str, Any] = field(default_factory=dict)
     capabilities: Mapping[str, Any] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
-    transforms: tuple[TransformSpec, ...] = ()
+    transforms: tuple[TransformSpec, ...] = ()  # before the first TARGET: shared by every stage
+    stages: tuple[StageSpec, ...] = ()
     source_file: str = "Modelfile"
     warnings: tuple[str, ...] = ()

@@ -155,7 +155,7 @@ class BuildGraph:
 
 
 _RANKS = {"source": 0, "digest": 1, "transform": 2, "layer": 3, "layerset": 3, "describe": 4, "config": 5,
-          "manifest": 6, "export": 7}
+          "manifest": 6, "index": 7, "export": 8}
 
 
 def _op_rank(op: str) -> int:

@@ -201,3 +201,39 @@ def modelbuild_register_architectures(registry: "Registry") -> None:
 
     Return value: ignored.  Since: 0.3.
     """
+
+
+# -- multi-platform builds ------------------------------------------------------------
+
+
+@hookspec
+def modelbuild_register_targets(registry: "Registry") -> None:
+    """Add targets: what ``TARGET NAME`` stages build for, and how hosts match them.
+
+    Call ``registry.add(target)``. A target has a ``name`` (``cpu``, ``cuda``…), a
+    ``version``, a ``summary``, ``generic`` (True for a variant any machine of its
+    architecture can run; generic entries come first in the index), ``variants`` (OCI
+    ``platform.architecture`` values it supports, the default first, e.g.
+    ``("amd64", "arm64")``), ``formats`` (weight formats an engine on it can run), and::
+
+        check_constraint(constraint) -> None
+            Raise modelbuild.targets.ConstraintError for a constraint it does not know or
+            accept (``TARGET cuda compute>=banana``); the message is shown at the line.
+        platform(stage) -> dict
+            The OCI platform of the stage's variant: {"os": …, "architecture": …}.
+        annotations(stage) -> dict[str, str]
+            Namespaced annotations describing the accelerator for the index descriptor
+            (NVIDIA GPU feature discovery keys where they fit); never platform.features.
+        default_steps(fmt) -> list[tuple[str, str, dict]]
+            Steps for a stage that names none, given the model's format: (action, argument,
+            options), e.g. [("convert", "gguf", {}), ("quantize", "q8_0", {})].
+        check_step(stage, action, arg, fmt) -> str | None
+            A message when the step makes no sense for the stage (float8 below compute
+            capability 8.9), else None.
+        matches(stage, host) -> tuple[bool, str]
+            Whether a host (modelbuild.targets.HostInfo) can run the stage's variant, and
+            why not.
+
+    ``stage`` is a :class:`modelbuild.targets.Stage`. A third party adds a target (say
+    Intel Gaudi) with a plugin alone. Return value: ignored.  Since: 0.4.
+    """

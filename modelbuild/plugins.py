@@ -97,6 +97,7 @@ class PluginHost:
         self.shard_strategies: Registry[Any] = Registry("shard strategy")
         self.converters: Registry[Any] = Registry("converter")
         self.architectures: Registry[Any] = Registry("architecture")
+        self.targets: Registry[Any] = Registry("target")
         self._fill(self.frontends, "modelbuild_register_frontends")
         self._fill(self.sources, "modelbuild_register_sources")
         self._fill(self.codecs, "modelbuild_register_layer_codecs")
@@ -105,6 +106,7 @@ class PluginHost:
         self._fill(self.shard_strategies, "modelbuild_register_shard_strategies")
         self._fill(self.converters, "modelbuild_register_converters")
         self._fill(self.architectures, "modelbuild_register_architectures")
+        self._fill(self.targets, "modelbuild_register_targets")
 
     def format_for_path(self, path: str) -> Any | None:
         """The format handler whose extension *path* has, if any (no file access)."""
@@ -165,6 +167,7 @@ class PluginHost:
             ("shard", self.shard_strategies),
             ("converter", self.converters),
             ("architecture", self.architectures),
+            ("target", self.targets),
         ):
             for name in registry.names():
                 provides.setdefault(registry.owner(name), []).append(f"{label}:{name}")

@@ -19,19 +19,30 @@ Three plugins share one header parser:
     parameters.
 
 ``quantizer:gguf-quantize`` (:class:`GGUFQuantizer`)
-    What ``llama-quantize --pure`` does, with gguf-py's reference quantizers: every tensor
-    llama.cpp allows to be quantized (``tensor_allows_quantization`` in
-    src/llama-quant.cpp, ported in :func:`allows_quantization`) becomes the target type;
-    others keep their type and bytes, as do tensors matched by a ``keep`` pattern
-    (fnmatch). No k-quant "mixture" (llama.cpp's non-pure mode gives ``output.weight``
-    Q6_K and so on): each quantized tensor is byte-identical to
-    ``gguf.quants.quantize(tensor_as_float32, type)``. A tensor whose row length is not a
-    multiple of the 32-element block falls back to F16, as ``tensor_type_fallback`` does
-    for 32-block types. Inputs must be F32/F16/BF16 where a tensor is to be converted
-    (llama.cpp refuses to requantize); integer and F64 tensors are copied. Sets
-    ``general.file_type`` and ``general.quantization_version`` (as llama-quantize does),
-    keeps every other key and its order; a split set is quantized shard by shard under
-    the same names (``--keep-split``).
+    What ``llama-quantize`` does. Types: the k-quant file types ``q2_k``, ``q3_k_s``,
+    ``q3_k_m``, ``q3_k_l``, ``q4_k_s``, ``q4_k_m``, ``q5_k_s``, ``q5_k_m``, ``q6_k`` (and
+    llama-quantize's aliases ``q3_k``, ``q4_k``, ``q5_k`` for the _M mixes), and ``f16``,
+    ``bf16``, ``q8_0``, ``q4_0``, ``q4_1``, ``q5_0``, ``q5_1``. Which type each tensor gets
+    is llama.cpp's choice, ported in :mod:`modelbuild_plugins.gguf_mixes` (one copy of the
+    rules: ``tensor_allows_quantization``, the mix, the fallback for rows that are not a
+    multiple of the block): a k-quant file type uses llama.cpp's mix (``output.weight``
+    Q6_K, some ``attn_v``/``ffn_down`` layers with more bits…) unless ``--pure=true``, then
+    every tensor llama.cpp converts gets the file type's type, as ``llama-quantize --pure``
+    does. The legacy types are ``--pure`` unless ``--pure=false`` is given (the output of
+    version 1). Either way a row that is not a multiple of the block falls back as
+    ``tensor_type_fallback`` does (Q4_K -> Q5_0, Q6_K -> Q8_0…, a 32-block type -> F16).
+    Tensors matched by a ``keep`` pattern (fnmatch) keep their type and bytes, as do those
+    llama.cpp never converts (norms, 1-D tensors…). K-quant tensors are quantized with
+    ``modelbuild_plugins.gguf_kquants.quantize_kquant`` (llama.cpp's reference quantizers),
+    the others with ``gguf.quants.quantize``; each quantized tensor is byte-identical to
+    what ``llama_model_quantize`` writes (no importance matrix). Inputs must be
+    F32/F16/BF16 where a tensor is to be converted (llama.cpp refuses to requantize);
+    integer and F64 tensors are copied. Sets ``general.file_type`` (the LlamaFileType of
+    the file type: ``MOSTLY_Q4_K_M``…) and ``general.quantization_version`` (as
+    llama-quantize does), keeps every other key and its order, and keeps the input's tensor
+    order (llama-quantize writes its own, sorted order); a split set is quantized shard by
+    shard under the same names (``--keep-split``), with the mix computed over the whole
+    model.
 
 ``shard:gguf`` (:class:`GGUFShard`)
     gguf-split's ``--split-max-size`` plan: tensors in file order, sized
@@ -59,7 +70,6 @@ numpy and gguf are imported inside functions: the CLI imports this module on eve
 from __future__ import annotations
 
 import errno
-import fnmatch
 import functools
 import mmap
 import os
@@ -72,6 +82,7 @@ from typing import Any
 
 from modelbuild.errors import UsageError
 from modelbuild.hookspecs import hookimpl
+from modelbuild_plugins.gguf_mixes import allows_quantization, ggml_n_dims  # noqa: F401 (re-exported)
 from modelbuild.weights import (
     FormatError,
     ModelInfo,
@@ -108,51 +119,7 @@ COPY_CHUNK = 64 << 20
 
 
 # -- llama.cpp's rules -----------------------------------------------------------------------
-
-# src/llama-quant.cpp, tensor_allows_quantization(): substrings that keep a tensor as it is.
-_NEVER_QUANTIZED = (
-    "_norm.weight",  # norms
-    "ffn_gate_inp.weight",  # expert gating
-    "ffn_gate_tid2eid.weight",  # DeepSeek-V4 token-id -> expert-id table
-    "altup", "laurel",  # Gemma 3n, tiny
-    "per_layer_model_proj",
-    "ssm_conv1d", "shortconv.conv.weight",  # Mamba/Kimi/LFM2 conv1d
-    "indexer.k_proj.weight", "indexer.q_proj.weight",  # MiniMax
-    "time_mix_first.weight", "time_mix_w0.weight", "time_mix_w1.weight", "time_mix_w2.weight",
-    "time_mix_v0.weight", "time_mix_v1.weight", "time_mix_v2.weight", "time_mix_a0.weight",
-    "time_mix_a1.weight", "time_mix_a2.weight", "time_mix_g1.weight", "time_mix_g2.weight",
-    "time_mix_decay_w1.weight", "time_mix_decay_w2.weight", "time_mix_lerp_fused.weight",  # RWKV
-    "attn_rel_b.weight",  # T5 relative position bias
-    ".position_embd", "sam.pos_embd", "sam.neck.", "sam.net_", ".rel_pos", ".patch_embd",
-    ".patch_merger",  # multimodal
-    "a.rvq.codebook", "mm.a.code_embd",  # audio codebooks
-)
-_NEVER_QUANTIZED_EXACT = ("position_embd.weight", "token_types.weight")  # LLM_TN(POS_EMBD/TOKEN_TYPES)
-_NEVER_QUANTIZED_GLM5_NEXT = (
-    "hc_", "indexer.attn_q_b", "indexer.attn_k", "indexer.proj", "indexer_compressor_gate",
-    "indexer_compressor_ape", "ssm_f_a.weight", "ssm_f_b.weight", "ssm_g_a.weight", "ssm_g_b.weight",
-    "ssm_beta.weight", "attn_kv_a_mqa.weight", "attn_k_b.weight", "attn_v_b.weight",
-)
-
-
-def ggml_n_dims(ne: tuple[int, ...]) -> int:
-    """ggml_n_dims(): dimensions up to the last one that is not 1 (at least 1)."""
-    for i in range(len(ne) - 1, 0, -1):
-        if ne[i] != 1:
-            return i + 1
-    return 1
-
-
-def allows_quantization(name: str, ne: tuple[int, ...], arch: str | None) -> bool:
-    """llama.cpp's tensor_allows_quantization() with default parameters (quantize the output)."""
-    if ggml_n_dims(ne) < 2:  # only 2-D and 3-D (expert) tensors
-        return False
-    if not name.endswith("weight"):
-        return False
-    if name in _NEVER_QUANTIZED_EXACT or any(s in name for s in _NEVER_QUANTIZED):
-        return False
-    return not (arch == "glm5-next" and any(s in name for s in _NEVER_QUANTIZED_GLM5_NEXT))
-
+# tensor_allows_quantization() and the k-quant mixes live in gguf_mixes (one copy of the rules).
 
 # -- the header parser ---------------------------------------------------------------------
 
@@ -754,6 +721,21 @@ def to_float32(data: bytes, ggml_type: int) -> Any:
     raise ValueError(f"cannot convert ggml type {ggml_type}")
 
 
+# ggml type number -> the qtype name modelbuild_plugins.gguf_kquants.quantize_kquant takes
+_KQUANTS = {10: "q2_k", 11: "q3_k", 12: "q4_k", 13: "q5_k", 14: "q6_k"}
+
+
+def _kquant_function() -> Callable[[Any, str], Any]:
+    """modelbuild_plugins.gguf_kquants.quantize_kquant(rows float32 (n, k), qtype) -> uint8
+    (n, k // 256 * block bytes), byte-identical to llama.cpp's reference quantizers."""
+    try:
+        from modelbuild_plugins.gguf_kquants import quantize_kquant
+    except ImportError as exc:
+        raise UsageError(f"gguf-quantize: the k-quant types need modelbuild_plugins.gguf_kquants ({exc})",
+                         hint="use a legacy type (q8_0, q4_0…), or install a modelbuild with gguf_kquants") from None
+    return quantize_kquant
+
+
 def _run_task(task: tuple) -> int:
     """One work item: ("copy", src, src_off, dst, dst_off, nbytes, n) or
     ("convert", src, src_off, src_type, dst, dst_off, dst_type, rows, cols, n). Returns n."""
@@ -762,12 +744,16 @@ def _run_task(task: tuple) -> int:
         copy_range(_fd(src, os.O_RDONLY), _fd(dst, os.O_WRONLY), src_off, dst_off, nbytes)
         return n
     _, src, src_off, src_type, dst, dst_off, dst_type, rows, cols, n = task
-    from gguf import GGMLQuantizationType
-    from gguf.quants import quantize
-
     item = {G_F32: 4, G_F16: 2, G_BF16: 2}[src_type]
     values = to_float32(_pread_all(_fd(src, os.O_RDONLY), rows * cols * item, src_off), src_type)
-    out = quantize(values.reshape(rows, cols), GGMLQuantizationType(dst_type))
+    kquant = _KQUANTS.get(dst_type)
+    if kquant is not None:  # llama.cpp's reference k-quantizers
+        out = _kquant_function()(values.reshape(rows, cols), kquant)
+    else:  # gguf-py's: legacy types, F16, BF16
+        from gguf import GGMLQuantizationType
+        from gguf.quants import quantize
+
+        out = quantize(values.reshape(rows, cols), GGMLQuantizationType(dst_type))
     _pwrite_all(_fd(dst, os.O_WRONLY), out.reshape(-1).view("uint8"), dst_off)
     return n
 
@@ -1009,28 +995,72 @@ class _TensorPlan:
     nbytes: int
 
 
+_LEGACY_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+_KQUANT_FILE_TYPES = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",
+                      "q3_k", "q4_k", "q5_k")  # the last three: llama-quantize's aliases of the _M mixes
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _flag(name: str, value: Any, default: bool) -> bool:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise UsageError(f"gguf-quantize: --{name}={value} is not a boolean", hint=f"--{name}=true or --{name}=false")
+
+
 class GGUFQuantizer:
     name = "gguf-quantize"
-    version = "1"
-    summary = "llama.cpp-style (--pure) quantization of F32/F16/BF16 GGUF files with gguf-py's quantizers"
+    version = "2"
+    summary = ("llama.cpp-style quantization of F32/F16/BF16 GGUF files: llama-quantize's k-quant mixes "
+               "(q4_k_m…) or --pure types")
     format = "gguf"
-    types = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+    types = _LEGACY_TYPES + _KQUANT_FILE_TYPES
 
-    def plan(self, h: Header, qtype: str, keep: list[str], arch: str | None = None) -> list[_TensorPlan]:
+    @staticmethod
+    def default_pure(qtype: str) -> bool:
+        """The legacy types (f16…q5_1) are --pure unless told otherwise (version 1's output);
+        the k-quant file types use llama.cpp's mix."""
+        return qtype.lower() in _LEGACY_TYPES
+
+    def choose(self, headers: list[Header], qtype: str, keep: list[str], arch: str | None = None,
+               pure: bool | None = None) -> dict[str, str | None]:
+        """gguf_mixes.tensor_types() over every tensor of a model (all its shards, in order):
+        {name: ggml type name, or None to keep the tensor as it is}."""
+        from modelbuild_plugins.gguf_mixes import FILE_TYPES, MixFacts, file_type, tensor_types
+
+        pure = self.default_pure(qtype) if pure is None else pure
+        first = headers[0]
+        facts = MixFacts.from_metadata(first.get, arch or first.arch)
+        if not pure and FILE_TYPES[file_type(qtype)][1] not in ("F16", "BF16", "F32") and facts.n_layer <= 0:
+            raise FormatError(first.label, f"the {qtype} mix needs general.architecture and <arch>.block_count "
+                                           f"(as llama-quantize does)", hint="or --pure=true: one type for all")
+        try:
+            return tensor_types([(t.name, t.ne) for h in headers for t in h.tensors], qtype, facts, pure=pure,
+                                keep=keep)
+        except ValueError as exc:
+            raise FormatError(first.label, str(exc)) from None
+
+    def plan(self, h: Header, qtype: str, keep: list[str], arch: str | None = None, *, pure: bool | None = None,
+             choice: dict[str, str | None] | None = None) -> list[_TensorPlan]:
         """The type each tensor of *h* gets, and its size. *arch*: the model's
-        general.architecture, for the shards of a split set that do not carry it."""
+        general.architecture, for the shards of a split set that do not carry it; *choice*:
+        :meth:`choose` for the whole model (computed from *h* alone when not given)."""
         from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-        target = int(GGMLQuantizationType[qtype.upper()])
-        block, _ = GGML_QUANT_SIZES[GGMLQuantizationType(target)]
-        arch = arch or h.arch
+        if choice is None:
+            choice = self.choose([h], qtype, keep, arch, pure)
         plans = []
         for t in h.tensors:
             dst = t.ggml_type
-            if allows_quantization(t.name, t.ne, arch) and not any(fnmatch.fnmatchcase(t.name, p) for p in keep):
-                dst = target
-                if t.ne[0] % block:  # tensor_type_fallback(): a 32-block type has no smaller block
-                    dst = G_F16
+            chosen = choice.get(t.name)
+            if chosen is not None:
+                dst = int(GGMLQuantizationType[chosen])
             if dst != t.ggml_type and t.ggml_type not in _FLOAT_INPUTS:
                 if GGML_QUANT_SIZES[GGMLQuantizationType(t.ggml_type)][0] > 1:
                     raise FormatError(h.label, f"tensor {t.name!r} is already {type_name(t.ggml_type)}: "
@@ -1047,23 +1077,29 @@ class GGUFQuantizer:
         import numpy  # noqa: F401
         from gguf.constants import GGML_QUANT_VERSION, LlamaFileType
 
+        from modelbuild_plugins.gguf_mixes import FILE_TYPES, file_type
+
         qtype = qtype.lower()
         if qtype not in self.types:
             raise UsageError(f"gguf-quantize cannot produce {qtype!r}", hint=f"types: {', '.join(self.types)}")
-        unknown = sorted(set(options) - {"keep"})
+        unknown = sorted(set(options) - {"keep", "pure"})
         if unknown:
-            raise UsageError(f"gguf-quantize has no option {unknown[0]!r}", hint="its option: --keep=PATTERN,…")
+            raise UsageError(f"gguf-quantize has no option {unknown[0]!r}",
+                             hint="its options: --keep=PATTERN,… --pure=true|false")
         keep = options.get("keep", [])
         keep = [keep] if isinstance(keep, str) else list(keep)
-        ftype = int(LlamaFileType[f"MOSTLY_{qtype.upper()}"])
+        pure = _flag("pure", options.get("pure"), self.default_pure(qtype))
+        ftype = int(LlamaFileType[FILE_TYPES[file_type(qtype)][0]])
         models = _read_models(files)
         rewritten: dict[str, Output] = {}
         tasks: list[tuple] = []
         total = 0
         for m in models:
-            for f, h in zip(m.files, m.headers):
+            for h in m.headers:
                 _require_little_endian(h, self.name)
-                plans = self.plan(h, qtype, keep, m.first.arch)
+            choice = self.choose(m.headers, qtype, keep, m.first.arch, pure)
+            for f, h in zip(m.files, m.headers):
+                plans = self.plan(h, qtype, keep, m.first.arch, pure=pure, choice=choice)
                 kvs = _kv_list(h)
                 if h.split is None or h.split[0] == 0:  # the file holding the model's keys
                     kvs = _set_kv(kvs, "general.quantization_version", T_UINT32, struct.pack("<I", GGML_QUANT_VERSION))
@@ -1076,8 +1112,11 @@ class GGUFQuantizer:
                     tasks.extend(_tasks_for(h, p, out_path, dst_off))
                     total += p.tensor.n_elements
                 rewritten[f.path] = Output(f.path, out_path)
+        if any(t[0] == "convert" and t[6] in _KQUANTS for t in tasks):
+            _kquant_function()  # fails here, before any work, when the k-quantizers are missing
         ctx.set_total(total)
-        ctx.log(f"gguf-quantize {qtype}: {len(tasks)} work items on up to {ctx.jobs} processes")
+        ctx.log(f"gguf-quantize {qtype}{' (pure)' if pure else ''}: {len(tasks)} work items on up to "
+                f"{ctx.jobs} processes")
         run_tasks(tasks, ctx)
         return [rewritten.get(f.path, f) for f in files]
 

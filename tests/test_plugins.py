@@ -39,10 +39,12 @@ class ReversedPlugin:
 def test_builtins_come_from_entry_points():
     host = plugin_host()
     dists = {name: dist for name, dist in ((i.name, i.distribution) for i in host.infos())}
-    assert dists == {name: "modelbuild" for name in ("gguf", "layers", "local", "modelfile", "onnx", "safetensors")}
+    assert dists == {name: "modelbuild" for name in ("gguf", "hf-gguf", "layers", "local", "modelfile", "onnx",
+                                                     "safetensors", "targets")}
     assert host.codecs.names() == ["raw", "tar", "tar+gzip", "tar+zstd"]
     assert host.formats.names() == ["gguf", "onnx", "safetensors"]
     assert "safetensors-cast" in host.quantizers and "gguf" in host.shard_strategies
+    assert host.targets.names() == ["cpu", "cuda", "metal", "rocm"]
 
 
 def test_a_third_party_codec_builds_and_enters_the_cache_key(tmp_path):

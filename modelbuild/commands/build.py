@@ -37,6 +37,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="raw (default), tar, tar+gzip or tar+zstd; directories are always archives")
     p.add_argument("-o", "--output", action="append", default=[], metavar="type=oci,dest=DIR",
                    help="also export to a standalone OCI image layout (repeatable)")
+    p.add_argument("--platform", default=None, metavar="STAGE[,STAGE]",
+                   help="build only these TARGET stages (by stage or target name)")
     p.add_argument("--progress", default="auto", choices=["auto", "tty", "plain", "quiet", "json"],
                    help="progress display (default: tty on a terminal, else plain)")
     p.add_argument("--print-graph", nargs="?", const="text", choices=["text", "dot", "json"], default=None,
@@ -55,6 +57,10 @@ def _build_args(pairs: list[str]) -> dict[str, str]:
             raise UsageError(f"bad --build-arg {pair!r}", hint="use NAME=VALUE")
         out[name] = value if eq else os.environ.get(name, "")
     return out
+
+
+def _platforms(args: argparse.Namespace) -> list[str]:
+    return [p.strip() for p in (args.platform or "").split(",") if p.strip()]
 
 
 def _modelfile(args: argparse.Namespace) -> str:
@@ -95,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         renderer=renderer,
         no_cache=args.no_cache,
+        platforms=_platforms(args),
     )
     if args.json:
         from modelbuild.commands._common import print_json
@@ -114,7 +121,7 @@ def _print_graph(args: argparse.Namespace, modelfile: str, context: Path | None,
     from modelbuild.build import prepare
 
     _, _, graph = prepare(modelfile, context=context, build_args=build_args, layer_format=args.layer_format,
-                          tags=args.tag, outputs=args.output)
+                          tags=args.tag, outputs=args.output, platforms=_platforms(args))
     if args.print_graph == "dot":
         sys.stdout.write(graph.to_dot())
     elif args.print_graph == "json":

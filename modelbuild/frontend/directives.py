@@ -59,6 +59,9 @@ DIRECTIVES: dict[str, Directive] = {
         _d("DATASETURL", "list", "URL(s) of training datasets; repeatable", "descriptor.datasetsURL"),
         _d("CAPABILITIES", "capabilities", "model capabilities as key=value pairs; repeatable"),
         _d("LABEL", "label", "manifest annotations as key=value pairs; repeatable"),
+        # multi-platform stages: TARGET NAME[/VARIANT] [CONSTRAINT…] [AS STAGE]
+        _d("TARGET", "target", "start a stage building for a target: TARGET cuda cuda>=12.1 compute>=8.0",
+           since="0.4"),
         # weight transforms, applied in order to the MODEL files (and config.json beside them)
         _d("CONVERT", "transform", "convert the weights to another format: CONVERT gguf [--outtype=f16]", since="0.3"),
         _d("QUANTIZE", "transform", "quantize or cast the weights: QUANTIZE TYPE [--keep=PATTERN]…", since="0.2"),

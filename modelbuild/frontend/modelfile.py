@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from modelbuild.context import BuildContext
-from modelbuild.description import BuildDescription, FileKind, FileSpec, TransformSpec
+from modelbuild.description import BuildDescription, FileKind, FileSpec, StageSpec, TransformSpec
 from modelbuild.errors import ModelfileError, Span
 from modelbuild.frontend import syntax
 from modelbuild.frontend.directives import (
@@ -80,6 +80,7 @@ class _Interpreter:
         self.labels: dict[str, str] = {}
         self.files: dict[str, FileSpec] = {}
         self.transforms: list[TransformSpec] = []
+        self.stages: list[StageSpec] = []
         self.warnings: list[str] = []
 
     # -- driver -----------------------------------------------------------------------
@@ -90,6 +91,12 @@ class _Interpreter:
                 raise _unknown_directive(ins)
             try:
                 self._check_arity(ins, directive)
+                if self.stages and directive.role not in ("transform", "target", "arg"):
+                    raise ModelfileError.at(
+                        ins.span,
+                        f"{directive.name} must come before the first TARGET (line {self.stages[0].origin.line})",
+                        hint="a TARGET stage holds only CONVERT, QUANTIZE and SHARD",
+                    )
                 getattr(self, f"_do_{directive.role}")(ins, directive)
             except ModelfileError as exc:
                 raise exc.located(ins.span) from None
@@ -112,6 +119,7 @@ class _Interpreter:
             capabilities=self.capabilities,
             labels=self.labels,
             transforms=tuple(self.transforms),
+            stages=tuple(self.stages),
             source_file=self.filename,
             warnings=tuple(self.warnings),
         )
@@ -273,6 +281,30 @@ class _Interpreter:
             self.capabilities[key] = _capability_value(key, kind, value, word.span)
 
 
+    def _do_target(self, ins: syntax.Instruction, d: Directive) -> None:
+        first, *rest = ins.args
+        target, _, variant = self.expand(first).partition("/")
+        target = target.lower()
+        words = [(w, self.expand(w)) for w in rest]
+        name = target + (f"-{variant}" if variant else "")
+        if len(words) >= 2 and words[-2][1].upper() == "AS":
+            name = words[-1][1]
+            words = words[:-2]
+        constraints = []
+        for word, text in words:
+            from modelbuild.targets import ConstraintError, parse_constraint
+
+            try:
+                constraints.append(str(parse_constraint(text)))
+            except ConstraintError as exc:
+                raise ModelfileError.at(word.span, str(exc)) from None
+        for stage in self.stages:
+            if stage.name == name:
+                raise ModelfileError.at(
+                    ins.span, f"two stages named {name} (the other is at line {stage.origin.line})",
+                    hint="name one with AS: TARGET cuda compute>=9.0 AS cuda-hopper")
+        self.stages.append(StageSpec(name, target, variant or None, tuple(constraints), (), ins.span))
+
     def _do_transform(self, ins: syntax.Instruction, d: Directive) -> None:
         first, *rest = ins.args
         arg = self.expand(first).strip()
@@ -286,7 +318,7 @@ class _Interpreter:
                 parse_size(arg)
             except ValueError as exc:
                 raise ModelfileError.at(first.span, str(exc), hint="or SHARD none to merge shards") from None
-            self.transforms.append(TransformSpec("shard", arg, (), ins.span))
+            self._add_transform(TransformSpec("shard", arg, (), ins.span))
             return
         options: dict[str, Any] = {}
         for word in rest:
@@ -302,7 +334,17 @@ class _Interpreter:
             else:
                 options[key] = value
         action = "convert" if d.name == "CONVERT" else "quantize"
-        self.transforms.append(TransformSpec(action, arg.lower(), tuple(sorted(options.items())), ins.span))
+        self._add_transform(TransformSpec(action, arg.lower(), tuple(sorted(options.items())), ins.span))
+
+    def _add_transform(self, t: TransformSpec) -> None:
+        """Before the first TARGET a transform is shared by every stage; after, it is the stage's."""
+        if not self.stages:
+            self.transforms.append(t)
+            return
+        import dataclasses
+
+        stage = self.stages[-1]
+        self.stages[-1] = dataclasses.replace(stage, transforms=(*stage.transforms, t))
 
 
 def syntax_has_magic(pattern: str) -> bool:

@@ -133,24 +133,74 @@ class ManifestOp(Op):
         )
 
 
+class IndexOp(Op):
+    """Write the OCI image index of a multi-platform build: one entry per TARGET stage,
+    generic (CPU) entries first, each with its platform and accelerator annotations
+    (docs/spec/multi-platform.md)."""
+
+    name = "index"
+
+    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
+        return key_of({**step.definition(), "manifests": [i["descriptor"] for i in inputs]})
+
+    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
+        return env.store.has_blob(result["descriptor"]["digest"])
+
+    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+        from modelbuild.targets import ANN_FORMAT, ANN_QUANTIZATION
+
+        store = ctx.env.store
+        entries = []
+        for entry, manifest in zip(step.params["entries"], inputs, strict=True):
+            desc = dict(manifest["descriptor"])
+            annotations = dict(entry["annotations"])
+            config = store.read_json(store.read_json(desc["digest"])["config"]["digest"])["config"]
+            for key, field in ((ANN_FORMAT, "format"), (ANN_QUANTIZATION, "quantization")):
+                if config.get(field):
+                    annotations[key] = config[field]
+            desc["platform"] = entry["platform"]
+            desc["annotations"] = dict(sorted(annotations.items()))
+            entries.append(desc)
+        index: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_INDEX,
+            "artifactType": mt.MODEL_ARTIFACT,
+            "manifests": entries,
+        }
+        if step.params.get("created"):
+            index["annotations"] = {mt.ANNOTATION_CREATED: step.params["created"]}
+        data = canonical_json(index)
+        digest = store.put_bytes(data)
+        return Outcome({"descriptor": {"mediaType": mt.OCI_INDEX, "artifactType": mt.MODEL_ARTIFACT,
+                                       "digest": digest, "size": len(data)}})
+
+
 class ExportOp(Op):
-    """Tag the manifest in the local store and write any ``--output`` layouts."""
+    """Tag the result in the local store (the index, and each stage's manifest as
+    ``TAG-STAGE`` for tools that cannot read an index) and write any ``--output`` layouts."""
 
     name = "export"
 
     def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
         from modelbuild.oci.layout import export_layout
+        from modelbuild.oci.reference import parse_reference
 
-        desc = inputs[0]["descriptor"]
+        top, *manifests = inputs
+        desc = top["descriptor"]
+        stages = step.params.get("stages", [])
         changed = False
+        tagged = []
         for ref in step.params["tags"]:
             changed |= ctx.env.store.tag(ref, desc)
+            tagged.append(ref)
+            parsed = parse_reference(ref)
+            for stage, manifest in zip(stages, manifests, strict=True):
+                stage_ref = f"{parsed.repository}:{parsed.tag}-{stage}"
+                changed |= ctx.env.store.tag(stage_ref, manifest["descriptor"])
+                tagged.append(stage_ref)
         for output in step.params["outputs"]:
             if output["type"] != "oci":
                 raise ModelbuildError(f"unsupported output type {output['type']!r}")
             ref = step.params["tags"][0] if step.params["tags"] else None
             changed |= export_layout(ctx.env.store, desc, Path(output["dest"]), ref)
-        return Outcome({"descriptor": desc, "tags": step.params["tags"]}, cached=not changed)
-
-
-
+        return Outcome({"descriptor": desc, "tags": tagged}, cached=not changed)

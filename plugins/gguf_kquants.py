@@ -1,0 +1,603 @@
+"""K-quants (Q2_K … Q6_K) in numpy, byte-identical to llama.cpp's reference quantizers.
+
+llama.cpp quantizes a tensor without an importance matrix with ``quantize_row_qN_K_ref``
+(ggml/src/ggml-quants.c); :func:`quantize_kquant` reproduces those bytes exactly, including
+the ``nearest_int`` bit trick, float32 rounding in C's evaluation order, the truncations to
+``uint8``/``int8`` and GGML's float32→float16 conversion (IEEE round-to-nearest-even, which
+numpy's ``astype(float16)`` also does). Sums are accumulated element by element in index
+order, as the C loops do (numpy's pairwise ``sum`` would round differently).
+
+The quantizers work on super-blocks of 256 values (``QK_K``), each split into sub-blocks
+of 16 (Q2_K, Q3_K, Q6_K) or 32 (Q4_K, Q5_K) values. Everything is vectorised over all
+sub-blocks of all super-blocks of a chunk at once: arrays are laid out as
+``(values_in_sub_block, n_sub_blocks)`` so that C's per-value loops become a short Python
+loop over rows of a wide array, and the searches over candidate steps in
+``make_qkx2_quants``/``make_qx_quants``/``make_q3_quants`` run for every sub-block at
+once, a mask selecting where a candidate wins.
+
+llama.cpp's shipped build compiles ggml-quants.c without FMA instructions (the ggml-base
+library gets no ``-march`` flags), so no ``a*b+c`` is contracted; this module rounds every
+product and sum separately. Inputs with NaN or infinities are outside the exactness claim
+(C's ``if (x < min)`` and numpy's NaN propagation differ); every finite float32 input is
+covered.
+
+Block layouts (ggml-common.h), bytes per 256 values:
+
+``q2_k`` (84)  scales[16] (low nibble scale, high nibble min), qs[64], d, dmin
+``q3_k`` (110) hmask[32], qs[64], scales[12] (6-bit, packed), d
+``q4_k`` (144) d, dmin, scales[12] (6-bit scales and mins, get_scale_min_k4), qs[128]
+``q5_k`` (176) d, dmin, scales[12], qh[32], qs[128]
+``q6_k`` (210) ql[128], qh[64], scales[16] (int8), d
+
+numpy is imported inside functions: the CLI imports the plugin package on every run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+QK_K = 256
+BLOCK_BYTES = {"q2_k": 84, "q3_k": 110, "q4_k": 144, "q5_k": 176, "q6_k": 210}
+KQUANT_TYPES = tuple(BLOCK_BYTES)
+
+# Super-blocks handled per vectorised pass: large enough to amortise numpy's per-call
+# overhead over the Python loops, small enough for the working set to stay in cache.
+_CHUNK = 1024
+
+
+def row_bytes(k: int, qtype: str) -> int:
+    """Bytes of one quantized row of ``k`` values (``k`` a multiple of 256)."""
+    return k // QK_K * BLOCK_BYTES[_check_type(qtype)]
+
+
+def _check_type(qtype: str) -> str:
+    q = qtype.lower()
+    if q not in BLOCK_BYTES:
+        raise ValueError(f"not a k-quant type: {qtype!r} (one of {', '.join(KQUANT_TYPES)})")
+    return q
+
+
+def quantize_kquant(rows: Any, qtype: str) -> Any:
+    """Quantize float32 ``rows`` of shape ``(n, k)`` to ``qtype``; ``k % 256 == 0``.
+
+    Returns ``uint8`` of shape ``(n, k // 256 * block_bytes)``: exactly the bytes
+    llama.cpp's ``quantize_row_<qtype>_ref`` writes (what ``llama-quantize`` produces for
+    the tensor when no importance matrix is given). Any leading shape is kept: ``(..., k)``
+    gives ``(..., row_bytes)``. Values are converted to float32 first.
+    """
+    import numpy as np
+
+    q = _check_type(qtype)
+    x = np.asarray(rows, dtype=np.float32)
+    if x.ndim == 0:
+        raise ValueError("quantize_kquant needs at least one dimension")
+    k = x.shape[-1]
+    if k % QK_K:
+        raise ValueError(f"{q} needs rows whose length is a multiple of {QK_K}, got {k}")
+    lead = x.shape[:-1]
+    blocks = np.ascontiguousarray(x).reshape(-1, QK_K)
+    nb = blocks.shape[0]
+    out = np.empty((nb, BLOCK_BYTES[q]), dtype=np.uint8)
+    fn = _QUANTIZERS[q]
+    with np.errstate(all="ignore"):
+        for s in range(0, nb, _CHUNK):
+            e = min(nb, s + _CHUNK)
+            out[s:e] = fn(blocks[s:e])
+    return out.reshape(*lead, k // QK_K * BLOCK_BYTES[q])
+
+
+def dequantize_kquant(data: Any, qtype: str, shape: tuple[int, ...]) -> Any:
+    """float32 values of quantized ``data`` (gguf-py's dequantizer), reshaped to ``shape``."""
+    import numpy as np
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    q = _check_type(qtype)
+    raw = np.ascontiguousarray(np.asarray(data, dtype=np.uint8)).reshape(-1)
+    vals = dequantize(raw, GGMLQuantizationType[q.upper()])
+    return np.asarray(vals, dtype=np.float32).reshape(shape)
+
+
+# --------------------------------------------------------------------------- helpers
+# All arrays below are float32/int32; Python scalars are never mixed into float32
+# arithmetic (numpy would keep float32 for them, but constants are spelled np.float32 so
+# the rounding is explicit).
+
+
+def _nint(v):
+    """C's nearest_int: ``(bits(v + 12582912.f) & 0x7fffff) - 0x400000`` (int32).
+
+    Round-half-to-even for |v| < 2**22, and the same bit-pattern garbage as C elsewhere
+    (NaN, infinities, huge values).
+    """
+    import numpy as np
+
+    t = v + np.float32(12582912.0)
+    i = t.view(np.int32)
+    i &= 0x7FFFFF
+    i -= 0x400000
+    return i
+
+
+def _seqsum(a):
+    """``s = a[0]; for i >= 1: s += a[i]`` along axis 0 in float32, in index order.
+
+    numpy reduces a non-innermost axis row by row (pairwise summation only applies along
+    the innermost, contiguous axis); the tests pin this against llama.cpp. Starting from
+    a[0] instead of C's ``0.f + a[0]`` only changes the sign of an all-zero sum, which no
+    output byte depends on.
+    """
+    import numpy as np
+
+    return np.add.reduce(a, axis=0)
+
+
+def _fp16(v):
+    """GGML_FP32_TO_FP16 (round to nearest even): (float16 bits as uint16, value as float32)."""
+    import numpy as np
+
+    h = v.astype(np.float16)
+    return h.view(np.uint16), h.astype(np.float32)
+
+
+def _first_absmax(xt):
+    """make_qx_quants' scan: ``if (|x[i]| > amax) {amax = |x[i]|; max = x[i];}`` from 0.
+
+    Returns (amax, max): the first value of largest magnitude (0, 0 when all are zero or
+    NaN).
+    """
+    import numpy as np
+
+    ax = np.abs(xt)
+    ax[~(ax > 0)] = 0  # NaN never wins C's `>` (a NaN scale comes from overflow)
+    idx = np.argmax(ax, axis=0)
+    cols = np.arange(xt.shape[1])
+    amax = ax[idx, cols]
+    return amax, np.where(amax > 0, xt[idx, cols], np.float32(0))
+
+
+def _max_pos(cols):
+    """``m = 0; for j: if (v[j] > m) m = v[j];`` over axis 1 of (B, n)."""
+    import numpy as np
+
+    m = np.zeros(cols.shape[0], dtype=np.float32)
+    for j in range(cols.shape[1]):
+        c = cols[:, j]
+        np.copyto(m, c, where=c > m)
+    return m
+
+
+_SAFE = 4194304.0  # 2**22: below it nearest_int is round-half-even, i.e. np.rint
+
+
+def _quants(xt, iscale, offset, lo, hi, bound, out):
+    """``MAX(lo, MIN(hi, nearest_int(iscale * (x - offset))))`` as float32 into ``out``.
+
+    ``offset`` None means ``iscale * x``. ``bound`` (per column) bounds |iscale * (x -
+    offset)|; where it is not below 2**22 (or NaN), C's bit trick is emulated exactly,
+    elsewhere np.rint is the same and cheaper.
+    """
+    import numpy as np
+
+    if offset is None:
+        np.multiply(xt, iscale, out=out)
+    else:
+        np.subtract(xt, offset, out=out)
+        out *= iscale
+    unsafe = ~(bound < np.float32(_SAFE))
+    if unsafe.any():
+        cols = np.nonzero(unsafe)[0]
+        exact = _nint(out[:, cols])
+        np.clip(exact, lo, hi, out=exact)
+        np.rint(out, out=out)
+        np.clip(out, lo, hi, out=out)
+        out[:, cols] = exact
+    else:
+        np.rint(out, out=out)
+        np.clip(out, lo, hi, out=out)
+    return out
+
+
+def _make_qkx2(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
+    """make_qkx2_quants for every column of ``xt`` (n, G) with weights ``wt``.
+
+    Returns (L uint8 (n, G), scale (G,), the_min (G,)). Instead of copying the winning
+    quants at every step, the (iscale, min) that produced them are remembered per column
+    and the quants recomputed once at the end (same arithmetic, same values).
+    """
+    import numpy as np
+
+    f32 = np.float32
+    fnmax = f32(nmax)
+
+    mn = np.minimum.reduce(xt, axis=0)  # C's `<`/`>` scans; values equal for finite x
+    mx = np.maximum.reduce(xt, axis=0)
+    sum_w = _seqsum(wt)
+    v = np.multiply(wt, xt)
+    sum_x = _seqsum(v)
+    mn[mn > 0] = f32(0)
+    same = mx == mn
+    absmn = np.abs(mn)
+    t = np.empty_like(xt)
+
+    def bound(iscale, cur_min):
+        return np.abs(iscale) * np.maximum(np.abs(mx - cur_min), np.abs(mn - cur_min))
+
+    def error(scale, cur_min, lf):
+        np.multiply(lf, scale, out=t)
+        np.add(t, cur_min, out=t)
+        np.subtract(t, xt, out=t)
+        if use_mad:
+            np.abs(t, out=t)
+        else:
+            np.multiply(t, t, out=t)
+        np.multiply(t, wt, out=t)
+        return _seqsum(t)
+
+    iscale = fnmax / (mx - mn)
+    scale = f32(1) / iscale
+    lf = _quants(xt, iscale, mn, 0, nmax, bound(iscale, mn), v)
+    best_error = error(scale, mn, lf)
+    best_iscale = iscale
+    best_off = mn
+    cur_min = mn  # C updates `min` in place when a candidate wins; later steps use it
+
+    for step in range(nstep + 1):
+        num = (f32(rmin) + f32(rdelta) * f32(step)) + fnmax
+        iscale = num / (mx - cur_min)
+        lf = _quants(xt, iscale, cur_min, 0, nmax, bound(iscale, cur_min), v)
+        np.multiply(wt, lf, out=t)
+        sum_l = _seqsum(t)
+        t *= lf
+        sum_l2 = _seqsum(t)
+        np.multiply(wt, lf, out=t)
+        t *= xt
+        sum_xl = _seqsum(t)
+        D = sum_w * sum_l2 - sum_l * sum_l
+        this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+        this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+        clampm = this_min > 0
+        this_min[clampm] = f32(0)
+        this_scale = np.where(clampm, sum_xl / sum_l2, this_scale)
+        cur_error = error(this_scale, this_min, lf)
+        upd = (D > 0) & (cur_error < best_error)
+        if upd.any():
+            best_error = np.where(upd, cur_error, best_error)
+            scale = np.where(upd, this_scale, scale)
+            best_iscale = np.where(upd, iscale, best_iscale)
+            best_off = np.where(upd, cur_min, best_off)
+            cur_min = np.where(upd, this_min, cur_min)
+
+    L = _quants(xt, best_iscale, best_off, 0, nmax, bound(best_iscale, best_off), v)
+    L = L.astype(np.uint8)
+    del absmn
+    L[:, same] = 0
+    scale = np.where(same, f32(0), scale)
+    the_min = -np.where(same, mn, cur_min)
+    return L, scale, the_min
+
+
+def _make_qx_rmse1(xt, nmax):
+    """make_qx_quants(n, nmax, x, L, rmse_type=1, NULL) for every column of ``xt`` (n, G).
+
+    Returns (L int32 in 0..2*nmax-1 (0 for an all-zero column), scale (G,)).
+    """
+    import numpy as np
+
+    f32 = np.float32
+    amax, vmax = _first_absmax(xt)
+    zero = amax < f32(1e-15)
+    w = xt * xt
+    wx = w * xt
+    v = np.empty_like(xt)
+    t = np.empty_like(xt)
+
+    def sums(lf):
+        np.multiply(wx, lf, out=t)
+        slx = _seqsum(t)
+        np.multiply(w, lf, out=t)
+        np.multiply(t, lf, out=t)
+        return slx, _seqsum(t)
+
+    iscale = f32(-nmax) / vmax
+    best_iscale = iscale
+    lf = _quants(xt, iscale, None, -nmax, nmax - 1, np.abs(iscale) * amax, v)
+    sumlx, suml2 = sums(lf)
+    scale = np.where(suml2 != 0, sumlx / suml2, f32(0))
+    best = scale * sumlx
+    for s in range(-9, 10):
+        if s == 0:
+            continue
+        num = -(f32(nmax) + f32(0.1) * f32(s))
+        iscale = num / vmax
+        lf = _quants(xt, iscale, None, -nmax, nmax - 1, np.abs(iscale) * amax, v)
+        sumlx, suml2 = sums(lf)
+        upd = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+        if upd.any():
+            new_scale = sumlx / suml2
+            scale = np.where(upd, new_scale, scale)
+            best = np.where(upd, new_scale * sumlx, best)
+            best_iscale = np.where(upd, iscale, best_iscale)
+    lf = _quants(xt, best_iscale, None, -nmax, nmax - 1, np.abs(best_iscale) * amax, v)
+    L = lf.astype(np.int32)
+    L += nmax
+    L[:, zero] = 0
+    scale[zero] = f32(0)
+    return L, scale
+
+
+def _make_q3(xt, nmax):
+    """make_q3_quants(n, nmax, x, L, do_rmse=true) for every column of ``xt`` (n, G).
+
+    Returns (L int32 in 0..2*nmax-1 (0 for an all-zero column), scale (G,)).
+    """
+    import numpy as np
+
+    f32 = np.float32
+    n = xt.shape[0]
+    amax, vmax = _first_absmax(xt)
+    zero = amax < f32(1e-15)
+    iscale = f32(-nmax) / vmax
+    L = _nint(iscale * xt)
+    np.clip(L, -nmax, nmax - 1, out=L)
+    w = xt * xt
+    wx = w * xt
+    lf = L.astype(f32)
+    sumlx = _seqsum(wx * lf)
+    suml2 = _seqsum((w * lf) * lf)
+    # Coordinate descent, value by value. A column with no change in a pass is at a fixed
+    # point (the next pass repeats the same arithmetic), so running every column for all
+    # passes equals C's per-column early exit; stop when no column changes.
+    for _ in range(5):
+        changed = False
+        for i in range(n):
+            xi, wi, wxi = xt[i], w[i], wx[i]
+            li = L[i].astype(f32)
+            slx = sumlx - wxi * li
+            sl2 = suml2 - (wi * li) * li
+            new_l = _nint((xi * sl2) / slx)
+            np.clip(new_l, -nmax, nmax - 1, out=new_l)
+            nf = new_l.astype(f32)
+            slx2 = slx + wxi * nf
+            sl22 = sl2 + (wi * nf) * nf
+            acc = (slx > 0) & (new_l != L[i]) & (sl22 > 0) & ((slx2 * slx2) * suml2 > (sumlx * sumlx) * sl22)
+            if acc.any():
+                changed = True
+                np.copyto(L[i], new_l, where=acc)
+                np.copyto(sumlx, slx2, where=acc)
+                np.copyto(suml2, sl22, where=acc)
+        if not changed:
+            break
+    scale = np.where(suml2 > f32(0), sumlx / suml2, f32(0))
+    L += nmax
+    L[:, zero] = 0
+    scale[zero] = f32(0)
+    return L, scale
+
+
+def _sub(blocks, size):
+    """(B, 256) → (size, B * 256 // size): column g is sub-block g (block-major order)."""
+    return blocks.reshape(-1, size).T.copy()
+
+
+def _unsub(t, nblocks):
+    """Inverse of _sub: (size, G) → (B, 256)."""
+    return t.T.reshape(nblocks, QK_K)
+
+
+def _pack2(L):
+    """qs for 2-bit values (B, 256) → (B, 64): per 128, byte l = L[l] | L[l+32]<<2 | …"""
+    import numpy as np
+
+    q = L.reshape(-1, 2, 4, 32).astype(np.uint8)
+    return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(-1, 64)
+
+
+def _bytes16(bits):
+    import numpy as np
+
+    return bits.astype("<u2").view(np.uint8).reshape(-1, 2)
+
+
+# --------------------------------------------------------------------------- per type
+
+
+def _q2_k(blocks):
+    import numpy as np
+
+    f32 = np.float32
+    B = blocks.shape[0]
+    xt = _sub(blocks, 16)
+    wt = np.abs(xt)
+    Lt, scales, mins = _make_qkx2(xt, wt, 3, -0.5, 0.1, 15, True)
+    scales = scales.reshape(B, 16)
+    mins = mins.reshape(B, 16)
+    max_scale = _max_pos(scales)
+    max_min = _max_pos(mins)
+    q4 = f32(15)
+
+    pos = max_scale > 0
+    isc = q4 / max_scale
+    sc = np.where(pos[:, None], _nint(isc[:, None] * scales), 0) & 0xFF
+    d_bits, d_f = _fp16(np.where(pos, max_scale / q4, f32(0)))
+    posm = max_min > 0
+    imn = q4 / max_min
+    mq = np.where(posm[:, None], _nint(imn[:, None] * mins) << 4, 0)
+    sc = (sc | mq) & 0xFF
+    dmin_bits, dmin_f = _fp16(np.where(posm, max_min / q4, f32(0)))
+
+    d = d_f[:, None] * (sc & 0xF).astype(f32)
+    dm = dmin_f[:, None] * (sc >> 4).astype(f32)
+    L = _unsub(Lt, B).reshape(B, 16, 16)
+    x3 = blocks.reshape(B, 16, 16)
+    l = _nint((x3 + dm[:, :, None]) / d[:, :, None])
+    np.clip(l, 0, 3, out=l)
+    L = np.where((d != 0)[:, :, None], l, L).reshape(B, QK_K)
+
+    out = np.empty((B, 84), dtype=np.uint8)
+    out[:, :16] = sc
+    out[:, 16:80] = _pack2(L)
+    out[:, 80:82] = _bytes16(d_bits)
+    out[:, 82:84] = _bytes16(dmin_bits)
+    return out
+
+
+def _q3_k(blocks):
+    import numpy as np
+
+    f32 = np.float32
+    B = blocks.shape[0]
+    xt = _sub(blocks, 16)
+    Lt, scales = _make_q3(xt, 4)
+    scales = scales.reshape(B, 16)
+    amax, max_scale = _first_absmax(scales.T)
+    nz = max_scale != 0
+    iscale = f32(-32) / max_scale
+    l = _nint(iscale[:, None] * scales)
+    l = ((l + 128) & 0xFF) - 128  # int8_t l = nearest_int(...)
+    np.clip(l, -32, 31, out=l)
+    l += 32
+    l = np.where(nz[:, None], l, 0)
+    d_bits, d_f = _fp16(np.where(nz, f32(1) / iscale, f32(0)))
+
+    sb = np.zeros((B, 12), dtype=np.int32)
+    sb[:, :8] = (l[:, :8] & 0xF) | ((l[:, 8:] & 0xF) << 4)
+    hi = l >> 4
+    for j in range(16):
+        sb[:, 8 + j % 4] |= hi[:, j] << (2 * (j // 4))
+    # decoded scale: the 6-bit value minus 32 (0 bytes decode to -32, times d = 0)
+    sc = np.where(nz[:, None], l, 0) - 32
+    d = d_f[:, None] * sc.astype(f32)
+    L = _unsub(Lt, B).reshape(B, 16, 16)
+    x3 = blocks.reshape(B, 16, 16)
+    q = _nint(x3 / d[:, :, None])
+    np.clip(q, -4, 3, out=q)
+    q += 4
+    L = np.where((d != 0)[:, :, None], q, L).reshape(B, QK_K)
+
+    high = L > 3
+    # hmask[m] bit b is value 32*b + m
+    hb = high.reshape(B, 8, 32).astype(np.uint8)
+    hmask = np.zeros((B, 32), dtype=np.uint8)
+    for b in range(8):
+        hmask |= hb[:, b] << b
+    L = np.where(high, L - 4, L)
+
+    out = np.empty((B, 110), dtype=np.uint8)
+    out[:, :32] = hmask
+    out[:, 32:96] = _pack2(L)
+    out[:, 96:108] = sb
+    out[:, 108:110] = _bytes16(d_bits)
+    return out
+
+
+def _q45_k(blocks, nmax, rmin, nstep):
+    """Shared body of Q4_K (nmax 15) and Q5_K (nmax 31): returns (header[:, :16], L)."""
+    import numpy as np
+
+    f32 = np.float32
+    B = blocks.shape[0]
+    xt = _sub(blocks, 32)
+    sq = xt * xt
+    av_x = np.sqrt(_seqsum(sq) / f32(32))
+    wt = np.abs(xt)
+    wt += av_x
+    Lt, scales, mins = _make_qkx2(xt, wt, nmax, rmin, 0.1, nstep, False)
+    scales = scales.reshape(B, 8)
+    mins = mins.reshape(B, 8)
+    max_scale = _max_pos(scales)
+    max_min = _max_pos(mins)
+    c63 = f32(63)
+    inv_scale = np.where(max_scale > 0, c63 / max_scale, f32(0))
+    inv_min = np.where(max_min > 0, c63 / max_min, f32(0))
+    ls = np.minimum(_nint(inv_scale[:, None] * scales) & 0xFF, 63)
+    lm = np.minimum(_nint(inv_min[:, None] * mins) & 0xFF, 63)
+    d_bits, d_f = _fp16(max_scale / c63)
+    dmin_bits, dmin_f = _fp16(max_min / c63)
+
+    hdr = np.empty((B, 16), dtype=np.uint8)
+    hdr[:, 0:2] = _bytes16(d_bits)
+    hdr[:, 2:4] = _bytes16(dmin_bits)
+    hdr[:, 4:8] = ls[:, :4] | ((ls[:, 4:] >> 4) << 6)
+    hdr[:, 8:12] = lm[:, :4] | ((lm[:, 4:] >> 4) << 6)
+    hdr[:, 12:16] = (ls[:, 4:] & 0xF) | ((lm[:, 4:] & 0xF) << 4)
+
+    d = d_f[:, None] * ls.astype(f32)
+    dm = dmin_f[:, None] * lm.astype(f32)
+    L = _unsub(Lt, B).reshape(B, 8, 32)
+    x3 = blocks.reshape(B, 8, 32)
+    l = _nint((x3 + dm[:, :, None]) / d[:, :, None])
+    np.clip(l, 0, nmax, out=l)
+    L = np.where((d != 0)[:, :, None], l, L).reshape(B, QK_K)
+    return hdr, L
+
+
+def _q4_k(blocks):
+    import numpy as np
+
+    hdr, L = _q45_k(blocks, 15, -1.0, 20)
+    B = blocks.shape[0]
+    q = L.reshape(B, 4, 2, 32).astype(np.uint8)
+    out = np.empty((B, 144), dtype=np.uint8)
+    out[:, :16] = hdr
+    out[:, 16:] = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(B, 128)
+    return out
+
+
+def _q5_k(blocks):
+    import numpy as np
+
+    hdr, L = _q45_k(blocks, 31, -0.5, 15)
+    B = blocks.shape[0]
+    q = L.reshape(B, 4, 2, 32).astype(np.uint8)
+    hb = q >> 4  # (B, 4, 2, 32): bit for qh[j], m1 = 1 << 2t, m2 = 2 << 2t
+    qh = np.zeros((B, 32), dtype=np.uint8)
+    for t in range(4):
+        qh |= (hb[:, t, 0] << (2 * t)) | (hb[:, t, 1] << (2 * t + 1))
+    lo = q & 0xF
+    out = np.empty((B, 176), dtype=np.uint8)
+    out[:, :16] = hdr
+    out[:, 16:48] = qh
+    out[:, 48:] = (lo[:, :, 0] | (lo[:, :, 1] << 4)).reshape(B, 128)
+    return out
+
+
+def _q6_k(blocks):
+    import numpy as np
+
+    f32 = np.float32
+    B = blocks.shape[0]
+    xt = _sub(blocks, 16)
+    Lt, scales = _make_qx_rmse1(xt, 32)
+    scales = scales.reshape(B, 16)
+    max_abs, max_scale = _first_absmax(scales.T)
+    zero = max_abs < f32(1e-15)
+    iscale = f32(-128) / max_scale
+    d_bits, d_f = _fp16(f32(1) / iscale)
+    sc = np.minimum(_nint(iscale[:, None] * scales), 127)
+    sc = ((sc + 128) & 0xFF) - 128  # stored as int8
+    d = d_f[:, None] * sc.astype(f32)
+    L = _unsub(Lt, B).reshape(B, 16, 16)
+    x3 = blocks.reshape(B, 16, 16)
+    q = _nint(x3 / d[:, :, None])
+    np.clip(q, -32, 31, out=q)
+    q += 32
+    L = np.where((d != 0)[:, :, None], q, L).reshape(B, 2, 4, 32).astype(np.uint8)
+
+    lo = L & 0xF
+    hi = L >> 4
+    ql = np.empty((B, 2, 2, 32), dtype=np.uint8)
+    ql[:, :, 0] = lo[:, :, 0] | (lo[:, :, 2] << 4)
+    ql[:, :, 1] = lo[:, :, 1] | (lo[:, :, 3] << 4)
+    qh = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)
+
+    out = np.empty((B, 210), dtype=np.uint8)
+    out[:, :128] = ql.reshape(B, 128)
+    out[:, 128:192] = qh.reshape(B, 64)
+    out[:, 192:208] = sc.astype(np.int8).view(np.uint8)
+    out[:, 208:210] = _bytes16(d_bits)
+    out[zero] = 0
+    return out
+
+
+_QUANTIZERS = {"q2_k": _q2_k, "q3_k": _q3_k, "q4_k": _q4_k, "q5_k": _q5_k, "q6_k": _q6_k}

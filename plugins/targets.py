@@ -1,0 +1,184 @@
+"""Built-in targets: ``cpu``, ``cuda``, ``rocm`` and ``metal``.
+
+The annotation vocabulary and matching rules are specified in
+docs/spec/multi-platform.md; NVIDIA's follow GPU feature discovery's label names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelbuild.hookspecs import hookimpl
+from modelbuild.targets import (
+    ANN_ACCELERATOR,
+    ANN_REQUIRES,
+    ANN_TARGET,
+    Constraint,
+    ConstraintError,
+    HostInfo,
+    Stage,
+    version_tuple,
+)
+
+
+class _Target:
+    name = ""
+    version = "1"
+    summary = ""
+    generic = False
+    variants: tuple[str, ...] = ("amd64",)
+    os = "linux"
+    formats: tuple[str, ...] = ()
+    accelerator: str | None = None
+    # constraint key → "version" (compared as numbers) or "list" (a comma-separated set)
+    constraint_keys: dict[str, str] = {}
+
+    def check_constraint(self, c: Constraint) -> None:
+        kind = self.constraint_keys.get(c.key)
+        if kind is None:
+            known = ", ".join(self.constraint_keys) or "none"
+            raise ConstraintError(f"target {self.name} has no constraint {c.key!r} (known: {known})")
+        if kind == "version":
+            version_tuple(c.value)
+        elif c.op != "=":
+            raise ConstraintError(f"{c.key} takes a list: write {c.key}={c.value}")
+
+    def platform(self, stage: Stage) -> dict[str, str]:
+        return {"os": self.os, "architecture": stage.variant or self.variants[0]}
+
+    def annotations(self, stage: Stage) -> dict[str, str]:
+        out = {ANN_TARGET: self.name}
+        if self.accelerator:
+            out[ANN_ACCELERATOR] = self.accelerator
+        if stage.constraints:
+            out[ANN_REQUIRES] = " ".join(str(c) for c in stage.constraints)
+        return out
+
+    def default_steps(self, fmt: str) -> list[tuple[str, str, dict[str, Any]]]:
+        return []
+
+    def check_step(self, stage: Stage, action: str, arg: str, fmt: str) -> str | None:
+        return None
+
+    def matches(self, stage: Stage, host: HostInfo) -> tuple[bool, str]:
+        arch = stage.variant or self.variants[0]
+        if host.os != self.os or host.arch != arch:
+            return False, f"needs {self.os}/{arch}"
+        if self.accelerator is None:
+            return True, ""
+        acc = host.accelerator(self.name)
+        if acc is None:
+            return False, f"needs a {self.name} accelerator"
+        for c in stage.constraints:
+            if self.constraint_keys.get(c.key) != "version":
+                continue
+            # a fact the host cannot tell (no nvidia-smi) satisfies no constraint: a variant
+            # that might not run is worse than the CPU one that will
+            if not c.admits(acc.facts.get(c.key)):
+                return False, f"needs {c}"
+        return True, ""
+
+
+class CpuTarget(_Target):
+    name = "cpu"
+    summary = "any CPU; GGUF Q8_0 by default (llama.cpp)"
+    generic = True
+    variants = ("amd64", "arm64")
+    formats = ("gguf", "onnx", "safetensors")
+
+    def default_steps(self, fmt: str) -> list[tuple[str, str, dict[str, Any]]]:
+        if fmt == "safetensors":
+            return [("convert", "gguf", {}), ("quantize", "q8_0", {})]
+        return []
+
+
+class CudaTarget(_Target):
+    name = "cuda"
+    summary = "NVIDIA GPUs: cuda>=RUNTIME, compute>=CAPABILITY; safetensors bfloat16 by default"
+    variants = ("amd64", "arm64")
+    formats = ("safetensors", "gguf", "onnx")
+    accelerator = "nvidia.com/gpu"
+    constraint_keys = {"cuda": "version", "compute": "version"}
+
+    def annotations(self, stage: Stage) -> dict[str, str]:
+        out = super().annotations(stage)
+        # GPU feature discovery's label names, as minimums the variant needs
+        for key, prefix in (("cuda", "nvidia.com/cuda.runtime"), ("compute", "nvidia.com/gpu.compute")):
+            c = stage.constraint(key)
+            if c is not None and c.op in (">=", "="):
+                parts = version_tuple(c.value) + (0,)
+                out[f"{prefix}.major"] = str(parts[0])
+                out[f"{prefix}.minor"] = str(parts[1])
+        return out
+
+    def default_steps(self, fmt: str) -> list[tuple[str, str, dict[str, Any]]]:
+        return [("quantize", "bfloat16", {})] if fmt == "safetensors" else []
+
+    def check_step(self, stage: Stage, action: str, arg: str, fmt: str) -> str | None:
+        if action == "quantize" and arg.startswith("float8"):
+            c = stage.constraint("compute")
+            if c is None or c.op not in (">=", ">", "=") or version_tuple(c.value) < (8, 9):
+                have = f"this stage allows {c}" if c else "this stage names no compute capability"
+                return (f"{arg} needs compute capability 8.9 or newer (Ada, Hopper); {have}; "
+                        "add compute>=8.9 to the TARGET line")
+        if action == "quantize" and arg == "bfloat16":
+            c = stage.constraint("compute")
+            if c is not None and c.op in ("<", "<=") or (c is not None and version_tuple(c.value) < (8, 0)
+                                                          and c.op == "="):
+                return f"bfloat16 needs compute capability 8.0 or newer (Ampere); this stage allows {c}"
+        return None
+
+
+class RocmTarget(_Target):
+    name = "rocm"
+    summary = "AMD GPUs: rocm>=VERSION, gfx=gfx942,…; safetensors float16 by default"
+    formats = ("safetensors", "gguf")
+    accelerator = "amd.com/gpu"
+    constraint_keys = {"rocm": "version", "gfx": "list"}
+
+    def annotations(self, stage: Stage) -> dict[str, str]:
+        out = super().annotations(stage)
+        c = stage.constraint("gfx")
+        if c is not None:
+            out["amd.com/gpu.family"] = c.value
+        return out
+
+    def default_steps(self, fmt: str) -> list[tuple[str, str, dict[str, Any]]]:
+        return [("quantize", "float16", {})] if fmt == "safetensors" else []
+
+    def matches(self, stage: Stage, host: HostInfo) -> tuple[bool, str]:
+        ok, why = super().matches(stage, host)
+        if not ok:
+            return ok, why
+        c = stage.constraint("gfx")
+        acc = host.accelerator("rocm")
+        if c is not None and acc is not None and acc.facts.get("gfx"):
+            have = set(str(acc.facts["gfx"]).split(","))
+            if not have & set(c.values):
+                return False, f"needs gfx={c.value}"
+        return True, ""
+
+
+class MetalTarget(_Target):
+    name = "metal"
+    summary = "Apple silicon (macOS arm64); GGUF Q8_0 by default (llama.cpp Metal)"
+    os = "darwin"
+    variants = ("arm64",)
+    formats = ("gguf", "safetensors")
+    accelerator = "apple.com/gpu"
+
+    def default_steps(self, fmt: str) -> list[tuple[str, str, dict[str, Any]]]:
+        if fmt == "safetensors":
+            return [("convert", "gguf", {}), ("quantize", "q8_0", {})]
+        return []
+
+    def matches(self, stage: Stage, host: HostInfo) -> tuple[bool, str]:
+        if host.os != "darwin" or host.arch != "arm64" or host.accelerator("metal") is None:
+            return False, "needs Apple silicon (darwin/arm64)"
+        return True, ""
+
+
+@hookimpl
+def modelbuild_register_targets(registry: Any) -> None:
+    for target in (CpuTarget(), CudaTarget(), RocmTarget(), MetalTarget()):
+        registry.add(target)

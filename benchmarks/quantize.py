@@ -28,6 +28,19 @@ Targets: plugin throughput >= 1.7 x the quantize-only baseline, and peak RSS tot
 1 when one fails, 2 on a crash or short disk.
 
 Run:  .venv/bin/python benchmarks/quantize.py [--size-gb 1.05] [--dtype f32|f16] [--qtype q8_0]
+
+K-quant mixes (``--type q4_k_m``, or any of q2_k, q3_k_m, q4_k_s, q5_k_m, q6_k…): gguf.quants
+has no k-quantizer, so the reference is llama.cpp itself, in the same run on the same input:
+``llama`` is ``llama_cpp.llama_model_quantize`` (llama-cpp-python, the LLAMA_FTYPE of the
+type, ``nthread`` = --jobs, not pure), timed around the call; ``plugin`` is the gguf-quantize
+plugin with jobs = --jobs. Both outputs are read back: every tensor must have the same type
+and the same bytes. The ratio is plugin wall time / llama.cpp wall time; target <= 3x. With
+--profile, one work item of each k-quant type the mix picks is profiled (cProfile, one
+process) to show where the plugin's time goes. The generated GGUF carries what
+llama_model_quantize's loader needs (architecture, context length, embedding length, block
+count, heads, KV heads, RMS epsilon; no vocabulary is needed to quantize).
+
+Run:  .venv/bin/python benchmarks/quantize.py --type q4_k_m [--size-gb 1.05] [--jobs N] [--repeat 3]
 """
 
 from __future__ import annotations

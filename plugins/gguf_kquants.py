@@ -42,7 +42,7 @@ KQUANT_TYPES = tuple(BLOCK_BYTES)
 
 # Super-blocks handled per vectorised pass: large enough to amortise numpy's per-call
 # overhead over the Python loops, small enough for the working set to stay in cache.
-_CHUNK = 1024
+_CHUNK = 2048
 
 
 def row_bytes(k: int, qtype: str) -> int:
@@ -167,15 +167,12 @@ def _max_pos(cols):
     return m
 
 
-_SAFE = 4194304.0  # 2**22: below it nearest_int is round-half-even, i.e. np.rint
-
-
-def _quants(xt, iscale, offset, lo, hi, bound, out):
+def _quants(xt, iscale, offset, lo, hi, unsafe, out):
     """``MAX(lo, MIN(hi, nearest_int(iscale * (x - offset))))`` as float32 into ``out``.
 
-    ``offset`` None means ``iscale * x``. ``bound`` (per column) bounds |iscale * (x -
-    offset)|; where it is not below 2**22 (or NaN), C's bit trick is emulated exactly,
-    elsewhere np.rint is the same and cheaper.
+    ``offset`` None means ``iscale * x``. For |v| < 2**22 nearest_int is round-half-even,
+    i.e. np.rint; the columns listed in ``unsafe`` (an index array, or None) may hold
+    larger, infinite or NaN products and get C's bit trick instead.
     """
     import numpy as np
 
@@ -183,19 +180,34 @@ def _quants(xt, iscale, offset, lo, hi, bound, out):
         np.multiply(xt, iscale, out=out)
     else:
         np.subtract(xt, offset, out=out)
-        out *= iscale
-    unsafe = ~(bound < np.float32(_SAFE))
-    if unsafe.any():
-        cols = np.nonzero(unsafe)[0]
-        exact = _nint(out[:, cols])
+        np.multiply(out, iscale, out=out)
+    if unsafe is not None:
+        exact = _nint(out[:, unsafe])
         np.clip(exact, lo, hi, out=exact)
-        np.rint(out, out=out)
-        np.clip(out, lo, hi, out=out)
-        out[:, cols] = exact
-    else:
-        np.rint(out, out=out)
-        np.clip(out, lo, hi, out=out)
+    np.rint(out, out=out)
+    np.clip(out, lo, hi, out=out)
+    if unsafe is not None:
+        out[:, unsafe] = exact
     return out
+
+
+def _unsafe_offset(mx, mn, off, skip):
+    """Columns where ``num / (mx - off) * (x - off)`` (|num| <= 32, mn <= x <= mx) might
+    not stay below 2**21 in magnitude, or the quotient not be finite; None if there are none.
+
+    |x - off| <= M = max(|mx - off|, |mn - off|), so |v| <= 32 * M / (mx - off) (plus a
+    few ulps) and ``mx - off >= 2**-100`` keeps the quotient finite.
+    """
+    import numpy as np
+
+    f32 = np.float32
+    d1 = mx - off
+    m = np.maximum(np.abs(d1), np.abs(mn - off))
+    ok = (d1 >= f32(2.0**-100)) & (m <= f32(2.0**16) * d1)
+    ok |= skip
+    if ok.all():
+        return None
+    return np.nonzero(~ok)[0]
 
 
 def _make_qkx2(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
@@ -213,15 +225,12 @@ def _make_qkx2(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
     mn = np.minimum.reduce(xt, axis=0)  # C's `<`/`>` scans; values equal for finite x
     mx = np.maximum.reduce(xt, axis=0)
     sum_w = _seqsum(wt)
-    v = np.multiply(wt, xt)
-    sum_x = _seqsum(v)
+    lf = np.multiply(wt, xt)
+    sum_x = _seqsum(lf)
     mn[mn > 0] = f32(0)
-    same = mx == mn
-    absmn = np.abs(mn)
+    same = mx == mn  # C returns early; whatever is computed for these is replaced
     t = np.empty_like(xt)
-
-    def bound(iscale, cur_min):
-        return np.abs(iscale) * np.maximum(np.abs(mx - cur_min), np.abs(mn - cur_min))
+    wl = np.empty_like(xt)
 
     def error(scale, cur_min, lf):
         np.multiply(lf, scale, out=t)
@@ -234,9 +243,10 @@ def _make_qkx2(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
         np.multiply(t, wt, out=t)
         return _seqsum(t)
 
+    unsafe = _unsafe_offset(mx, mn, mn, same)
     iscale = fnmax / (mx - mn)
     scale = f32(1) / iscale
-    lf = _quants(xt, iscale, mn, 0, nmax, bound(iscale, mn), v)
+    _quants(xt, iscale, mn, 0, nmax, unsafe, lf)
     best_error = error(scale, mn, lf)
     best_iscale = iscale
     best_off = mn
@@ -245,20 +255,20 @@ def _make_qkx2(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
     for step in range(nstep + 1):
         num = (f32(rmin) + f32(rdelta) * f32(step)) + fnmax
         iscale = num / (mx - cur_min)
-        lf = _quants(xt, iscale, cur_min, 0, nmax, bound(iscale, cur_min), v)
-        np.multiply(wt, lf, out=t)
-        sum_l = _seqsum(t)
-        t *= lf
+        _quants(xt, iscale, cur_min, 0, nmax, unsafe, lf)
+        np.multiply(wt, lf, out=wl)
+        sum_l = _seqsum(wl)
+        np.multiply(wl, lf, out=t)
         sum_l2 = _seqsum(t)
-        np.multiply(wt, lf, out=t)
-        t *= xt
+        np.multiply(wl, xt, out=t)
         sum_xl = _seqsum(t)
         D = sum_w * sum_l2 - sum_l * sum_l
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
         this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
         clampm = this_min > 0
-        this_min[clampm] = f32(0)
-        this_scale = np.where(clampm, sum_xl / sum_l2, this_scale)
+        if clampm.any():
+            this_min[clampm] = f32(0)
+            this_scale = np.where(clampm, sum_xl / sum_l2, this_scale)
         cur_error = error(this_scale, this_min, lf)
         upd = (D > 0) & (cur_error < best_error)
         if upd.any():
@@ -267,10 +277,11 @@ def _make_qkx2(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
             best_iscale = np.where(upd, iscale, best_iscale)
             best_off = np.where(upd, cur_min, best_off)
             cur_min = np.where(upd, this_min, cur_min)
+            unsafe = _unsafe_offset(mx, mn, cur_min, same)
 
-    L = _quants(xt, best_iscale, best_off, 0, nmax, bound(best_iscale, best_off), v)
-    L = L.astype(np.uint8)
-    del absmn
+    unsafe = _unsafe_offset(mx, mn, best_off, same)
+    _quants(xt, best_iscale, best_off, 0, nmax, unsafe, lf)
+    L = lf.astype(np.uint8)
     L[:, same] = 0
     scale = np.where(same, f32(0), scale)
     the_min = -np.where(same, mn, cur_min)
@@ -281,15 +292,19 @@ def _make_qx_rmse1(xt, nmax):
     """make_qx_quants(n, nmax, x, L, rmse_type=1, NULL) for every column of ``xt`` (n, G).
 
     Returns (L int32 in 0..2*nmax-1 (0 for an all-zero column), scale (G,)).
+
+    |iscale * x| <= |nmax + 0.9| (plus ulps) as |x| <= |max|, and iscale is finite unless
+    amax < 1e-15, where C returns early: np.rint is exact here.
     """
     import numpy as np
 
     f32 = np.float32
     amax, vmax = _first_absmax(xt)
     zero = amax < f32(1e-15)
+    vmax[zero] = f32(1)
     w = xt * xt
     wx = w * xt
-    v = np.empty_like(xt)
+    lf = np.empty_like(xt)
     t = np.empty_like(xt)
 
     def sums(lf):
@@ -301,7 +316,7 @@ def _make_qx_rmse1(xt, nmax):
 
     iscale = f32(-nmax) / vmax
     best_iscale = iscale
-    lf = _quants(xt, iscale, None, -nmax, nmax - 1, np.abs(iscale) * amax, v)
+    _quants(xt, iscale, None, -nmax, nmax - 1, None, lf)
     sumlx, suml2 = sums(lf)
     scale = np.where(suml2 != 0, sumlx / suml2, f32(0))
     best = scale * sumlx
@@ -310,7 +325,7 @@ def _make_qx_rmse1(xt, nmax):
             continue
         num = -(f32(nmax) + f32(0.1) * f32(s))
         iscale = num / vmax
-        lf = _quants(xt, iscale, None, -nmax, nmax - 1, np.abs(iscale) * amax, v)
+        _quants(xt, iscale, None, -nmax, nmax - 1, None, lf)
         sumlx, suml2 = sums(lf)
         upd = (suml2 > 0) & (sumlx * sumlx > best * suml2)
         if upd.any():
@@ -318,7 +333,7 @@ def _make_qx_rmse1(xt, nmax):
             scale = np.where(upd, new_scale, scale)
             best = np.where(upd, new_scale * sumlx, best)
             best_iscale = np.where(upd, iscale, best_iscale)
-    lf = _quants(xt, best_iscale, None, -nmax, nmax - 1, np.abs(best_iscale) * amax, v)
+    _quants(xt, best_iscale, None, -nmax, nmax - 1, None, lf)
     L = lf.astype(np.int32)
     L += nmax
     L[:, zero] = 0

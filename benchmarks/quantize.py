@@ -191,6 +191,165 @@ def child_plugin(path: str, qtype: str, jobs: int, workdir: str) -> dict:
             "progress": done, "out_bytes": os.path.getsize(out.file)}
 
 
+# -- k-quant mixes (--type q4_k_m): against llama.cpp ------------------------------------------
+
+KQUANT_MIXES = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",
+                "q3_k", "q4_k", "q5_k")
+KQUANT_TARGET = 3.0  # plugin wall time <= 3 x llama.cpp's
+
+
+def _tensor_hashes(path: str) -> dict[str, list[str]]:
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    return {t.name: [t.tensor_type.name, hashlib.sha256(t.data.tobytes()).hexdigest()] for t in reader.tensors}
+
+
+def child_llama(path: str, qtype: str, jobs: int, out: str) -> dict:
+    """llama_cpp.llama_model_quantize(path, LLAMA_FTYPE of qtype, nthread=jobs), timed."""
+    import ctypes
+
+    import gguf
+    import llama_cpp
+    from modelbuild_plugins.gguf_mixes import FILE_TYPES, file_type
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(gguf.LlamaFileType[FILE_TYPES[file_type(qtype)][0]])
+    params.nthread = jobs
+    start = time.perf_counter()
+    rc = llama_cpp.llama_model_quantize(path.encode(), out.encode(), ctypes.byref(params))
+    wall = time.perf_counter() - start
+    if rc != 0:
+        raise SystemExit(f"llama_model_quantize failed ({rc})")
+    peak = _peak_mb(resource.RUSAGE_SELF)
+    result = {"wall_s": wall, "peak_rss_mb": peak, "hashes": _tensor_hashes(out), "out_bytes": os.path.getsize(out),
+              "version": llama_cpp.__version__}
+    os.remove(out)
+    return result
+
+
+def child_plugin_all(path: str, qtype: str, jobs: int, workdir: str) -> dict:
+    """The plugin, timed as child_plugin does; every tensor's type and hash."""
+    from modelbuild_plugins.gguf_format import GGUFQuantizer
+
+    from modelbuild.weights import TransformContext, WeightFile
+
+    wf = WeightFile(os.path.basename(path), path, "sha256:" + "0" * 64, os.path.getsize(path))
+    done = [0, 0]
+    ctx = TransformContext(Path(workdir), jobs=jobs, advance=lambda n: done.__setitem__(0, done[0] + n),
+                           set_total=lambda n: done.__setitem__(1, n))
+    start = time.perf_counter()
+    (out,) = GGUFQuantizer().quantize([wf], qtype, {}, ctx)
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "peak_rss_mb": _peak_mb(resource.RUSAGE_SELF),
+            "peak_worker_rss_mb": _peak_mb(resource.RUSAGE_CHILDREN), "hashes": _tensor_hashes(out.file),
+            "progress": done, "out_bytes": os.path.getsize(out.file)}
+
+
+def child_profile(path: str, qtype: str) -> dict:
+    """Where a work item's time goes: one work item per k-quant type the mix picks, run in
+    this process under cProfile (the plugin's chunk size); the top functions by own time."""
+    import cProfile
+    import pstats
+
+    from modelbuild_plugins import gguf_format
+    from modelbuild_plugins.gguf_format import GGUFQuantizer, parse_header
+
+    h = parse_header(path)
+    plans = GGUFQuantizer().plan(h, qtype, [])
+    picked: dict[int, object] = {}
+    for p in plans:
+        if p.dst_type in gguf_format._KQUANTS and p.dst_type not in picked:
+            picked[p.dst_type] = p
+    items = []
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = os.path.join(tmp, "scratch")
+        with open(dst, "wb") as f:
+            f.truncate(max(p.nbytes for p in picked.values()))
+        for gtype, p in picked.items():
+            task = gguf_format._tasks_for(h, p, dst, 0)[0]
+            prof = cProfile.Profile()
+            start = time.perf_counter()
+            prof.runcall(gguf_format._run_task, task)
+            wall = time.perf_counter() - start
+            gguf_format._close_fds()
+            stats = pstats.Stats(prof)
+            rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:8]  # by own (tottime) time
+            top = [{"function": f"{os.path.basename(fn)}:{line}({name})", "calls": nc, "own_s": tt, "cum_s": ct}
+                   for (fn, line, name), (_cc, nc, tt, ct, _callers) in rows]
+            items.append({"type": gguf_format.type_name(gtype), "tensor": p.tensor.name, "elements": task[-1],
+                          "wall_s": wall, "top": top})
+    return {"items": items}
+
+
+def main_kquant(args: argparse.Namespace, work: Path, src: Path, gen: dict) -> int:
+    llamas, plugs = [], []
+    for _ in range(args.repeat):
+        os.sync()
+        llamas.append(run_child(["llama", str(src), args.qtype, str(args.jobs), str(work / "llama.gguf")]))
+        shutil.rmtree(work / "plugin", ignore_errors=True)
+        os.sync()
+        plugs.append(run_child(["plugin-all", str(src), args.qtype, str(args.jobs), str(work / "plugin")]))
+        shutil.rmtree(work / "plugin", ignore_errors=True)
+    llama = min(llamas, key=lambda r: r["wall_s"])
+    plug = min(plugs, key=lambda r: r["wall_s"])
+    print("runs (s): llama.cpp " + ", ".join(f"{r['wall_s']:.2f}" for r in llamas)
+          + "; plugin " + ", ".join(f"{r['wall_s']:.2f}" for r in plugs)
+          + f"; load average now {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    params = gen["params"]
+    ratio = plug["wall_s"] / llama["wall_s"]
+    med = statistics.median(r["wall_s"] for r in plugs) / statistics.median(r["wall_s"] for r in llamas)
+    types_l = {n: t for n, (t, _) in llama["hashes"].items()}
+    types_p = {n: t for n, (t, _) in plug["hashes"].items()}
+    same_types = types_l == types_p
+    same_bytes = llama["hashes"] == plug["hashes"]
+    counts: dict[str, int] = {}
+    for t in types_l.values():
+        counts[t] = counts.get(t, 0) + 1
+    progress_ok = plug["progress"][0] == plug["progress"][1] == params
+    ok = ratio <= KQUANT_TARGET
+    lines = [
+        f"{args.qtype}: {len(types_l)} tensors, {params / 1e6:.1f}M params, {args.dtype} input "
+        f"({gen['bytes'] / 1e9:.3f} GB); llama.cpp's types: "
+        + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())),
+        f"llama.cpp llama_model_quantize (llama-cpp-python {llama['version']}), nthread={args.jobs}: "
+        f"{llama['wall_s']:7.2f} s  {params / llama['wall_s'] / 1e6:7.1f} Mparams/s  peak RSS "
+        f"{llama['peak_rss_mb']:.0f} MB  output {llama['out_bytes'] / 1e6:.1f} MB",
+        f"plugin gguf-quantize, jobs={args.jobs}, wall (all in):            {plug['wall_s']:7.2f} s  "
+        f"{params / plug['wall_s'] / 1e6:7.1f} Mparams/s  peak RSS parent {plug['peak_rss_mb']:.0f} MB, largest "
+        f"worker {plug['peak_worker_rss_mb']:.0f} MB  output {plug['out_bytes'] / 1e6:.1f} MB",
+        f"plugin / llama.cpp wall time: {ratio:.2f}x (target <= {KQUANT_TARGET:.0f}x) {'PASS' if ok else 'FAIL'}; "
+        f"medians: {med:.2f}x",
+        f"same tensor types as llama.cpp: {'yes' if same_types else 'NO'}; byte-identical tensors: "
+        f"{'yes' if same_bytes else 'NO'}; progress {plug['progress'][0]}/{plug['progress'][1]} "
+        f"{'ok' if progress_ok else 'WRONG'}",
+    ]
+    if not same_bytes:
+        diff = [n for n in llama["hashes"] if llama["hashes"][n] != plug["hashes"].get(n)]
+        lines.append(f"  differing tensors ({len(diff)}): {diff[:8]}")
+    for line in lines:
+        print(line, file=sys.stderr)
+    profile = None
+    if args.profile or not ok:
+        profile = run_child(["profile", str(src), args.qtype])
+        print("where the plugin's time goes (one work item per k-quant type, one process, cProfile; own time):",
+              file=sys.stderr)
+        for item in profile["items"]:
+            print(f"  {item['type']} ({item['tensor']}, {item['elements'] / 1e6:.2f}M elements): "
+                  f"{item['wall_s']:.2f} s = {item['elements'] / item['wall_s'] / 1e6:.1f} Mparams/s per process",
+                  file=sys.stderr)
+            for row in item["top"]:
+                print(f"    {row['own_s']:7.3f} s own  {row['cum_s']:7.3f} s cum  {row['calls']:6d} calls  "
+                      f"{row['function']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"machine": machine(), "input": gen, "dtype": args.dtype, "qtype": args.qtype,
+                          "jobs": args.jobs, "llama": {k: v for k, v in llama.items() if k != "hashes"},
+                          "plugin": {k: v for k, v in plug.items() if k != "hashes"}, "ratio": ratio,
+                          "ratio_medians": med, "types": counts, "same_types": same_types,
+                          "identical": same_bytes, "profile": profile}, indent=2))
+    return 0 if ok and same_types and same_bytes and progress_ok else 1
+
+
 def run_child(args: list[str]) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -229,7 +388,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-gb", type=float, default=1.05, help="model size in GB (10^9 bytes, default 1.05)")
     ap.add_argument("--dtype", choices=("f32", "f16"), default="f32", help="2-D tensor type of the input")
-    ap.add_argument("--qtype", default="q8_0", help="target type (default q8_0)")
+    ap.add_argument("--qtype", "--type", dest="qtype", default="q8_0",
+                    help="target type (default q8_0); a k-quant mix (q4_k_m…) is measured against llama.cpp")
+    ap.add_argument("--profile", action="store_true",
+                    help="k-quant mixes: profile one work item per k-quant type (always done on FAIL)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="plugin processes (default: all CPUs)")
     ap.add_argument("--repeat", type=int, default=5,
                     help="runs of each measurement; the best decides, medians shown (default 5)")
@@ -245,6 +407,12 @@ def main() -> int:
             result = generate(Path(rest[0]), float(rest[1]), rest[2])
         elif kind == "baseline":
             result = child_baseline(*rest)
+        elif kind == "llama":
+            result = child_llama(rest[0], rest[1], int(rest[2]), rest[3])
+        elif kind == "plugin-all":
+            result = child_plugin_all(rest[0], rest[1], int(rest[2]), rest[3])
+        elif kind == "profile":
+            result = child_profile(rest[0], rest[1])
         else:
             result = child_plugin(rest[0], rest[1], int(rest[2]), rest[3])
         print(json.dumps(result))
@@ -267,6 +435,10 @@ def main() -> int:
         print(f"input:   {src} ({gen['bytes'] / 1e9:.3f} GB, {gen['tensors']} tensors, {gen['params'] / 1e6:.1f}M "
               f"params, {args.dtype}, largest tensor {gen['largest_tensor_bytes'] / MB:.1f} MB) written in "
               f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+        if args.qtype.lower() in KQUANT_MIXES:
+            args.qtype = args.qtype.lower()
+            return main_kquant(args, work, src, gen)
 
         bases, plugs, singles = [], [], []
         for _ in range(args.repeat):

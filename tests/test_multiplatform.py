@@ -162,9 +162,12 @@ def test_a_third_party_target_plugs_in(ctx, tmp_path):
     assert [v["stage"] for v in result.variants] == ["cpu", "gaudi"]
     assert result.variants[1]["config"]["config"]["precision"] == "bfloat16"
     (ctx / "Modelfile").write_text(HEAD + "TARGET gaudi\nQUANTIZE bfloat16\nSHARD 200KB\nCONVERT gguf\n")
-    with pytest.raises(Exception) as info:
+    from modelbuild.errors import ModelfileError
+
+    with pytest.raises(ModelfileError) as info:
         build_with(ctx / "Modelfile", tmp_path / "home", GaudiPlugin())
-    assert "Modelfile:8:1" in str(getattr(info.value, "render", lambda: info.value)())
+    assert info.value.render().endswith("Modelfile:8:1: TARGET gaudi cannot run gguf weights (its engines take "
+                                        "safetensors)")
 
 
 # -- host selection --------------------------------------------------------------------

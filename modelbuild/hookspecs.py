@@ -193,11 +193,21 @@ def modelbuild_register_converters(registry: "Registry") -> None:
 def modelbuild_register_architectures(registry: "Registry") -> None:
     """Add model architectures to the Hugging Face → GGUF converter.
 
-    Call ``registry.add(adapter)``. An adapter has a ``name`` (the GGUF architecture, e.g.
-    ``"llama"``), a ``version``, a ``summary`` and ``hf_architectures`` (the
-    ``config.json`` ``architectures`` entries it handles, e.g. ``("LlamaForCausalLM",)``);
-    the methods the converter calls are documented in ``plugins/hf_to_gguf.py``
-    (:class:`ArchitectureAdapter`). Adding an architecture is one small plugin.
+    Call ``registry.add(adapter)``. An adapter has a unique ``name`` (e.g. ``"mistral"``),
+    ``gguf_arch`` (the GGUF ``general.architecture`` it writes, e.g. ``"llama"``; empty
+    means ``name``), a ``version`` (enters the key of every conversion), a ``summary`` and
+    ``hf_architectures`` (the ``config.json`` ``architectures`` entries it handles, e.g.
+    ``("LlamaForCausalLM",)``), and the methods the converter calls::
+
+        block_count(config) -> int
+        hparams(config) -> list[tuple[str, Any]]         # full GGUF keys; "{arch}" is replaced
+        tensor_name(hf_name, n_blocks) -> str | None     # None: skip; KeyError: unknown tensor
+        transform(hf_name, array, config) -> array       # e.g. llama's q/k permutation
+        check(config, shapes) -> None                    # raise ShapeMismatch for a contradiction
+        extra_tensors(config) -> list[tuple[str, ndarray]]
+
+    ``plugins/hf_to_gguf.py`` has the base class (:class:`ArchitectureAdapter`) with
+    defaults for all but ``tensor_name``. Adding an architecture is one small plugin.
 
     Return value: ignored.  Since: 0.3.
     """

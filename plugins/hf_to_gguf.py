@@ -101,7 +101,6 @@ import math
 import os
 import posixpath
 import re
-import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,9 +199,12 @@ class ArchitectureAdapter:
         → ``blk.0.attn_q.weight``), or None to leave the tensor out (rotary caches).
         Raise ``KeyError`` for a tensor it does not know; the converter reports it.
     ``transform(hf_name, array, config) -> array``
-        The tensor as GGUF stores it, as a float32 numpy array of the same shape (the
-        q/k row permutation llama.cpp's RoPE expects for llama-style attention). Called
-        with a float32 array.
+        The tensor as GGUF stores it: a numpy array of the same shape, in any float dtype
+        (the q/k row permutation llama.cpp's RoPE expects for llama-style attention).
+        ``array`` is the checkpoint's tensor as it is stored (float32, float16 or
+        ml_dtypes.bfloat16, read-only, memory-mapped): return it unchanged when there is
+        nothing to do, so that no copy is made. The converter converts the result to the
+        output type in chunks of rows.
     ``check(config, shapes) -> None``
         ``shapes`` maps every tensor of the checkpoint to its shape. Raise
         :class:`ShapeMismatch` for a tensor whose shape contradicts ``config.json`` or
@@ -276,9 +278,21 @@ def _tensor_map(arch: str, n_blocks: int) -> Any:
 
         by_name = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
         if arch not in by_name:
-            raise KeyError(f"gguf-py knows no architecture {arch!r}")
+            from modelbuild.errors import PluginError
+
+            raise PluginError(f"GGUF architecture {arch!r} is unknown to gguf-py {_gguf_version()}: an adapter "
+                              f"for it must give its own tensor_name()")
         _MAPS[key] = gguf.get_tensor_name_map(by_name[arch], n_blocks)
     return _MAPS[key]
+
+
+def _gguf_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gguf")
+    except PackageNotFoundError:
+        return "?"
 
 
 def _int(config: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -565,7 +579,7 @@ def gguf_value(value: Any, key: str) -> tuple[int, bytes]:
     elif isinstance(first, str):
         sub = _T_STRING
     else:
-        raise ValueError(f"{key}: no GGUF array type for {type(first).__name__} items")
+        raise TypeError(f"{key}: no GGUF array type for {type(first).__name__} items")
     return _T_ARRAY, encode_value(items, _T_ARRAY, sub)
 
 
@@ -584,7 +598,7 @@ def _scalar_type(value: Any, key: str) -> int:
         return _T_STRING
     if isinstance(value, (list, tuple)):
         return _T_ARRAY
-    raise ValueError(f"{key}: no GGUF type for {type(value).__name__}")
+    raise TypeError(f"{key}: no GGUF type for {type(value).__name__}")
 
 
 # -- the tokenizer -----------------------------------------------------------------------------
@@ -611,6 +625,10 @@ SUPPORTED_PRE_TOKENIZERS = (
     + ", ".join(f"{name}" for name in PRE_TOKENIZER_REGEXES.values()),
 )
 _SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "mask")
+# gguf.Keys.Tokenizer's names for them (note llama.cpp's spelling of "seperator")
+SPECIAL_ID_KEYS = {"bos": "tokenizer.ggml.bos_token_id", "eos": "tokenizer.ggml.eos_token_id",
+                   "unk": "tokenizer.ggml.unknown_token_id", "sep": "tokenizer.ggml.seperator_token_id",
+                   "pad": "tokenizer.ggml.padding_token_id", "mask": "tokenizer.ggml.mask_token_id"}
 _BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 
@@ -644,7 +662,7 @@ class Vocab:
         if self.merges:
             out.append(("tokenizer.ggml.merges", self.merges))
         for typ, tid in self.special_ids.items():
-            out.append((f"tokenizer.ggml.{typ}_token_id", gguf.GGUFValue(tid, gguf.GGUFValueType.UINT32)))
+            out.append((SPECIAL_ID_KEYS[typ], gguf.GGUFValue(tid, gguf.GGUFValueType.UINT32)))
         for typ, value in self.add_special.items():
             out.append((f"tokenizer.ggml.add_{typ}_token", bool(value)))
         template = self.chat_template
@@ -1009,6 +1027,10 @@ class HfToGguf:
                              "does not pass it")
 
         directory, weights, index = self._weights(files)
+        ignored = [f for f in files if f.path.endswith(".safetensors") and f not in weights]
+        for f in ignored:
+            ctx.log(f"hf-to-gguf: {f.path} is not part of the checkpoint "
+                    f"({'not named by ' + index.path if index else 'not model.safetensors'}); left out")
         by_path = {f.path: f for f in files}
 
         def beside(name: str) -> WeightFile | None:
@@ -1046,17 +1068,16 @@ class HfToGguf:
                 raise FormatError(cfg_file.path, exc.message.split(": ", 1)[1], hint=exc.hint) from None
             raise
 
+        consumed = {f.path for f in weights + ignored} | ({index.path} if index else set())
+        result: list[WeightFile | Output] = [f for f in files if f.path not in consumed]
+        out_path = label(OUTPUT_NAME)
+        if out_path in by_path:
+            raise FormatError(out_path, "the model set already holds a file of this name: hf-to-gguf writes "
+                                        "the converted model there")
         plan = self._plan(sources, extras, adapter, n_blocks, outtype, ctx)
         kvs = self._keys(adapter, config, options, hparams, vocab, outtype)
-        out_path = label(OUTPUT_NAME)
         out = ctx.output_path(out_path)
         self._write(out, kvs, plan, adapter, config, ctx)
-
-        consumed = {f.path for f in weights} | ({index.path} if index else set())
-        result: list[WeightFile | Output] = [f for f in files if f.path not in consumed]
-        clash = [f.path for f in result if f.path == out_path]
-        if clash:
-            raise FormatError(out_path, "the model set already holds a file of this name")
         result.append(Output(out_path, out, "model"))
         return result
 

@@ -59,9 +59,14 @@ class TransformOp(Op):
             step.params["action"], env.host.shard_strategies)
 
     def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
-        return key_of({**step.definition(),
-                       "implementation": plugin_identity(self._registry(step, env), step.params["plugin"], env),
-                       "files": identity(model_set(inputs))})
+        definition = {**step.definition(),
+                      "implementation": plugin_identity(self._registry(step, env), step.params["plugin"], env),
+                      "files": identity(model_set(inputs))}
+        if step.params["action"] == "convert":
+            # a converter's output also depends on the architecture adapters it consults
+            definition["architectures"] = [plugin_identity(env.host.architectures, name, env)
+                                           for name in env.host.architectures.names()]
+        return key_of(definition)
 
     def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
         return all(env.store.has_blob(f["digest"]) for f in result["files"] if f["origin"] == "blob")

@@ -1,0 +1,257 @@
+"""Registry credentials and the two HTTP auth schemes registries use (basic and bearer token).
+
+Credentials come from docker's ``config.json``, the file ``docker login`` (and ``oras login``,
+``skopeo login --authfile``) writes, so a user logged in with any of them is logged in here:
+
+* ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``;
+* ``credHelpers[host]`` first, then ``auths[host]`` (``auth`` = base64 ``user:password``, or
+  ``username``/``password``), then ``credsStore``; a helper is ``docker-credential-<name> get``
+  with the host on stdin, answering ``{"Username": ..., "Secret": ...}``.
+
+We do not reuse oras-py's lookup (``oras.auth``): it ignores ``$DOCKER_CONFIG``, matches the
+``auths`` key only by the exact host string (``https://host`` keys written by older docker
+versions are missed), and logs a helper's stderr, which we prefer not to show.
+
+Bearer tokens are fetched per the ``WWW-Authenticate`` challenge (realm, service, scope) and
+cached per set of scopes until they expire. A secret never reaches a log or an exception:
+:meth:`Auth.mask` replaces every secret this object knows with ``***`` and every message the
+registry client raises passes through it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import requests
+
+from modelbuild.errors import ModelbuildError, EXIT_BUILD_FAILED
+
+DOCKER_HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io")
+HELPER_TIMEOUT = 30
+
+
+class AuthError(ModelbuildError):
+    """Credentials could not be found, read, or were refused."""
+
+    exit_code = EXIT_BUILD_FAILED
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A username and secret; ``repr`` never shows the secret."""
+
+    username: str
+    password: str = field(repr=False)
+
+    def basic_header(self) -> str:
+        raw = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+    def secrets(self) -> list[str]:
+        raw = f"{self.username}:{self.password}"
+        return [self.password, base64.b64encode(raw.encode()).decode()]
+
+
+def docker_config_path() -> Path:
+    """Where docker keeps its config: ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``."""
+    base = os.environ.get("DOCKER_CONFIG")
+    return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
+
+
+def _host_of(key: str) -> str:
+    """``https://host:5000/v1/`` → ``host:5000``: config keys come with and without scheme."""
+    key = re.sub(r"^[a-z]+://", "", key.strip())
+    return key.split("/", 1)[0]
+
+
+def _aliases(host: str) -> set[str]:
+    if host in DOCKER_HUB_KEYS:
+        return {_host_of(k) for k in DOCKER_HUB_KEYS}
+    return {host}
+
+
+def credentials_from_docker_config(host: str, path: Path | None = None) -> Credentials | None:
+    """The credentials docker would use for *host*, or None where there are none."""
+    path = path or docker_config_path()
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise AuthError(f"cannot read docker config {path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise AuthError(f"docker config {path} is not a JSON object")
+    names = _aliases(host)
+    helpers = config.get("credHelpers") or {}
+    for key, helper in helpers.items():
+        if _host_of(key) in names:
+            return _from_helper(helper, key)
+    for key, entry in (config.get("auths") or {}).items():
+        if _host_of(key) not in names or not isinstance(entry, dict):
+            continue
+        if entry.get("auth"):
+            try:
+                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise AuthError(f"docker config {path}: the auth entry for {host} is not base64 user:password") from None
+            return Credentials(user, password)
+        if entry.get("username") and entry.get("password"):
+            return Credentials(entry["username"], entry["password"])
+        if entry.get("identitytoken"):
+            raise AuthError(f"docker config {path}: {host} uses an identity token, which modelbuild does not support yet",
+                            hint="log in with a username and password or a credential helper")
+    if config.get("credsStore"):
+        return _from_helper(config["credsStore"], host)
+    return None
+
+
+def _from_helper(helper: str, server: str) -> Credentials | None:
+    """Ask ``docker-credential-<helper> get``; its stderr is not shown (it may echo input)."""
+    binary = f"docker-credential-{helper}"
+    try:
+        proc = subprocess.run([binary, "get"], input=server.encode(), capture_output=True, timeout=HELPER_TIMEOUT)
+    except FileNotFoundError:
+        raise AuthError(f"credential helper {binary} is not installed",
+                        hint="install it or remove it from the docker config") from None
+    except subprocess.TimeoutExpired:
+        raise AuthError(f"credential helper {binary} did not answer in {HELPER_TIMEOUT}s") from None
+    if proc.returncode != 0:
+        if b"credentials not found" in proc.stdout.lower() + proc.stderr.lower():
+            return None
+        raise AuthError(f"credential helper {binary} failed for {server} (exit code {proc.returncode})")
+    try:
+        payload = json.loads(proc.stdout)
+        user, secret = payload["Username"], payload["Secret"]
+    except (ValueError, KeyError, TypeError):
+        raise AuthError(f"credential helper {binary} answered something that is not credentials") from None
+    if user == "<token>":
+        raise AuthError(f"credential helper {binary} gave an identity token for {server}; not supported yet")
+    return Credentials(user, secret)
+
+
+_CHALLENGE_PARAM = re.compile(r'([a-zA-Z_]+)="([^"]*)"|([a-zA-Z_]+)=([^,\s]+)')
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """``Bearer realm="…",service="…",scope="…"`` → ``("bearer", {...})``."""
+    scheme, _, rest = header.strip().partition(" ")
+    params: dict[str, str] = {}
+    for m in _CHALLENGE_PARAM.finditer(rest):
+        if m.group(1):
+            params[m.group(1).lower()] = m.group(2)
+        else:
+            params[m.group(3).lower()] = m.group(4)
+    return scheme.lower(), params
+
+
+@dataclass
+class _Token:
+    value: str
+    expires: float
+
+
+class Auth:
+    """Credentials for one registry host plus the tokens obtained with them.
+
+    *credentials* given explicitly win; otherwise they are looked up lazily in docker's
+    config the first time the registry asks for them (anonymous pulls never read it).
+    Thread-safe: transfers share one ``Auth``.
+    """
+
+    def __init__(self, credentials: Credentials | None = None, *, docker_config: Path | None = None,
+                 use_docker_config: bool = True) -> None:
+        self._credentials = credentials
+        self._looked_up = credentials is not None or not use_docker_config
+        self._docker_config = docker_config
+        self._lock = threading.Lock()
+        self._tokens: dict[tuple[str, ...], _Token] = {}
+        self._secrets: set[str] = set(credentials.secrets() if credentials else [])
+        self.scheme: str | None = None  # "basic" or "bearer" once the registry said which
+        self.challenge: dict[str, str] = {}
+
+    def credentials(self, host: str) -> Credentials | None:
+        with self._lock:
+            if not self._looked_up:
+                self._credentials = credentials_from_docker_config(host, self._docker_config)
+                self._looked_up = True
+                if self._credentials:
+                    self._secrets.update(self._credentials.secrets())
+            return self._credentials
+
+    def mask(self, text: str) -> str:
+        """*text* with every secret this object has seen replaced by ``***``."""
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def header(self, scopes: Iterable[str]) -> str | None:
+        """The Authorization header to send proactively, if we already know what works."""
+        if self.scheme == "basic" and self._credentials:
+            return self._credentials.basic_header()
+        if self.scheme == "bearer":
+            token = self._tokens.get(tuple(sorted(scopes)))
+            if token and token.expires > time.monotonic():
+                return "Bearer " + token.value
+        return None
+
+    def answer(self, session: requests.Session, host: str, www_authenticate: str, scopes: Iterable[str],
+               *, verify: bool | str, timeout: Any) -> str:
+        """Answer a 401 challenge: the Authorization header to retry with.
+
+        Raises :class:`AuthError` (masked) where we have no credentials for a basic
+        challenge or the token service refuses us.
+        """
+        scheme, params = parse_challenge(www_authenticate)
+        creds = self.credentials(host)
+        if scheme == "basic":
+            if creds is None:
+                raise AuthError(f"{host} requires authentication and no credentials were found for it",
+                                hint=f"log in with `docker login {host}` or set DOCKER_CONFIG")
+            self.scheme = "basic"
+            return creds.basic_header()
+        if scheme != "bearer" or "realm" not in params:
+            raise AuthError(f"{host} asks for an unsupported authentication scheme {scheme!r}")
+        asked = tuple(sorted(set(scopes)))
+        wanted = set(asked)
+        if params.get("scope"):
+            wanted.update(params["scope"].split(" "))
+        key = tuple(sorted(wanted))
+        query: list[tuple[str, str]] = [("scope", s) for s in key]
+        if params.get("service"):
+            query.append(("service", params["service"]))
+        headers = {"Authorization": creds.basic_header()} if creds else {}
+        try:
+            resp = session.get(params["realm"], params=query, headers=headers, verify=verify, timeout=timeout)
+        except requests.RequestException as exc:
+            raise AuthError(self.mask(f"cannot reach the token service of {host}: {type(exc).__name__}")) from None
+        if resp.status_code in (401, 403):
+            who = f"as {creds.username!r}" if creds else "anonymously"
+            raise AuthError(f"the token service of {host} refused access {who} to {' '.join(key)}",
+                            hint="check the credentials in the docker config" if creds else
+                            f"log in with `docker login {host}` or set DOCKER_CONFIG")
+        try:
+            body = resp.json()
+            value = body.get("token") or body.get("access_token")
+            ttl = float(body.get("expires_in") or 60)
+        except (ValueError, AttributeError, TypeError):
+            value, ttl = None, 0.0
+        if resp.status_code != 200 or not value:
+            raise AuthError(f"the token service of {host} answered {resp.status_code} without a token")
+        with self._lock:
+            self._secrets.add(value)
+            # Renew a little early so a token never expires in the middle of a request.
+            token = _Token(value, time.monotonic() + max(ttl - 10, ttl / 2))
+            self._tokens[key] = self._tokens[asked] = token
+            self.scheme = "bearer"
+            self.challenge = params
+        return "Bearer " + value

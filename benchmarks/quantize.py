@@ -309,20 +309,19 @@ def main_kquant(args: argparse.Namespace, work: Path, src: Path, gen: dict) -> i
     progress_ok = plug["progress"][0] == plug["progress"][1] == params
     ok = ratio <= KQUANT_TARGET
     lines = [
-        f"{args.qtype}: {len(types_l)} tensors, {params / 1e6:.1f}M params, {args.dtype} input "
-        f"({gen['bytes'] / 1e9:.3f} GB); llama.cpp's types: "
-        + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())),
-        f"llama.cpp llama_model_quantize (llama-cpp-python {llama['version']}), nthread={args.jobs}: "
-        f"{llama['wall_s']:7.2f} s  {params / llama['wall_s'] / 1e6:7.1f} Mparams/s  peak RSS "
-        f"{llama['peak_rss_mb']:.0f} MB  output {llama['out_bytes'] / 1e6:.1f} MB",
-        f"plugin gguf-quantize, jobs={args.jobs}, wall (all in):            {plug['wall_s']:7.2f} s  "
-        f"{params / plug['wall_s'] / 1e6:7.1f} Mparams/s  peak RSS parent {plug['peak_rss_mb']:.0f} MB, largest "
-        f"worker {plug['peak_worker_rss_mb']:.0f} MB  output {plug['out_bytes'] / 1e6:.1f} MB",
-        f"plugin / llama.cpp wall time: {ratio:.2f}x (target <= {KQUANT_TARGET:.0f}x) {'PASS' if ok else 'FAIL'}; "
-        f"medians: {med:.2f}x",
-        f"same tensor types as llama.cpp: {'yes' if same_types else 'NO'}; byte-identical tensors: "
-        f"{'yes' if same_bytes else 'NO'}; progress {plug['progress'][0]}/{plug['progress'][1]} "
-        f"{'ok' if progress_ok else 'WRONG'}",
+        (f"{args.qtype}: {len(types_l)} tensors, {params / 1e6:.1f}M params, {args.dtype} input "
+         f"({gen['bytes'] / 1e9:.3f} GB); llama.cpp's types: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))),
+        (f"llama.cpp llama_model_quantize (llama-cpp-python {llama['version']}), nthread={args.jobs}: "
+         f"{llama['wall_s']:7.2f} s  {params / llama['wall_s'] / 1e6:7.1f} Mparams/s  peak RSS "
+         f"{llama['peak_rss_mb']:.0f} MB  output {llama['out_bytes'] / 1e6:.1f} MB"),
+        (f"plugin gguf-quantize, jobs={args.jobs}, wall (all in):            {plug['wall_s']:7.2f} s  "
+         f"{params / plug['wall_s'] / 1e6:7.1f} Mparams/s  peak RSS parent {plug['peak_rss_mb']:.0f} MB, largest "
+         f"worker {plug['peak_worker_rss_mb']:.0f} MB  output {plug['out_bytes'] / 1e6:.1f} MB"),
+        (f"plugin / llama.cpp wall time: {ratio:.2f}x (target <= {KQUANT_TARGET:.0f}x) {'PASS' if ok else 'FAIL'}; "
+         f"medians: {med:.2f}x"),
+        (f"same tensor types as llama.cpp: {'yes' if same_types else 'NO'}; byte-identical tensors: "
+         f"{'yes' if same_bytes else 'NO'}; progress {plug['progress'][0]}/{plug['progress'][1]} "
+         f"{'ok' if progress_ok else 'WRONG'}"),
     ]
     if not same_bytes:
         diff = [n for n in llama["hashes"] if llama["hashes"][n] != plug["hashes"].get(n)]

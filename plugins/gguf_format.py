@@ -80,9 +80,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelbuild_plugins.gguf_mixes import allows_quantization, ggml_n_dims  # noqa: F401 (re-exported)
+
 from modelbuild.errors import UsageError
 from modelbuild.hookspecs import hookimpl
-from modelbuild_plugins.gguf_mixes import allows_quantization, ggml_n_dims  # noqa: F401 (re-exported)
 from modelbuild.weights import (
     FormatError,
     ModelInfo,
@@ -1076,7 +1077,6 @@ class GGUFQuantizer:
         import gguf.quants  # noqa: F401
         import numpy  # noqa: F401
         from gguf.constants import GGML_QUANT_VERSION, LlamaFileType
-
         from modelbuild_plugins.gguf_mixes import FILE_TYPES, file_type
 
         qtype = qtype.lower()

@@ -10,16 +10,24 @@ order, as the C loops do (numpy's pairwise ``sum`` would round differently).
 The quantizers work on super-blocks of 256 values (``QK_K``), each split into sub-blocks
 of 16 (Q2_K, Q3_K, Q6_K) or 32 (Q4_K, Q5_K) values. Everything is vectorised over all
 sub-blocks of all super-blocks of a chunk at once: arrays are laid out as
-``(values_in_sub_block, n_sub_blocks)`` so that C's per-value loops become a short Python
-loop over rows of a wide array, and the searches over candidate steps in
-``make_qkx2_quants``/``make_qx_quants``/``make_q3_quants`` run for every sub-block at
-once, a mask selecting where a candidate wins.
+``(values_in_sub_block, n_sub_blocks)``, so C's per-value loops become whole-array
+operations and its running sums reductions over axis 0, which numpy does row by row, in
+C's order. The searches over candidate scales (``make_qkx2_quants`` for Q2_K/Q4_K/Q5_K,
+``make_qx_quants`` for Q6_K) evaluate each candidate for every sub-block at once, a mask
+recording where it wins; Q3_K's coordinate descent (``make_q3_quants``) runs in rounds
+that evaluate every remaining position at once and apply the first accepted move.
 
-llama.cpp's shipped build compiles ggml-quants.c without FMA instructions (the ggml-base
-library gets no ``-march`` flags), so no ``a*b+c`` is contracted; this module rounds every
-product and sum separately. Inputs with NaN or infinities are outside the exactness claim
-(C's ``if (x < min)`` and numpy's NaN propagation differ); every finite float32 input is
-covered.
+Floating point: C's ``a*b + c`` is two roundings here. llama.cpp's ggml-base library (which
+holds ggml-quants.c) is built by llama-cpp-python with ``-O3 -std=gnu11`` and no ``-march``
+flags, so on x86-64 the compiler has no FMA instruction to contract into (the shipped
+libggml-base.so contains none); that is the behaviour reproduced. A build that contracts
+writes different bytes: ggml-quants.c built with ``-march=native`` (GCC 12, x86-64)
+differs, on normal data, in 25% of super-blocks for Q2_K, 31% for Q5_K, 6% for Q4_K, 0.6%
+for Q6_K and 0.01% for Q3_K. Such builds (``-march=native`` in CMAKE_C_FLAGS, and very
+likely aarch64, where FMA is baseline and compilers contract by default) are not matched. Inputs with NaN or
+infinities are outside the exactness claim (C's ``if (x < min)`` and numpy's NaN
+propagation differ); every finite float32 input is covered, including values whose
+scales overflow float16 (which llama-quantize then refuses to write).
 
 Block layouts (ggml-common.h), bytes per 256 values:
 
@@ -40,9 +48,10 @@ QK_K = 256
 BLOCK_BYTES = {"q2_k": 84, "q3_k": 110, "q4_k": 144, "q5_k": 176, "q6_k": 210}
 KQUANT_TYPES = tuple(BLOCK_BYTES)
 
-# Super-blocks handled per vectorised pass: large enough to amortise numpy's per-call
-# overhead over the Python loops, small enough for the working set to stay in cache.
-_CHUNK = 2048
+# Super-blocks handled per vectorised pass, per type: large enough to amortise numpy's
+# per-call overhead over the Python loops (a call with a few super-blocks runs at a
+# fraction of the speed), small enough for the working set to stay in cache.
+_CHUNK = {"q2_k": 512, "q3_k": 512, "q4_k": 512, "q5_k": 512, "q6_k": 512}
 
 
 def row_bytes(k: int, qtype: str) -> int:
@@ -79,9 +88,10 @@ def quantize_kquant(rows: Any, qtype: str) -> Any:
     nb = blocks.shape[0]
     out = np.empty((nb, BLOCK_BYTES[q]), dtype=np.uint8)
     fn = _QUANTIZERS[q]
+    chunk = _CHUNK[q]
     with np.errstate(all="ignore"):
-        for s in range(0, nb, _CHUNK):
-            e = min(nb, s + _CHUNK)
+        for s in range(0, nb, chunk):
+            e = min(nb, s + chunk)
             out[s:e] = fn(blocks[s:e])
     return out.reshape(*lead, k // QK_K * BLOCK_BYTES[q])
 
@@ -122,14 +132,20 @@ def _nint(v):
 def _seqsum(a):
     """``s = a[0]; for i >= 1: s += a[i]`` along axis 0 in float32, in index order.
 
-    numpy reduces a non-innermost axis row by row (pairwise summation only applies along
-    the innermost, contiguous axis); the tests pin this against llama.cpp. Starting from
+    For a C-contiguous (n, G) array numpy reduces axis 0 row by row (pairwise summation
+    only runs along an innermost reduced axis, which is what a single column, or a
+    transposed view, would become); other arrays take the explicit loop. Starting from
     a[0] instead of C's ``0.f + a[0]`` only changes the sign of an all-zero sum, which no
     output byte depends on.
     """
     import numpy as np
 
-    return np.add.reduce(a, axis=0)
+    if a.ndim == 2 and a.shape[1] >= 8 and a.flags.c_contiguous:
+        return np.add.reduce(a, axis=0)
+    s = a[0].copy()
+    for row in a[1:]:
+        s += row
+    return s
 
 
 def _fp16(v):
@@ -141,19 +157,29 @@ def _fp16(v):
 
 
 def _first_absmax(xt):
-    """make_qx_quants' scan: ``if (|x[i]| > amax) {amax = |x[i]|; max = x[i];}`` from 0.
+    """make_qx_quants' scan: ``if (|x[i]| > amax) {amax = |x[i]|; max = x[i];}`` from 0,
+    along axis 0. Returns (amax, max): the first value of largest magnitude (0, 0 when all
+    are zero or NaN; C's ``>`` never picks a NaN).
 
-    Returns (amax, max): the first value of largest magnitude (0, 0 when all are zero or
-    NaN).
+    Done with two reductions: the sign is known unless both +amax and -amax occur, and
+    only those (rare) columns look for the first one.
     """
     import numpy as np
 
-    ax = np.abs(xt)
-    ax[~(ax > 0)] = 0  # NaN never wins C's `>` (a NaN scale comes from overflow)
-    idx = np.argmax(ax, axis=0)
-    cols = np.arange(xt.shape[1])
-    amax = ax[idx, cols]
-    return amax, np.where(amax > 0, xt[idx, cols], np.float32(0))
+    f32 = np.float32
+    hi = np.fmax.reduce(xt, axis=0)
+    lo = np.fmin.reduce(xt, axis=0)
+    nlo = -lo
+    amax = np.fmax(hi, nlo)
+    amax[~(amax > 0)] = f32(0)
+    vmax = np.where(nlo == amax, lo, amax)
+    both = (hi == amax) & (nlo == amax) & (amax > 0)
+    if both.any():
+        cols = np.nonzero(both)[0]
+        sub = xt[:, cols]
+        first = np.argmax(np.abs(sub) == amax[cols], axis=0)
+        vmax[cols] = sub[first, np.arange(cols.size)]
+    return amax, vmax
 
 
 def _max_pos(cols):
@@ -360,29 +386,62 @@ def _make_q3(xt, nmax):
     lf = L.astype(f32)
     sumlx = _seqsum(wx * lf)
     suml2 = _seqsum((w * lf) * lf)
-    # Coordinate descent, value by value. A column with no change in a pass is at a fixed
-    # point (the next pass repeats the same arithmetic), so running every column for all
-    # passes equals C's per-column early exit; stop when no column changes.
-    for _ in range(5):
-        changed = False
-        for i in range(n):
-            xi, wi, wxi = xt[i], w[i], wx[i]
-            li = L[i].astype(f32)
-            slx = sumlx - wxi * li
-            sl2 = suml2 - (wi * li) * li
-            new_l = _nint((xi * sl2) / slx)
-            np.clip(new_l, -nmax, nmax - 1, out=new_l)
-            nf = new_l.astype(f32)
-            slx2 = slx + wxi * nf
-            sl22 = sl2 + (wi * nf) * nf
-            acc = (slx > 0) & (new_l != L[i]) & (sl22 > 0) & ((slx2 * slx2) * suml2 > (sumlx * sumlx) * sl22)
-            if acc.any():
-                changed = True
-                np.copyto(L[i], new_l, where=acc)
-                np.copyto(sumlx, slx2, where=acc)
-                np.copyto(suml2, sl22, where=acc)
-        if not changed:
-            break
+    # C's coordinate descent: up to 5 passes over the values, each value moved to its
+    # best level given the others (sumlx/suml2 updated as it goes), stopping after a pass
+    # without a change. Run in rounds: every remaining position of every active column
+    # is evaluated at once against the column's current state; up to the first position
+    # that accepts a move nothing changes, so those evaluations are exactly C's. The first
+    # accepted move is applied and the column resumes after it in the next round. A pass
+    # ending without a move finishes the column (a fixed point), as do 5 passes.
+    rows = np.arange(n)[:, None]
+    idx = np.arange(xt.shape[1])
+    start = np.zeros(idx.size, dtype=np.int64)
+    npass = np.zeros(idx.size, dtype=np.int64)
+    moved = np.zeros(idx.size, dtype=bool)  # in the current pass
+    ever = np.zeros(idx.size, dtype=bool)  # state differs from L/sumlx/suml2
+    xa, wa, wxa, La, sx, s2 = xt, w, wx, L.copy(), sumlx.copy(), suml2.copy()
+    first = True
+    while idx.size:
+        lf = La.astype(f32)
+        slx = sx - wxa * lf
+        sl2 = s2 - (wa * lf) * lf
+        new_l = _nint((xa * sl2) / slx)
+        np.clip(new_l, -nmax, nmax - 1, out=new_l)
+        nf = new_l.astype(f32)
+        slx2 = slx + wxa * nf
+        sl22 = sl2 + (wa * nf) * nf
+        acc = (slx > 0) & (new_l != La) & (sl22 > 0) & ((slx2 * slx2) * s2 > (sx * sx) * sl22)
+        if first:
+            first = False  # every column starts at position 0
+        else:
+            acc &= rows >= start
+        has = acc.any(axis=0)
+        c = np.nonzero(has)[0]
+        if c.size:
+            p = np.argmax(acc[:, c], axis=0)
+            La[p, c] = new_l[p, c]
+            sx[c] = slx2[p, c]
+            s2[c] = sl22[p, c]
+            start[c] = p + 1
+            moved[c] = True
+            ever[c] = True
+        # a column without an accepted move has finished its pass
+        again = ~has & moved & (npass < 4)
+        start[again] = 0
+        npass[again] += 1
+        moved[again] = False
+        keep = has | again
+        out = np.nonzero(~keep & ever)[0]
+        if out.size:
+            d = idx[out]
+            L[:, d] = La[:, out]
+            sumlx[d] = sx[out]
+            suml2[d] = s2[out]
+        k = np.nonzero(keep)[0]
+        if k.size < idx.size:
+            idx, start, npass, moved, ever = idx[k], start[k], npass[k], moved[k], ever[k]
+            xa, wa, wxa, La = xa[:, k], wa[:, k], wxa[:, k], La[:, k]
+            sx, s2 = sx[k], s2[k]
     scale = np.where(suml2 > f32(0), sumlx / suml2, f32(0))
     L += nmax
     L[:, zero] = 0
@@ -445,9 +504,9 @@ def _q2_k(blocks):
     dm = dmin_f[:, None] * (sc >> 4).astype(f32)
     L = _unsub(Lt, B).reshape(B, 16, 16)
     x3 = blocks.reshape(B, 16, 16)
-    l = _nint((x3 + dm[:, :, None]) / d[:, :, None])
-    np.clip(l, 0, 3, out=l)
-    L = np.where((d != 0)[:, :, None], l, L).reshape(B, QK_K)
+    lq = _nint((x3 + dm[:, :, None]) / d[:, :, None])
+    np.clip(lq, 0, 3, out=lq)
+    L = np.where((d != 0)[:, :, None], lq, L).reshape(B, QK_K)
 
     out = np.empty((B, 84), dtype=np.uint8)
     out[:, :16] = sc
@@ -465,23 +524,23 @@ def _q3_k(blocks):
     xt = _sub(blocks, 16)
     Lt, scales = _make_q3(xt, 4)
     scales = scales.reshape(B, 16)
-    amax, max_scale = _first_absmax(scales.T)
+    _, max_scale = _first_absmax(scales.T)
     nz = max_scale != 0
     iscale = f32(-32) / max_scale
-    l = _nint(iscale[:, None] * scales)
-    l = ((l + 128) & 0xFF) - 128  # int8_t l = nearest_int(...)
-    np.clip(l, -32, 31, out=l)
-    l += 32
-    l = np.where(nz[:, None], l, 0)
+    lq = _nint(iscale[:, None] * scales)
+    lq = ((lq + 128) & 0xFF) - 128  # int8_t lq = nearest_int(...)
+    np.clip(lq, -32, 31, out=lq)
+    lq += 32
+    lq = np.where(nz[:, None], lq, 0)
     d_bits, d_f = _fp16(np.where(nz, f32(1) / iscale, f32(0)))
 
     sb = np.zeros((B, 12), dtype=np.int32)
-    sb[:, :8] = (l[:, :8] & 0xF) | ((l[:, 8:] & 0xF) << 4)
-    hi = l >> 4
+    sb[:, :8] = (lq[:, :8] & 0xF) | ((lq[:, 8:] & 0xF) << 4)
+    hi = lq >> 4
     for j in range(16):
         sb[:, 8 + j % 4] |= hi[:, j] << (2 * (j // 4))
     # decoded scale: the 6-bit value minus 32 (0 bytes decode to -32, times d = 0)
-    sc = np.where(nz[:, None], l, 0) - 32
+    sc = np.where(nz[:, None], lq, 0) - 32
     d = d_f[:, None] * sc.astype(f32)
     L = _unsub(Lt, B).reshape(B, 16, 16)
     x3 = blocks.reshape(B, 16, 16)
@@ -496,7 +555,7 @@ def _q3_k(blocks):
     hmask = np.zeros((B, 32), dtype=np.uint8)
     for b in range(8):
         hmask |= hb[:, b] << b
-    L = np.where(high, L - 4, L)
+    L &= 3
 
     out = np.empty((B, 110), dtype=np.uint8)
     out[:, :32] = hmask
@@ -541,9 +600,9 @@ def _q45_k(blocks, nmax, rmin, nstep):
     dm = dmin_f[:, None] * lm.astype(f32)
     L = _unsub(Lt, B).reshape(B, 8, 32)
     x3 = blocks.reshape(B, 8, 32)
-    l = _nint((x3 + dm[:, :, None]) / d[:, :, None])
-    np.clip(l, 0, nmax, out=l)
-    L = np.where((d != 0)[:, :, None], l, L).reshape(B, QK_K)
+    lq = _nint((x3 + dm[:, :, None]) / d[:, :, None])
+    np.clip(lq, 0, nmax, out=lq)
+    L = np.where((d != 0)[:, :, None], lq, L).reshape(B, QK_K)
     return hdr, L
 
 

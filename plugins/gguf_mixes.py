@@ -53,8 +53,10 @@ llama-quantize's ``--tensor-type``/``--output-tensor-type``/``--token-embedding-
 ``--leave-output-tensor``/``--prune-layers`` options. Where llama.cpp has one quantize
 parameter this module has none: ``keep`` patterns (modelbuild's ``--keep``) leave a tensor
 as it is, as if ``tensor_allows_quantization`` said no (it does not advance a counter).
-Checked against ``llama_model_quantize`` for the llama and qwen2 architectures
-(tests/plugins/test_gguf_mixes.py).
+Checked tensor by tensor against ``llama_model_quantize`` (tests/plugins/test_gguf_mixes.py)
+for llama (a 17-layer model, a 70B-shaped 80-layer one, an 8-expert MoE), qwen2 (tied
+embeddings, rows that are not multiples of 256 or 32) and falcon, for every file type
+above; other architectures get the same rules, unchecked.
 
 No numpy, no gguf import: the CLI imports the plugins on every run.
 """
@@ -198,7 +200,7 @@ class MixFacts:
         return True
 
     @classmethod
-    def from_metadata(cls, get: Callable[[str], Any], arch: str | None = None) -> "MixFacts":
+    def from_metadata(cls, get: Callable[[str], Any], arch: str | None = None) -> MixFacts:
         """From GGUF keys: *get(key)* returns a key's value or None."""
         arch = arch or get("general.architecture")
         if not isinstance(arch, str):
@@ -299,9 +301,9 @@ def _mix_type(qs: _State, new_type: str, name: str, ne: Sequence[int], ftype: st
     falcon = arch == "falcon"
     cat = category(name)
 
-    if arch == "glm5-next" and any(s in name for s in ("attn_q_a", "attn_q_b", "nextn.eh_proj")):
-        if new_type not in _FLOATS:
-            return "Q8_0"
+    if (arch == "glm5-next" and any(s in name for s in ("attn_q_a", "attn_q_b", "nextn.eh_proj"))
+            and new_type not in _FLOATS):
+        return "Q8_0"
 
     if cat == OUTPUT or (qs.has_tied_embeddings and cat == TOKEN_EMBD):
         if falcon or ne[0] % BLOCK_SIZE[new_type]:

@@ -175,3 +175,33 @@ def test_gguf_q8_0_through_a_modelfile(cli, home, tmp_path):
     # a GGUF split, then merged back: the tensors come back unchanged
     split = build(cli, ctx, "NAME g\nMODEL model.gguf\nQUANTIZE q8_0\nSHARD 3KB\n")
     assert sorted(l["annotations"]["org.cncf.model.filepath"] for l in split["layers"])[0] == "model-00001-of-00002.gguf"
+
+
+@pytest.mark.llama
+def test_convert_to_gguf_and_run_it_in_llama_cpp(cli, home, ctx, tmp_path):
+    try:
+        import llama_cpp
+    except ImportError:
+        pytest.fail("llama-cpp-python is not installed: pip install -e '.[test]'")
+    result = build(cli, ctx, BASE + "CONVERT gguf --outtype=f32\n")
+    config = result["config"]
+    assert config["config"]["format"] == "gguf" and config["descriptor"]["family"] == "llama"
+    assert config["config"]["paramSize"] == "156.5K"
+    out = tmp_path / "model.gguf"
+    out.write_bytes(layer_bytes(home, result, "model.gguf"))
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, verbose=False)
+    tokens = llm.tokenize(b"Hello world", add_bos=True)
+    assert tokens[0] == 0 and len(tokens) > 2
+    # a new quant type reuses the converted GGUF: only the quantize step and what follows run
+    again = build(cli, ctx, BASE + "CONVERT gguf --outtype=f32\nQUANTIZE q8_0\n")
+    assert "transform:1" not in again["stats"]["executed"] and "transform:2" in again["stats"]["executed"]
+    assert again["config"]["config"]["quantization"] == "q8_0"
+
+
+def test_cpu_target_defaults_to_gguf_q8_0(cli, ctx):
+    (ctx / "Modelfile").write_text(BASE + "TARGET cpu\nTARGET cuda\n")
+    run = cli("build", "-f", "Modelfile", "--json", "--progress", "quiet", cwd=ctx)
+    assert run.rc == 0, run.err
+    configs = {v["stage"]: v["config"]["config"] for v in run.json()["variants"]}
+    assert configs["cpu"]["format"] == "gguf" and configs["cpu"]["quantization"] == "q8_0"
+    assert configs["cuda"]["format"] == "safetensors" and configs["cuda"]["precision"] == "bfloat16"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,12 @@ from modelbuild.digests import key_of
 from modelbuild.errors import BuildError, PluginError
 from modelbuild.graph import Step
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
+
+
+# Transforms run one at a time in a process: each already uses every core (ctx.jobs worker
+# processes), and plugins fork their workers: two pools forking from two threads at once
+# inherit each other's pipes and can hang each other's shutdown.
+_TRANSFORM_LOCK = threading.Lock()
 
 
 def model_set(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -80,13 +87,16 @@ class TransformOp(Op):
         return {"files": files}
 
     def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+        p = step.params
+        files = weight_files(model_set(inputs))
+        plugin = self._registry(step, ctx.env).get(p["plugin"])
+        with _TRANSFORM_LOCK:
+            return self._run(step, plugin, files, p, ctx)
+
+    def _run(self, step: Step, plugin: Any, files: list[Any], p: dict[str, Any], ctx: StepContext) -> Outcome:
         from modelbuild.weights import Output, TransformContext, WeightFile
 
         env = ctx.env
-        p = step.params
-        inputs_set = model_set(inputs)
-        files = weight_files(inputs_set)
-        plugin = self._registry(step, env).get(p["plugin"])
         workdir = Path(tempfile.mkdtemp(dir=env.store.ingest_dir, prefix="transform-"))
         tctx = TransformContext(workdir, jobs=env.jobs, advance=ctx.advance, set_total=ctx.set_total, log=ctx.log,
                                 architectures=env.host.architectures)

@@ -120,15 +120,16 @@ def _falcon(n_layer: int, n_embd: int) -> list[tuple[str, tuple]]:
 
 MODELS = {
     # name: (arch, hyper-parameters, tensors, 2-D dtype)
-    "llama": ("llama", dict(n_layer=17, n_embd=256, n_head=8, n_head_kv=2, n_ff=288),
+    "llama": ("llama", {"n_layer": 17, "n_embd": 256, "n_head": 8, "n_head_kv": 2, "n_ff": 288},
               _llama_like(17, 256, 8, 2, 288, 320), "f32"),
-    "qwen2": ("qwen2", dict(n_layer=9, n_embd=288, n_head=4, n_head_kv=4, n_ff=300),
+    "qwen2": ("qwen2", {"n_layer": 9, "n_embd": 288, "n_head": 4, "n_head_kv": 4, "n_ff": 300},
               _llama_like(9, 288, 4, 4, 300, 320, output=False, bias=True), "f16"),
-    "llama70b": ("llama", dict(n_layer=80, n_embd=256, n_head=8, n_head_kv=1, n_ff=512),
+    "llama70b": ("llama", {"n_layer": 80, "n_embd": 256, "n_head": 8, "n_head_kv": 1, "n_ff": 512},
                  _llama_like(80, 256, 8, 1, 512, 8, rows=2), "f32"),
-    "moe": ("llama", dict(n_layer=4, n_embd=256, n_head=4, n_head_kv=4, n_ff=256, n_expert=8, n_expert_used=2),
+    "moe": ("llama", {"n_layer": 4, "n_embd": 256, "n_head": 4, "n_head_kv": 4, "n_ff": 256, "n_expert": 8,
+                      "n_expert_used": 2},
             _moe(4, 256, 8, 256, 4), "f32"),
-    "falcon": ("falcon", dict(n_layer=8, n_embd=256, n_head=4, n_head_kv=1, n_ff=1024),
+    "falcon": ("falcon", {"n_layer": 8, "n_embd": 256, "n_head": 4, "n_head_kv": 1, "n_ff": 1024},
                _falcon(8, 256), "f32"),
 }
 
@@ -312,3 +313,42 @@ def test_experts_need_layer_numbers():
     facts = MixFacts("llama", n_layer=2, n_head=4, n_expert=8)
     with pytest.raises(ValueError, match="Failed to determine layer"):
         tensor_types([("ffn_down_exps.weight", (256, 2, 8)), ("output.weight", (256, 4))], "q4_k_m", facts)
+
+
+def test_a_split_set_gets_the_mix_of_the_whole_model(models, tmp_path):
+    """Each shard's tensors get the types of the unsplit model (the counters run over all shards)."""
+    from modelbuild_plugins.gguf_format import GGUFShard
+
+    src = models["llama"]
+    data = src.read_bytes()
+    wf = WeightFile("model.gguf", str(src), "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    shards = GGUFShard().shard([wf], 4_000_000, TransformContext(tmp_path / "split", jobs=1))
+    assert len(shards) > 2
+    inputs = [WeightFile(o.path, o.file, "sha256:" + "0" * 64, Path(o.file).stat().st_size) for o in shards]
+    outs = QUANT.quantize(inputs, "q4_k_m", {}, TransformContext(tmp_path / "q", jobs=2))
+    got: dict[str, tuple[str, bytes]] = {}
+    for o in outs:
+        got.update(read_back(Path(o.file))[0])
+    want, _ = llama_quantize(src, "q4_k_m")
+    assert_same(got, want, "split llama q4_k_m")
+
+
+def test_options_are_checked(models, tmp_path):
+    from modelbuild.errors import UsageError
+    from modelbuild.weights import FormatError
+
+    with pytest.raises(UsageError, match="not a boolean"):
+        ours(models["llama"], "q4_k_m", tmp_path, {"pure": "maybe"})
+    with pytest.raises(UsageError, match="no option 'imatrix'"):
+        ours(models["llama"], "q4_k_m", tmp_path, {"imatrix": "x"})
+    bare = tmp_path / "bare.gguf"  # no block_count: llama.cpp would not load it either
+    w = gguf.GGUFWriter(str(bare), "llama")
+    w.add_tensor("blk.0.ffn_down.weight", np.zeros((4, 256), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(FormatError, match="block_count"):
+        ours(bare, "q4_k_m", tmp_path)
+    got, _ = ours(bare, "q4_k_m", tmp_path / "pure", {"pure": "true"})  # --pure needs no facts
+    assert got["blk.0.ffn_down.weight"][0] == "Q4_K"

@@ -352,3 +352,31 @@ def test_options_are_checked(models, tmp_path):
         ours(bare, "q4_k_m", tmp_path)
     got, _ = ours(bare, "q4_k_m", tmp_path / "pure", {"pure": "true"})  # --pure needs no facts
     assert got["blk.0.ffn_down.weight"][0] == "Q4_K"
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("qtype", ["q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m"])
+def test_mixes_on_the_converted_tiny_checkpoint_match_llama_cpp(tmp_path, arch, qtype):
+    """The issue's own check: convert the tiny HF checkpoint, then quantize it both ways."""
+    import shutil
+
+    from models import make_tiny_checkpoint
+
+    from modelbuild.testing import plugin_host
+    from modelbuild.weights import TransformContext, WeightFile
+
+    llama_cpp()
+    src = tmp_path / "hf"
+    make_tiny_checkpoint(src, arch)
+    files = [WeightFile(p.name, str(p), "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size,
+                        "model" if p.suffix == ".safetensors" else "config")
+             for p in sorted(src.iterdir()) if p.is_file()]
+    host = plugin_host()
+    ctx = TransformContext(tmp_path / "work", jobs=2, architectures=host.architectures)
+    out = host.converters.get("hf-to-gguf").convert(files, {"outtype": "f32"}, ctx)
+    gguf_out = next(o for o in out if o.path.endswith(".gguf"))
+    f32 = tmp_path / "tiny-f32.gguf"
+    shutil.copyfile(gguf_out.file, f32)
+    got, _ = ours(f32, qtype, tmp_path)
+    want, _ = llama_quantize(f32, qtype)
+    assert_same(got, want, f"{arch} {qtype}")

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import age, safetensors_blob, write_model_dir
+from support import age, safetensors_blob, write_model_dir
 
 FILES = {
     "config.json": '{"model_type": "llama"}',

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import EXAMPLES, write_model_dir
+from support import EXAMPLES, write_model_dir
 from helpers import read_artifact
 
 EXAMPLE = EXAMPLES / "tiny-llama" / "Modelfile"

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import write_model_dir
+from support import write_model_dir
 from modelbuild.context import BuildContext
 from modelbuild.errors import ModelfileError
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import age, safetensors_blob
+from support import age, safetensors_blob
 
 NAMES = [f"model-{i:05d}.safetensors" for i in range(4)]
 MODELFILE = "NAME crash\nCONFIG config.json\nMODEL *.safetensors\nDATASET data\n"

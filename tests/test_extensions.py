@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import safetensors_blob, write_model_dir
+from support import safetensors_blob, write_model_dir
 from helpers import read_artifact, validate_against_shared_schema
 
 EVERYTHING = r"""# syntax=modelfile

@@ -12,7 +12,7 @@ import tarfile
 import pytest
 import zstandard
 
-from conftest import age, safetensors_blob, write_model_dir
+from support import age, safetensors_blob, write_model_dir
 from helpers import blob, read_artifact, validate_against_shared_schema
 
 FILES = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import safetensors_blob, write_model_dir
+from support import safetensors_blob, write_model_dir
 from helpers import blob, layer_paths, read_artifact, validate_against_shared_schema
 
 # modctl docs/getting-started.md, verbatim

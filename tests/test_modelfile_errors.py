@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_model_dir
+from support import write_model_dir
 
 ERRORS = Path(__file__).resolve().parent / "errors"
 CASES = sorted(p for p in ERRORS.iterdir() if p.is_dir() and (p / "Modelfile").exists())

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import EXAMPLES, age
+from support import EXAMPLES, age
 from helpers import read_artifact, validate_against_shared_schema
 from modelbuild.errors import NotFoundError
 from modelbuild.hookspecs import hookimpl

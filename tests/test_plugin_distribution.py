@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import REPO, age
+from support import REPO, age
 from helpers import blob, read_artifact, validate_against_shared_schema
 
 PLUGIN = REPO / "tests" / "data" / "modelbuild-int8-plugin"

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from conftest import write_model_dir
+from support import write_model_dir
 from helpers import blob
 from modelbuild import hookspecs
 from modelbuild.errors import PluginError

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import EXAMPLES, age
+from support import EXAMPLES, age
 from helpers import blob, read_artifact, validate_against_shared_schema
 
 EXAMPLE_MODEL = EXAMPLES / "tiny-llama" / "model"

@@ -27,13 +27,14 @@ import re
 import subprocess
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import requests
 
-from modelbuild.errors import ModelbuildError, EXIT_BUILD_FAILED
+from modelbuild.errors import EXIT_BUILD_FAILED, ModelbuildError
 
 DOCKER_HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io")
 HELPER_TIMEOUT = 30
@@ -43,6 +44,10 @@ class AuthError(ModelbuildError):
     """Credentials could not be found, read, or were refused."""
 
     exit_code = EXIT_BUILD_FAILED
+
+
+class TokenServiceUnavailable(AuthError):
+    """The token service failed in a way worth retrying (connection, 5xx, 429)."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ def _from_helper(helper: str, server: str) -> Credentials | None:
     """Ask ``docker-credential-<helper> get``; its stderr is not shown (it may echo input)."""
     binary = f"docker-credential-{helper}"
     try:
-        proc = subprocess.run([binary, "get"], input=server.encode(), capture_output=True, timeout=HELPER_TIMEOUT)
+        proc = subprocess.run([binary, "get"], input=server.encode(), capture_output=True, timeout=HELPER_TIMEOUT, check=False)
     except FileNotFoundError:
         raise AuthError(f"credential helper {binary} is not installed",
                         hint="install it or remove it from the docker config") from None
@@ -189,7 +194,9 @@ class Auth:
 
     def mask(self, text: str) -> str:
         """*text* with every secret this object has seen replaced by ``***``."""
-        for secret in sorted(self._secrets, key=len, reverse=True):
+        with self._lock:
+            secrets = sorted(self._secrets, key=len, reverse=True)
+        for secret in secrets:
             if secret:
                 text = text.replace(secret, "***")
         return text
@@ -233,7 +240,9 @@ class Auth:
         try:
             resp = session.get(params["realm"], params=query, headers=headers, verify=verify, timeout=timeout)
         except requests.RequestException as exc:
-            raise AuthError(self.mask(f"cannot reach the token service of {host}: {type(exc).__name__}")) from None
+            raise TokenServiceUnavailable(f"cannot reach the token service of {host} ({type(exc).__name__})") from None
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise TokenServiceUnavailable(f"the token service of {host} answered {resp.status_code}")
         if resp.status_code in (401, 403):
             who = f"as {creds.username!r}" if creds else "anonymously"
             raise AuthError(f"the token service of {host} refused access {who} to {' '.join(key)}",

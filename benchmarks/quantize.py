@@ -211,7 +211,7 @@ def child_llama(path: str, qtype: str, jobs: int, out: str) -> dict:
 
     import gguf
     import llama_cpp
-    from modelbuild_plugins.gguf_mixes import FILE_TYPES, file_type
+    from modelbuild_plugins.gguf_format.mixes import FILE_TYPES, file_type
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(gguf.LlamaFileType[FILE_TYPES[file_type(qtype)][0]])
@@ -252,14 +252,14 @@ def child_profile(path: str, qtype: str) -> dict:
     import cProfile
     import pstats
 
-    from modelbuild_plugins import gguf_format
-    from modelbuild_plugins.gguf_format import GGUFQuantizer, parse_header
+    from modelbuild_plugins.gguf_format import GGUFQuantizer, parse_header, type_name
+    from modelbuild_plugins.gguf_format import quantize as gguf_quantize
 
     h = parse_header(path)
     plans = GGUFQuantizer().plan(h, qtype, [])
     picked: dict[int, object] = {}
     for p in plans:
-        if p.dst_type in gguf_format._KQUANTS and p.dst_type not in picked:
+        if p.dst_type in gguf_quantize._KQUANTS and p.dst_type not in picked:
             picked[p.dst_type] = p
     items = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -267,17 +267,17 @@ def child_profile(path: str, qtype: str) -> dict:
         with open(dst, "wb") as f:
             f.truncate(max(p.nbytes for p in picked.values()))
         for gtype, p in picked.items():
-            task = gguf_format._tasks_for(h, p, dst, 0)[0]
+            task = gguf_quantize._tasks_for(h, p, dst, 0)[0]
             prof = cProfile.Profile()
             start = time.perf_counter()
-            prof.runcall(gguf_format._run_task, task)
+            prof.runcall(gguf_quantize._run_task, task)
             wall = time.perf_counter() - start
-            gguf_format._close_fds()
+            gguf_quantize._close_fds()
             stats = pstats.Stats(prof)
             rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:8]  # by own (tottime) time
             top = [{"function": f"{os.path.basename(fn)}:{line}({name})", "calls": nc, "own_s": tt, "cum_s": ct}
                    for (fn, line, name), (_cc, nc, tt, ct, _callers) in rows]
-            items.append({"type": gguf_format.type_name(gtype), "tensor": p.tensor.name, "elements": task[-1],
+            items.append({"type": type_name(gtype), "tensor": p.tensor.name, "elements": task[-1],
                           "wall_s": wall, "top": top})
     return {"items": items}
 

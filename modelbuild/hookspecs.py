@@ -206,7 +206,7 @@ def modelbuild_register_architectures(registry: "Registry") -> None:
         check(config, shapes) -> None                    # raise ShapeMismatch for a contradiction
         extra_tensors(config) -> list[tuple[str, ndarray]]
 
-    ``plugins/hf_to_gguf.py`` has the base class (:class:`ArchitectureAdapter`) with
+    ``plugins/hf_to_gguf/adapters.py`` has the base class (:class:`ArchitectureAdapter`) with
     defaults for all but ``tensor_name``. Adding an architecture is one small plugin.
 
     Return value: ignored.  Since: 0.3.

@@ -297,7 +297,7 @@ def test_quantize_metadata(tmp_path, qtype):
 
 def test_quantize_is_deterministic_and_independent_of_jobs_and_chunks(tmp_path, monkeypatch):
     _, one, _, _, _ = quantized(tmp_path, "q5_1", jobs=1)
-    monkeypatch.setattr(gguf_format, "CHUNK_ELEMENTS", 100)  # a few rows per work item
+    monkeypatch.setattr(gguf_format.quantize, "CHUNK_ELEMENTS", 100)  # a few rows per work item
     _, two, _, _, _ = quantized(tmp_path, "q5_1", jobs=2)
     assert one.read_bytes() == two.read_bytes()
 

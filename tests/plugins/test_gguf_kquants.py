@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize
-from modelbuild_plugins import gguf_kquants
-from modelbuild_plugins.gguf_kquants import (
+from modelbuild_plugins.gguf_format import kquants as gguf_kquants
+from modelbuild_plugins.gguf_format.kquants import (
     BLOCK_BYTES,
     KQUANT_TYPES,
     dequantize_kquant,
@@ -303,7 +303,7 @@ def test_sizes_and_type_names():
 
 
 def test_import_is_light():
-    code = ("import sys; import modelbuild_plugins.gguf_kquants; "
+    code = ("import sys; import modelbuild_plugins.gguf_format.kquants; "
             "print(sorted(m for m in ('numpy', 'gguf') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"

@@ -4,7 +4,7 @@ The reference is llama.cpp itself: ``llama_cpp.llama_model_quantize`` (llama-cpp
 0.3.36, ``nthread=2``, not pure unless a test says so) run on the same small GGUF files,
 read back with gguf.GGUFReader. For every mix the type of every tensor must be the same,
 and the bytes of every tensor too (the k-quant tensors come from
-``modelbuild_plugins.gguf_kquants``, the others from gguf.quants). llama.cpp missing is a
+``modelbuild_plugins.gguf_format.kquants``, the others from gguf.quants). llama.cpp missing is a
 failure, not a skip: these tests are the proof that the port matches.
 
 The models (written with gguf.GGUFWriter, loadable by llama.cpp's quantizer):
@@ -32,9 +32,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from modelbuild_plugins import gguf_mixes
+from modelbuild_plugins.gguf_format import mixes as gguf_mixes
 from modelbuild_plugins.gguf_format import GGUFQuantizer
-from modelbuild_plugins.gguf_mixes import MixFacts, llama_order, tensor_types
+from modelbuild_plugins.gguf_format.mixes import MixFacts, llama_order, tensor_types
 
 from modelbuild.weights import TransformContext, WeightFile
 
@@ -278,10 +278,10 @@ def test_aliases_are_the_m_mixes(models, tmp_path, alias, full):
 
 
 def test_jobs_and_chunks_do_not_change_the_output(models, tmp_path, monkeypatch):
-    from modelbuild_plugins import gguf_format
+    from modelbuild_plugins.gguf_format import quantize
 
     one, _ = ours(models["llama"], "q4_k_m", tmp_path / "1", jobs=1)
-    monkeypatch.setattr(gguf_format, "CHUNK_ELEMENTS", 256 * 7)  # 7-row work items
+    monkeypatch.setattr(quantize, "CHUNK_ELEMENTS", 256 * 7)  # 7-row work items
     many, _ = ours(models["llama"], "q4_k_m", tmp_path / "3", jobs=3)
     assert one == many
 

@@ -602,7 +602,7 @@ def test_quantize_is_deterministic_whatever_the_jobs_and_chunks(tmp_path, monkey
     one = run("a", 1)
     assert run("b", 1) == one
     assert run("c", 4) == one
-    monkeypatch.setattr(stf, "CHUNK_BYTES", 4096)  # many chunks per tensor, across processes
+    monkeypatch.setattr(stf.io, "CHUNK_BYTES", 4096)  # many chunks per tensor, across processes
     assert run("d", 3) == one
 
 

@@ -129,13 +129,20 @@ def build(
     no_cache: bool = False,
     host: Any = None,
     platforms: Sequence[str] = (),
+    cache_to: Sequence[Any] = (),
+    cache_from: Sequence[Any] = (),
 ) -> BuildResult:
+    """Build; *cache_to* / *cache_from* are ``--cache-to`` / ``--cache-from`` values (strings
+    or parsed :class:`modelbuild.remote_cache.CacheSpec`), see :mod:`modelbuild.remote_cache`."""
     from modelbuild.cache import BuildCache
     from modelbuild.ops import ExecEnv
     from modelbuild.progress import PlainRenderer
+    from modelbuild.remote_cache import CacheExporter, CacheImporter, parse_cache_spec
     from modelbuild.solver import Solver
     from modelbuild.store import Store
 
+    cache_to = [parse_cache_spec(c, direction="to") if isinstance(c, str) else c for c in cache_to]
+    cache_from = [parse_cache_spec(c, direction="from") if isinstance(c, str) else c for c in cache_from]
     host, desc, graph = prepare(modelfile, host=host, context=context, build_args=build_args, tags=tags,
                                 outputs=outputs, layer_format=layer_format, platforms=platforms)
     emitter = Emitter(renderer or PlainRenderer(sys.stderr))
@@ -150,8 +157,20 @@ def build(
             emitter.warn(warning)
         jobs = jobs or os.cpu_count() or 2
         env = ExecEnv(store=store, cache=cache, host=host, emitter=emitter, no_cache=no_cache, jobs=jobs)
-        with store.gc_lock(exclusive=False):
-            results = Solver(graph, env, jobs=jobs).solve()
+        number = len(graph.order) + 1  # cache import/export show as steps after the graph's
+        importer = CacheImporter(cache_from, env, first_number=number) if cache_from and not no_cache else None
+        try:
+            with store.gc_lock(exclusive=False):
+                if importer is not None:
+                    importer.load()
+                solver = Solver(graph, env, jobs=jobs, remote=importer)
+                results = solver.solve()
+                if cache_to:
+                    CacheExporter(cache_to, env, first_number=number + len(cache_from), importer=importer,
+                                  mount_from=results["export"]["tags"]).export(solver.keyed)
+        finally:
+            if importer is not None:
+                importer.close()
     finally:
         cache.close()
         emitter.close()

@@ -24,7 +24,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("modelbuild.commands.build", "build a ModelPack artifact from a Modelfile"),
     "inspect": ("modelbuild.commands.inspect", "show an artifact's manifest, config and files"),
     "ls": ("modelbuild.commands.ls", "list the artifacts in the local store"),
-    "pull": ("modelbuild.commands.pull", "pick the variant for this host and write its files to a directory"),
+    "pull": ("modelbuild.commands.pull", "pull from a registry, or pick the variant for this host and write its files"),
+    "push": ("modelbuild.commands.push", "push a tag of the local store to a registry"),
+    "tag": ("modelbuild.commands.tag", "give an artifact of the local store another tag"),
+    "login": ("modelbuild.commands.login", "save credentials for a registry (docker's config.json)"),
+    "logout": ("modelbuild.commands.logout", "remove the saved credentials for a registry"),
     "rm": ("modelbuild.commands.rm", "remove tags from the local store"),
     "prune": ("modelbuild.commands.prune", "free space: delete unreferenced blobs; --verify checks every blob"),
     "plugins": ("modelbuild.commands.plugins", "list installed plugins and what they provide"),
@@ -40,6 +44,8 @@ examples:
   modelbuild build --print-graph=dot           show the step graph without building
   modelbuild ls                                list what is in the local store
   modelbuild inspect llama:1b --json           the manifest and config, for scripts
+  modelbuild -f Modelfile -t registry.example.com/team/llama:1b --push
+  modelbuild pull registry.example.com/team/llama:1b -o ./model
 
 The store lives in $MODELBUILD_HOME (default: $XDG_DATA_HOME/modelbuild).
 Docs: docs/modelfile.md (the Modelfile reference), docs/architecture.md.

@@ -9,6 +9,12 @@ For each step, in a thread pool bounded by ``-j``:
    identical work started by two builds at once is done once;
 4. the result is recorded in the index only after its blobs are in the store.
 
+With ``--cache-from`` (``remote``, a :class:`modelbuild.remote_cache.CacheImporter`), a
+local miss asks the imported cache records before running; such a hit is CACHED too. Its
+blobs may be fetched only once a step that reads them runs; if one turns out corrupt then,
+the solve starts again without that entry (:class:`StaleImport`). Every keyed step's key and
+result are kept in ``keyed``, for ``--cache-to``.
+
 The first failure stops scheduling; steps already running finish, and the error names the
 step that failed.
 """
@@ -26,15 +32,29 @@ from modelbuild.progress import Event
 
 
 class Solver:
-    def __init__(self, graph: BuildGraph, env: ExecEnv, *, jobs: int = 2, ops: dict[str, Op] | None = None) -> None:
+    def __init__(self, graph: BuildGraph, env: ExecEnv, *, jobs: int = 2, ops: dict[str, Op] | None = None,
+                 remote: Any = None) -> None:
         self.graph = graph
         self.env = env
         self.jobs = max(1, jobs)
         self.ops = ops or CORE_OPS
+        self.remote = None if env.no_cache else remote
         self.number = {sid: i + 1 for i, sid in enumerate(graph.order)}
         self.results: dict[str, dict[str, Any]] = {}
+        self.keyed: dict[str, tuple[Op, str, dict[str, Any]]] = {}  # step id → (op, key, result)
 
     def solve(self) -> dict[str, dict[str, Any]]:
+        from modelbuild.remote_cache import StaleImport
+
+        while True:
+            try:
+                return self._solve()
+            except StaleImport as exc:  # the entry is rejected now: each retry has one fewer
+                self.env.emitter.warn(f"{exc}; solving again without it")
+                self.results, self.keyed = {}, {}
+                self.env.stats.resolve_again()
+
+    def _solve(self) -> dict[str, dict[str, Any]]:
         remaining = {sid: len(self.graph.deps[sid]) for sid in self.graph.order}
         ready = [sid for sid in self.graph.order if remaining[sid] == 0]
         running: dict[Future[dict[str, Any]], str] = {}
@@ -88,9 +108,15 @@ class Solver:
         emit = self.env.emitter.emit
         key = op.key(step, inputs, self.env)
         if key is not None:
-            hit = self._lookup(op, key)
+            hit, note = self._lookup(op, key), None
+            if hit is None and self.remote is not None:
+                hit, note = self.remote.lookup(op, key, step, number) or (None, None)
             if hit is not None:
-                return self._cached(number, step.label, hit)
+                self.keyed[step.id] = (op, key, hit)
+                self._cached(number, step.label, hit)
+                if note:
+                    emit(Event("log", number, step.label, message=note))
+                return hit
             emit(Event("start", number, step.label))
             with self.env.locks.hold(key):
                 hit = self._lookup(op, key)
@@ -98,11 +124,15 @@ class Solver:
                     emit(Event("log", number, step.label, message="done by a concurrent build"))
                     emit(Event("done", number, step.label, duration=time.monotonic() - started))
                     self.env.stats.add(steps_cached=1)
+                    self.keyed[step.id] = (op, key, hit)
                     return hit
+                self._materialize(inputs)
                 outcome = op.run(step, inputs, StepContext(self.env, number, step))
                 self.env.cache.set_step(key, outcome.result)
+            self.keyed[step.id] = (op, key, outcome.result)
             self._done(number, step, started)
             return outcome.result
+        self._materialize(inputs)
         outcome = self._run_unkeyed(op, step, inputs, number)
         if outcome.cached:
             return self._cached(number, step.label, outcome.result, announce=False)
@@ -119,6 +149,11 @@ class Solver:
             self.env.emitter.emit(Event("cached", number, step.label))
             self.env.stats.add(steps_cached=1)
         return outcome
+
+    def _materialize(self, inputs: list[dict[str, Any]]) -> None:
+        """Fetch the imported blobs the inputs reference, before a step reads them."""
+        if self.remote is not None:
+            self.remote.materialize(inputs)
 
     def _lookup(self, op: Op, key: str) -> dict[str, Any] | None:
         if self.env.no_cache:

@@ -91,6 +91,7 @@ class Store:
         self.root = root
         self.blobs_dir = root / "blobs" / "sha256"
         self.ingest_dir = root / "ingest"
+        self.partial_dir = root / "partial"  # downloads in progress, resumed by the next pull
         self.index_path = root / "index.json"
 
     # -- layout -----------------------------------------------------------------------

@@ -19,7 +19,17 @@ examples:
   modelbuild build -f Modelfile -t qwen2:0.5b --build-arg REV=main .
   modelbuild build -f Modelfile --output type=oci,dest=./out   also write an OCI layout
   modelbuild build -f Modelfile --print-graph=dot | dot -Tsvg > graph.svg
+  modelbuild build -f Modelfile -t registry.example.com/team/m:1 --push   build, then push
   SOURCE_DATE_EPOCH=1700000000 modelbuild build -f Modelfile   pin createdAt
+  modelbuild build -f Modelfile --cache-from type=registry,ref=reg.example.com/team/m:buildcache \
+      --cache-to type=registry,ref=reg.example.com/team/m:buildcache,mode=max
+                                     CI on an empty machine: reuse conversions and quantizations
+  modelbuild build -f Modelfile --cache-to type=local,dest=./cache,mode=max   (--cache-from type=local,src=./cache)
+
+--cache-to keys: type=registry|local, ref=HOST/REPO:TAG, dest=DIR, tag=TAG (local, default latest),
+mode=min|max (min, the default: the artifact's steps only; max: every step, transforms too),
+ignore-error=true|false (default true: a failed export only warns), plain-http=true, insecure=true.
+--cache-from keys: type, ref, src=DIR, tag, plain-http, insecure. A bare REF means type=registry,ref=REF.
 """
 
 
@@ -46,6 +56,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                    help="steps to run at once (default: number of CPUs)")
     p.add_argument("--no-cache", action="store_true", help="ignore cached results and re-hash every file")
+    p.add_argument("--cache-to", action="append", default=[], metavar="type=registry,ref=REF[,mode=max]",
+                   help="export the build cache to a registry or an OCI layout (type=local,dest=DIR) (repeatable)")
+    p.add_argument("--cache-from", action="append", default=[], metavar="type=registry,ref=REF",
+                   help="use a build cache exported by --cache-to (type=local,src=DIR) (repeatable)")
+    p.add_argument("--push", action="store_true",
+                   help="push every tag that names a registry (-t registry.example.com/team/m:1) after the build")
+    p.add_argument("--plain-http", action="store_true", help="talk to registries over HTTP, not HTTPS")
+    p.add_argument("--insecure", action="store_true", help="accept registry certificates that do not verify")
     p.add_argument("--json", action="store_true", help="print the result (digest, tags, layers, stats) as JSON")
 
 
@@ -83,8 +101,18 @@ def run(args: argparse.Namespace) -> int:
     if context is not None and not context.is_dir():
         raise UsageError(f"build context {args.context} is not a directory")
     build_args = _build_args(args.build_arg)
+    from modelbuild.remote_cache import parse_cache_specs
+
+    transport = {"plain_http": bool(getattr(args, "plain_http", False)), "insecure": bool(getattr(args, "insecure", False))}
+    cache_to = parse_cache_specs(args.cache_to, direction="to", **transport)
+    cache_from = parse_cache_specs(args.cache_from, direction="from", **transport)
     if args.print_graph:
         return _print_graph(args, modelfile, context, build_args)
+    if args.push:
+        from modelbuild.oci.transfer import names_registry
+
+        if not any(names_registry(t) for t in args.tag):
+            raise UsageError("--push needs a tag that names a registry", hint="add -t registry.example.com/team/model:tag")
 
     from modelbuild.build import build
     from modelbuild.progress import make_renderer
@@ -102,17 +130,40 @@ def run(args: argparse.Namespace) -> int:
         renderer=renderer,
         no_cache=args.no_cache,
         platforms=_platforms(args),
+        cache_to=cache_to,
+        cache_from=cache_from,
     )
+    pushed = _push(args, result) if args.push else []
     if args.json:
         from modelbuild.commands._common import print_json
 
-        print_json(result.as_dict())
+        print_json({**result.as_dict(), **({"pushed": pushed} if args.push else {})})
     elif args.progress != "quiet":
         names = ", ".join(result.tags) if result.tags else "(untagged)"
         print(f"{result.digest}  {names}", file=sys.stderr if args.progress == "json" else sys.stdout)
     else:
         print(result.digest)
     return 0
+
+
+def _push(args: argparse.Namespace, result: object) -> list[dict]:
+    """Push the tags that name a registry, straight from the store (nothing is copied)."""
+    from modelbuild.home import home_dir
+    from modelbuild.oci.transfer import DEFAULT_JOBS, names_registry, push_refs
+    from modelbuild.progress import Emitter, make_renderer
+    from modelbuild.store import Store
+
+    tags = [t for t in result.tags if names_registry(t)]  # type: ignore[attr-defined]
+    emitter = Emitter(make_renderer(args.progress))
+    try:
+        pushed = push_refs(Store(home_dir(args.home) / "store"), [(t, t) for t in tags], plain_http=args.plain_http,
+                           insecure=args.insecure, jobs=args.jobs or DEFAULT_JOBS, progress=emitter)
+    finally:
+        emitter.close()
+    if not args.json and args.progress != "quiet":
+        for p in pushed:
+            print(f"pushed {p['reference']}@{p['digest']} ({p['uploaded']} of {p['blobs']} blobs sent)", file=sys.stderr)
+    return pushed
 
 
 def _print_graph(args: argparse.Namespace, modelfile: str, context: Path | None, build_args: dict[str, str]) -> int:

@@ -1,7 +1,8 @@
 """``modelbuild prune``: delete what no tag needs; ``--verify`` re-hashes every blob.
 
-Prune holds the store's gc lock exclusively, so it waits for running builds and never
-deletes a blob a build has written but not yet tagged.
+Prune holds the store's gc lock exclusively, so it waits for running builds and pulls and
+never deletes a blob a build has written but not yet tagged, nor a download in progress;
+a download a killed pull left in ``partial/`` is a temp file like the rest.
 """
 
 from __future__ import annotations
@@ -46,10 +47,16 @@ def prune(store: Any, home: Path, *, verify: bool = False, dry_run: bool = False
             report["freed"] += size
             if not dry_run:
                 path.unlink(missing_ok=True)
-        for leftover in list(store.ingest_dir.glob("*")) if store.ingest_dir.exists() else []:
-            report["temp_files"] += 1
-            if not dry_run:
-                leftover.unlink(missing_ok=True)
+        # Temp files of killed builds, and downloads a killed pull left to resume: pulls and
+        # builds hold the gc lock shared, so none of these belongs to a running one.
+        partial_dir = getattr(store, "partial_dir", store.root / "partial")
+        for folder in (store.ingest_dir, partial_dir):
+            for leftover in list(folder.glob("*")) if folder.exists() else []:
+                if not leftover.is_file() or leftover.is_symlink():
+                    continue
+                report["temp_files"] += 1
+                if not dry_run:
+                    leftover.unlink(missing_ok=True)
         locks = store.root / "locks"
         if locks.exists() and not dry_run:
             for lock in locks.glob("*.lock"):

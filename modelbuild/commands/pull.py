@@ -1,33 +1,104 @@
-"""``modelbuild pull``: pick the variant for this host and write its files to a directory.
+"""``modelbuild pull``: fetch an artifact from a registry, or pick a variant and write its files.
 
-Reads the local store or an OCI layout directory; registries come with the registry
-support. ``--platform auto`` detects the host (docs/spec/multi-platform.md §5).
+``REF`` naming a registry (``registry.example.com/team/model:1``, ``localhost:5000/m:1``)
+is pulled from it: into the local store and tagged there, or with ``-o DIR`` straight into
+the directory (no store). A local tag or an OCI layout directory is read locally, as before.
+``--platform auto`` detects the host (docs/spec/multi-platform.md §5).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 HELP = """\
 examples:
-  modelbuild pull qwen2:0.5b -o ./model                 the variant for this machine
-  modelbuild pull qwen2:0.5b --platform cuda -o ./model the cuda variant, whatever the host
+  modelbuild pull registry.example.com/team/qwen2:0.5b          into the local store, tagged
+  modelbuild pull registry.example.com/team/qwen2:0.5b -o ./model   the files for this machine
+  modelbuild pull localhost:5000/qwen2:0.5b --plain-http --platform cuda -o ./model
+  modelbuild pull qwen2:0.5b -o ./model                 a local tag: the variant for this machine
   modelbuild pull ./layout:qwen2:0.5b --platform cpu --json
+
+Credentials come from docker's config.json (`modelbuild login`, `docker login`).
 """
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = HELP
-    p.add_argument("ref", metavar="REF|DIR[:TAG]", help="a tag in the local store, or an OCI layout directory")
-    p.add_argument("--platform", default="auto", metavar="auto|STAGE|TARGET",
-                   help="which variant of a multi-platform artifact (default: auto, detect this host)")
+    p.add_argument("ref", metavar="REF",
+                   help="registry.example.com/repo:tag (a registry), a tag in the local store, or DIR[:TAG] (an OCI layout)")
+    p.add_argument("--platform", default=None, metavar="auto|STAGE|TARGET",
+                   help="which variant of a multi-platform artifact (default with -o or a local REF: auto, detect "
+                        "this host; into the store: all of them)")
     p.add_argument("-o", "--output", metavar="DIR", help="write the variant's files into DIR")
-    p.add_argument("--json", action="store_true", help="print the choice as JSON")
+    p.add_argument("--plain-http", action="store_true", help="talk to the registry over HTTP, not HTTPS")
+    p.add_argument("--insecure", action="store_true", help="accept a registry certificate that does not verify")
+    p.add_argument("-j", "--jobs", type=int, default=None, metavar="N", help="blobs to download at once (default: 4)")
+    p.add_argument("--progress", default="auto", choices=["auto", "tty", "plain", "quiet", "json"],
+                   help="progress display for registry pulls (default: tty on a terminal, else plain)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _is_local(ref: str) -> bool:
+    from modelbuild.oci.transfer import names_registry
+
+    path = ref if os.path.isdir(ref) else ref.partition(":")[0]
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "oci-layout")):
+        return True
+    return not names_registry(ref)
 
 
 def run(args: argparse.Namespace) -> int:
+    from modelbuild.errors import UsageError
+
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    if _is_local(args.ref):
+        return _run_local(args)
+    return _run_remote(args)
+
+
+def _run_remote(args: argparse.Namespace) -> int:
+    from modelbuild.commands._common import print_json
+    from modelbuild.home import home_dir
+    from modelbuild.oci.transfer import (
+        DEFAULT_JOBS,
+        login_hint,
+        open_registry,
+        pull_artifact,
+        pull_to_dir,
+        remote_ref,
+    )
+    from modelbuild.progress import Emitter, make_renderer
+    from modelbuild.store import Store
+
+    host, repo, ref, shown = remote_ref(args.ref)
+    emitter = Emitter(make_renderer(args.progress))
+    jobs = args.jobs or DEFAULT_JOBS
+    try:
+        with open_registry(host, plain_http=args.plain_http, insecure=args.insecure) as registry, login_hint(host):
+            if args.output:
+                result = pull_to_dir(registry, repo, ref, Path(args.output), args.platform or "auto", jobs=jobs,
+                                     progress=emitter)
+            else:
+                store = Store(home_dir(args.home) / "store")
+                result = pull_artifact(registry, repo, ref, store, jobs=jobs, platform=args.platform,
+                                       progress=emitter, tag=shown)
+    finally:
+        emitter.close()
+    if args.json:
+        print_json(result)
+    else:
+        stage = f" [{result['stage']}]" if result.get("stage") else ""
+        print(f"{result['digest']}  {result.get('tag') or result['reference']}{stage}")
+        for f in result.get("files", []):
+            print(f"  {f}")
+    return 0
+
+
+def _run_local(args: argparse.Namespace) -> int:
     from modelbuild.commands._common import print_json
     from modelbuild.commands.inspect import _open
     from modelbuild.oci import mediatypes as mt
@@ -40,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     stage = None
     if doc.get("mediaType") == mt.OCI_INDEX or "manifests" in doc:
         host = detect_host()
-        choice = select_entry(doc, args.platform, host, make_plugin_manager().targets)
+        choice = select_entry(doc, args.platform or "auto", host, make_plugin_manager().targets)
         descriptor, stage = choice.descriptor, choice.stage
         doc = store.read_json(descriptor["digest"])
     files = extract_manifest(store, doc, Path(args.output)) if args.output else []

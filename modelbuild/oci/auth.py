@@ -264,3 +264,104 @@ class Auth:
             self.scheme = "bearer"
             self.challenge = params
         return "Bearer " + value
+
+
+# -- login / logout ----------------------------------------------------------------------
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise AuthError(f"cannot read docker config {path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise AuthError(f"docker config {path} is not a JSON object")
+    return config
+
+
+def _write_config(path: Path, config: dict[str, Any]) -> None:
+    """Replace *path* atomically with *config*, readable by its owner only (0600). A
+    symlinked config (dotfiles) is written where the link points."""
+    import tempfile
+
+    real = Path(os.path.realpath(path))
+    real.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=".config.json.")  # created 0600
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(config, fh, indent="\t")
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, real)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _helper_for(config: dict[str, Any], host: str) -> str | None:
+    names = _aliases(host)
+    for key, helper in (config.get("credHelpers") or {}).items():
+        if _host_of(key) in names:
+            return helper
+    return config.get("credsStore") or None
+
+
+def _run_helper(helper: str, action: str, payload: bytes) -> subprocess.CompletedProcess:
+    binary = f"docker-credential-{helper}"
+    try:
+        return subprocess.run([binary, action], input=payload, capture_output=True, timeout=HELPER_TIMEOUT, check=False)
+    except FileNotFoundError:
+        raise AuthError(f"credential helper {binary} is not installed",
+                        hint="install it or remove it from the docker config") from None
+    except subprocess.TimeoutExpired:
+        raise AuthError(f"credential helper {binary} did not answer in {HELPER_TIMEOUT}s") from None
+
+
+def store_credentials(host: str, credentials: Credentials, path: Path | None = None) -> str:
+    """Save *credentials* for *host* where docker would: the configured credential helper
+    (``docker-credential-X store``) or ``auths`` in config.json. Returns where they went."""
+    path = path or docker_config_path()
+    config = _read_config(path)
+    helper = _helper_for(config, host)
+    if helper:
+        payload = json.dumps({"ServerURL": host, "Username": credentials.username,
+                              "Secret": credentials.password}).encode()
+        proc = _run_helper(helper, "store", payload)
+        if proc.returncode != 0:  # its output is not shown: it may echo what it was given
+            raise AuthError(f"credential helper docker-credential-{helper} could not store the credentials for {host} "
+                            f"(exit code {proc.returncode})")
+        return f"credential helper docker-credential-{helper}"
+    auths = {k: v for k, v in (config.get("auths") or {}).items() if _host_of(k) not in _aliases(host)}
+    raw = f"{credentials.username}:{credentials.password}".encode()
+    auths[host] = {"auth": base64.b64encode(raw).decode()}
+    config["auths"] = auths
+    _write_config(path, config)
+    return str(path)
+
+
+def erase_credentials(host: str, path: Path | None = None) -> bool:
+    """Remove the credentials for *host* from config.json and from its credential helper;
+    True when there were any."""
+    path = path or docker_config_path()
+    config = _read_config(path)
+    found = False
+    auths = config.get("auths") or {}
+    kept = {k: v for k, v in auths.items() if _host_of(k) not in _aliases(host)}
+    if len(kept) != len(auths):
+        found = True
+        config["auths"] = kept
+        _write_config(path, config)
+    helper = _helper_for(config, host)
+    if helper:
+        proc = _run_helper(helper, "erase", host.encode())
+        if proc.returncode == 0:
+            found = True
+        elif b"not found" not in (proc.stdout + proc.stderr).lower():
+            raise AuthError(f"credential helper docker-credential-{helper} could not erase the credentials for {host} "
+                            f"(exit code {proc.returncode})")
+    return found

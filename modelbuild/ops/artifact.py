@@ -36,8 +36,13 @@ class ConfigOp(Op):
         return key_of({**step.definition(), "derived": derived["derived"],
                        "diffIds": [layer["diffId"] for layer in all_layers(rest)]})
 
+    exported = True
+
     def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
         return env.store.has_blob(result["descriptor"]["digest"])
+
+    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{k: result["descriptor"][k] for k in ("digest", "size", "mediaType")}]
 
     def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
         from modelbuild.schema import validate_config
@@ -102,8 +107,13 @@ class ManifestOp(Op):
         return key_of({**step.definition(), "config": config["descriptor"],
                        "layers": [layer["descriptor"] for layer in all_layers(rest)]})
 
+    exported = True
+
     def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
         return env.store.has_blob(result["descriptor"]["digest"])
+
+    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{k: result["descriptor"][k] for k in ("digest", "size", "mediaType")}]
 
     def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
         config, *rest = inputs
@@ -143,8 +153,13 @@ class IndexOp(Op):
     def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
         return key_of({**step.definition(), "manifests": [i["descriptor"] for i in inputs]})
 
+    exported = True
+
     def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
         return env.store.has_blob(result["descriptor"]["digest"])
+
+    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{k: result["descriptor"][k] for k in ("digest", "size", "mediaType")}]
 
     def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
         from modelbuild.targets import ANN_FORMAT, ANN_QUANTIZATION

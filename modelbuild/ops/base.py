@@ -31,6 +31,10 @@ class Stats:
     bytes_written: int = 0
     files_hashed: list[str] = field(default_factory=list)
     executed: list[str] = field(default_factory=list)
+    imported: list[str] = field(default_factory=list)  # steps whose result came from --cache-from
+    bytes_imported: int = 0  # downloaded from --cache-from
+    blobs_exported: int = 0  # uploaded (or copied) by --cache-to: blobs the cache did not have yet
+    bytes_exported: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: Any) -> None:
@@ -42,6 +46,13 @@ class Stats:
                 else:
                     setattr(self, name, current + value)
 
+    def resolve_again(self) -> None:
+        """Forget which steps ran or hit the cache: the solver is starting over (the byte
+        counts stay: that work was done)."""
+        with self._lock:
+            self.steps_run = self.steps_cached = 0
+            self.executed, self.imported = [], []
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "steps_run": self.steps_run,
@@ -50,6 +61,10 @@ class Stats:
             "bytes_written": self.bytes_written,
             "files_hashed": sorted(self.files_hashed),
             "executed": sorted(self.executed),
+            "imported": sorted(self.imported),
+            "bytes_imported": self.bytes_imported,
+            "blobs_exported": self.blobs_exported,
+            "bytes_exported": self.bytes_exported,
         }
 
 
@@ -99,6 +114,9 @@ class Outcome:
 
 class Op:
     name = ""
+    # Whether the step's result is part of the artifact (layers, config, manifest, index):
+    # ``--cache-to …,mode=min`` exports only these steps, ``mode=max`` every keyed step.
+    exported = False
 
     def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
         """The step's cache key, or None for a step that always runs (it is cheap)."""
@@ -109,6 +127,11 @@ class Op:
 
     def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
         return True
+
+    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+        """The store blobs a (cached) result references, as ``{digest, size[, mediaType]}``:
+        what a cache export must carry along with it, and an import must fetch."""
+        return []
 
     def finalize(self, result: dict[str, Any], inputs: list[dict[str, Any]], env: ExecEnv) -> dict[str, Any]:
         """Attach what a cached result cannot carry (paths on this machine); default: nothing."""

@@ -96,6 +96,10 @@ def layers_valid(result: dict[str, Any], env: ExecEnv) -> bool:
     return all(env.store.has_blob(layer["descriptor"]["digest"]) for layer in result["layers"])
 
 
+def layer_blobs(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{k: layer["descriptor"][k] for k in ("digest", "size", "mediaType")} for layer in result["layers"]]
+
+
 class LayerOp(Op):
     """Encode one file or directory of the context as a layer."""
 
@@ -105,8 +109,13 @@ class LayerOp(Op):
         return key_of({**step.definition(), "codec": codec_identity(step.params["codec"], env),
                        "input": content_of(inputs[0])})
 
+    exported = True
+
     def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
         return layers_valid(result, env)
+
+    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+        return layer_blobs(result)
 
     def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
         p = step.params
@@ -123,8 +132,13 @@ class LayerSetOp(Op):
         files = [{"path": f["path"], "kind": f["kind"], **content_of(f)} for f in inputs[0]["files"]]
         return key_of({**step.definition(), "codec": codec_identity(step.params["codec"], env), "files": files})
 
+    exported = True
+
     def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
         return layers_valid(result, env)
+
+    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+        return layer_blobs(result)
 
     def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
         p = step.params

@@ -78,6 +78,9 @@ class TransformOp(Op):
     def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
         return all(env.store.has_blob(f["digest"]) for f in result["files"] if f["origin"] == "blob")
 
+    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"digest": f["digest"], "size": f["size"]} for f in result["files"] if f["origin"] == "blob"]
+
     def finalize(self, result: dict[str, Any], inputs: list[dict[str, Any]], env: ExecEnv) -> dict[str, Any]:
         by_digest = {f["digest"]: f["source"] for f in model_set(inputs)}
         files = []

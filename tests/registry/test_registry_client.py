@@ -180,7 +180,7 @@ def test_pull_resumes_within_a_process_after_truncation(proxy, client, blob_file
 
 @pytest.mark.slow
 def test_pull_killed_halfway_resumes_with_the_remaining_half(proxy, client, blob_file, helpers, tmp_path):
-    size = 100 * MiB
+    size = 1024 * MiB  # the 1 GB blob
     path, digest = blob_file(size)
     reg = client(proxy.host)
     reg.push_blob("resume/kill", digest, size, path)
@@ -189,7 +189,7 @@ def test_pull_killed_halfway_resumes_with_the_remaining_half(proxy, client, blob
     script = ("import sys; from modelbuild.oci.registry import Registry; "
               "Registry(sys.argv[1], plain_http=True).pull_blob('resume/kill', sys.argv[2], int(sys.argv[3]), sys.argv[4])")
     proxy.reset()
-    proxy.throttle = 40 * MiB  # bytes per second: 2.5 s for the whole blob
+    proxy.throttle = 400 * MiB  # bytes per second: 2.5 s for the whole blob
     proc = subprocess.Popen([sys.executable, "-c", script, proxy.host, digest, str(size), str(dest)],
                             cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     deadline = time.monotonic() + 60

@@ -23,7 +23,19 @@ def all_layers(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(layers, key=lambda layer: layer["descriptor"]["annotations"][mt.ANNOTATION_FILEPATH])
 
 
-class ConfigOp(Op):
+class _DescriptorOp(Op):
+    """An op whose result is one blob of the artifact, named by ``result["descriptor"]``."""
+
+    exported = True
+
+    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
+        return env.store.has_blob(result["descriptor"]["digest"])
+
+    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{k: result["descriptor"][k] for k in ("digest", "size", "mediaType")}]
+
+
+class ConfigOp(_DescriptorOp):
     """Write the ModelPack config, validated against the spec's schema.
 
     Inputs: the ``describe`` step (facts read from the weights), then the layer steps.
@@ -35,14 +47,6 @@ class ConfigOp(Op):
         derived, *rest = inputs
         return key_of({**step.definition(), "derived": derived["derived"],
                        "diffIds": [layer["diffId"] for layer in all_layers(rest)]})
-
-    exported = True
-
-    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
-        return env.store.has_blob(result["descriptor"]["digest"])
-
-    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{k: result["descriptor"][k] for k in ("digest", "size", "mediaType")}]
 
     def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
         from modelbuild.schema import validate_config
@@ -97,7 +101,7 @@ def _agrees(name: str, explicit: str, found: str) -> bool:
     return explicit.strip().lower() == found.strip().lower()
 
 
-class ManifestOp(Op):
+class ManifestOp(_DescriptorOp):
     """Write the OCI image manifest that makes the files a ModelPack artifact."""
 
     name = "manifest"
@@ -106,14 +110,6 @@ class ManifestOp(Op):
         config, *rest = inputs
         return key_of({**step.definition(), "config": config["descriptor"],
                        "layers": [layer["descriptor"] for layer in all_layers(rest)]})
-
-    exported = True
-
-    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
-        return env.store.has_blob(result["descriptor"]["digest"])
-
-    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{k: result["descriptor"][k] for k in ("digest", "size", "mediaType")}]
 
     def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
         config, *rest = inputs
@@ -143,7 +139,7 @@ class ManifestOp(Op):
         )
 
 
-class IndexOp(Op):
+class IndexOp(_DescriptorOp):
     """Write the OCI image index of a multi-platform build: one entry per TARGET stage,
     generic (CPU) entries first, each with its platform and accelerator annotations
     (docs/spec/multi-platform.md)."""
@@ -152,14 +148,6 @@ class IndexOp(Op):
 
     def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
         return key_of({**step.definition(), "manifests": [i["descriptor"] for i in inputs]})
-
-    exported = True
-
-    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
-        return env.store.has_blob(result["descriptor"]["digest"])
-
-    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{k: result["descriptor"][k] for k in ("digest", "size", "mediaType")}]
 
     def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
         from modelbuild.targets import ANN_FORMAT, ANN_QUANTIZATION

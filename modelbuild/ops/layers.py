@@ -100,7 +100,19 @@ def layer_blobs(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [{k: layer["descriptor"][k] for k in ("digest", "size", "mediaType")} for layer in result["layers"]]
 
 
-class LayerOp(Op):
+class _LayersOp(Op):
+    """An op whose result is ``{"layers": […]}``: part of the artifact, valid while its blobs are stored."""
+
+    exported = True
+
+    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
+        return layers_valid(result, env)
+
+    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+        return layer_blobs(result)
+
+
+class LayerOp(_LayersOp):
     """Encode one file or directory of the context as a layer."""
 
     name = "layer"
@@ -109,21 +121,13 @@ class LayerOp(Op):
         return key_of({**step.definition(), "codec": codec_identity(step.params["codec"], env),
                        "input": content_of(inputs[0])})
 
-    exported = True
-
-    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
-        return layers_valid(result, env)
-
-    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
-        return layer_blobs(result)
-
     def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
         p = step.params
         layer, _ = pack_layer(p["path"], p["kind"], inputs[0], p["codec"], p["epoch"], ctx)
         return Outcome({"layers": [layer]})
 
 
-class LayerSetOp(Op):
+class LayerSetOp(_LayersOp):
     """Encode every file of a transformed model set, one layer each."""
 
     name = "layerset"
@@ -131,14 +135,6 @@ class LayerSetOp(Op):
     def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
         files = [{"path": f["path"], "kind": f["kind"], **content_of(f)} for f in inputs[0]["files"]]
         return key_of({**step.definition(), "codec": codec_identity(step.params["codec"], env), "files": files})
-
-    exported = True
-
-    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
-        return layers_valid(result, env)
-
-    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
-        return layer_blobs(result)
 
     def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
         p = step.params

@@ -137,12 +137,14 @@ def build(
     from modelbuild.cache import BuildCache
     from modelbuild.ops import ExecEnv
     from modelbuild.progress import PlainRenderer
-    from modelbuild.remote_cache import CacheExporter, CacheImporter, parse_cache_spec
     from modelbuild.solver import Solver
     from modelbuild.store import Store
 
-    cache_to = [parse_cache_spec(c, direction="to") if isinstance(c, str) else c for c in cache_to]
-    cache_from = [parse_cache_spec(c, direction="from") if isinstance(c, str) else c for c in cache_from]
+    if cache_to or cache_from:  # the cache machinery is imported only by builds that use it
+        from modelbuild.remote_cache import CacheExporter, CacheImporter, parse_cache_spec
+
+        cache_to = [parse_cache_spec(c, direction="to") if isinstance(c, str) else c for c in cache_to]
+        cache_from = [parse_cache_spec(c, direction="from") if isinstance(c, str) else c for c in cache_from]
     host, desc, graph = prepare(modelfile, host=host, context=context, build_args=build_args, tags=tags,
                                 outputs=outputs, layer_format=layer_format, platforms=platforms)
     emitter = Emitter(renderer or PlainRenderer(sys.stderr))

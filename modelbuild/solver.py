@@ -44,6 +44,8 @@ class Solver:
         self.keyed: dict[str, tuple[Op, str, dict[str, Any]]] = {}  # step id → (op, key, result)
 
     def solve(self) -> dict[str, dict[str, Any]]:
+        if self.remote is None:
+            return self._solve()
         from modelbuild.remote_cache import StaleImport
 
         while True:

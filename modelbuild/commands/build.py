@@ -101,11 +101,15 @@ def run(args: argparse.Namespace) -> int:
     if context is not None and not context.is_dir():
         raise UsageError(f"build context {args.context} is not a directory")
     build_args = _build_args(args.build_arg)
-    from modelbuild.remote_cache import parse_cache_specs
+    cache_to: list = []
+    cache_from: list = []
+    if args.cache_to or args.cache_from:
+        from modelbuild.remote_cache import parse_cache_specs
 
-    transport = {"plain_http": bool(getattr(args, "plain_http", False)), "insecure": bool(getattr(args, "insecure", False))}
-    cache_to = parse_cache_specs(args.cache_to, direction="to", **transport)
-    cache_from = parse_cache_specs(args.cache_from, direction="from", **transport)
+        transport = {"plain_http": bool(getattr(args, "plain_http", False)),
+                     "insecure": bool(getattr(args, "insecure", False))}
+        cache_to = parse_cache_specs(args.cache_to, direction="to", **transport)
+        cache_from = parse_cache_specs(args.cache_from, direction="from", **transport)
     if args.print_graph:
         return _print_graph(args, modelfile, context, build_args)
     if args.push:

@@ -44,6 +44,7 @@ class Solver:
         self.keyed: dict[str, tuple[Op, str, dict[str, Any]]] = {}  # step id → (op, key, result)
 
     def solve(self) -> dict[str, dict[str, Any]]:
+        self._preload_for_fork()
         if self.remote is None:
             return self._solve()
         from modelbuild.remote_cache import StaleImport
@@ -55,6 +56,24 @@ class Solver:
                 self.env.emitter.warn(f"{exc}; solving again without it")
                 self.results, self.keyed = {}, {}
                 self.env.stats.resolve_again()
+
+    def _preload_for_fork(self) -> None:
+        """Import the extension modules weight transforms use before any step thread starts.
+
+        Transform plugins fork worker processes. A child forked while another thread of
+        this process is inside ``dlopen`` inherits the loader's lock held and hangs the
+        moment it loads an extension itself; with numpy and friends already loaded here,
+        single-threaded, no worker needs to.
+        """
+        if not any(self.graph.step(sid).op == "transform" for sid in self.graph.order):
+            return
+        import importlib
+
+        for name in ("numpy", "ml_dtypes", "gguf.quants"):
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
 
     def _solve(self) -> dict[str, dict[str, Any]]:
         remaining = {sid: len(self.graph.deps[sid]) for sid in self.graph.order}

@@ -88,6 +88,12 @@ def _run_all(tasks: list[Task], ctx: TransformContext, on_done: Callable[[Task, 
     import multiprocessing
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
+    # imported before the fork, so that no worker loads an extension module itself: a
+    # child forked while another thread of the build held the dynamic loader's lock would
+    # hang in dlopen
+    import ml_dtypes  # noqa: F401
+    import numpy  # noqa: F401
+
     pool = ProcessPoolExecutor(max_workers=min(ctx.jobs, len(tasks)), mp_context=multiprocessing.get_context("fork"))
     try:
         futures = {pool.submit(_run_task, t): t for t in tasks}

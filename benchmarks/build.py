@@ -131,9 +131,22 @@ def file_sizes(total: int, files: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(files)]
 
 
+def _safetensors_header(total: int) -> bytes:
+    """A valid safetensors header for one U8 tensor filling a file of *total* bytes, so the
+    build's metadata reader accepts the file (it parses every weight file's header)."""
+    import json
+
+    hlen = 128
+    payload = total - 8 - hlen
+    header = json.dumps({"weight": {"dtype": "U8", "shape": [payload], "data_offsets": [0, payload]}},
+                        separators=(",", ":")).encode()
+    return hlen.to_bytes(8, "little") + header.ljust(hlen, b" ")
+
+
 def write_model(model_dir: Path, sizes: list[int], aged_ns: int) -> list[Path]:
-    """Random-ish files, fast: one os.urandom(1 MiB) block, each copy stamped with a unique
-    (file, block) counter at both ends so no two blocks (and no two files) are identical."""
+    """Random-ish safetensors files, fast: a real header, then one os.urandom(1 MiB) block
+    repeated, each copy stamped with a unique (file, block) counter at both ends so no two
+    blocks (and no two files) are identical."""
     model_dir.mkdir(parents=True)
     base = os.urandom(MiB)
     paths = []
@@ -142,7 +155,9 @@ def write_model(model_dir: Path, sizes: list[int], aged_ns: int) -> list[Path]:
         path = model_dir / f"model-{i + 1:05d}-of-{n:05d}.safetensors"
         with open(path, "wb", buffering=0) as fh:
             block = bytearray(base)
-            written, counter = 0, 0
+            head = _safetensors_header(size)
+            fh.write(head)
+            written, counter = len(head), 0
             while written < size:
                 stamp = struct.pack("<QQ", i, counter)
                 block[0:16] = stamp
@@ -208,6 +223,9 @@ def run_build(workdir: Path, home: Path, label: str) -> dict[str, Any]:
     """One build as a child process: wall time, its own peak RSS, its --json result."""
     cmd = modelbuild_cmd() + ["build", "-f", "Modelfile", "--progress", "plain", "--json"]
     env = dict(os.environ, MODELBUILD_HOME=str(home))
+    # measure what an installed modelbuild costs: with bytecode caching on (pip writes .pyc
+    # at install; PYTHONDONTWRITEBYTECODE=1 would re-compile every module on every run)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
     out_path, err_path = logs / f"{label}.stdout", logs / f"{label}.stderr"

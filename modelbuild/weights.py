@@ -113,6 +113,19 @@ class TransformContext:
     def log(self, message: str) -> None:
         self._log(message)
 
+    def run_threads(self, fn: Callable[[Any], int], items: list[Any]) -> None:
+        """Run *fn* over *items* on up to ``jobs`` threads (for I/O-bound work: copies,
+        GIL-releasing numpy); each return value is reported as progress done."""
+        if self.jobs <= 1 or len(items) <= 1:
+            for item in items:
+                self.advance(fn(item))
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            for n in pool.map(fn, items):
+                self.advance(n)
+
 
 _SCALES = (("Q", 10**15), ("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3))
 

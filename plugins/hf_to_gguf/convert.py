@@ -354,16 +354,7 @@ class HfToGguf:
                     done += n
                 return done
 
-            items = list(zip(plan, layout.offsets))
-            if ctx.jobs <= 1:
-                for item in items:
-                    ctx.advance(one(item))
-            else:
-                from concurrent.futures import ThreadPoolExecutor
-
-                with ThreadPoolExecutor(max_workers=ctx.jobs) as pool:
-                    for n in pool.map(one, items):
-                        ctx.advance(n)
+            ctx.run_threads(one, list(zip(plan, layout.offsets)))
         finally:
             os.close(fd)
             maps.close()

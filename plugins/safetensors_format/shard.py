@@ -142,7 +142,6 @@ class SafetensorsShard:
 
     @staticmethod
     def _copy(plans: list[tuple[str, Layout, list[_Source]]], ctx: TransformContext) -> None:
-        from concurrent.futures import ThreadPoolExecutor
 
         fds: dict[str, int] = {}
         try:
@@ -162,13 +161,7 @@ class SafetensorsShard:
                 _copy_range(*job)
                 return job[4]
 
-            if ctx.jobs <= 1:
-                for job in jobs:
-                    ctx.advance(run(job))
-            else:
-                with ThreadPoolExecutor(max_workers=ctx.jobs) as pool:
-                    for n in pool.map(run, jobs):
-                        ctx.advance(n)
+            ctx.run_threads(run, list(jobs))
         finally:
             for fd in fds.values():
                 os.close(fd)

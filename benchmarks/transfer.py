@@ -52,6 +52,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _report import Report, gb  # noqa: E402
+
 MiB = 1 << 20
 GiB = 1 << 30
 TARGET_RATIO = 1.2
@@ -72,25 +75,6 @@ MODEL *.safetensors
 """
 
 # -- output -----------------------------------------------------------------------------
-class Report:
-    def __init__(self, as_json: bool) -> None:
-        self.out = sys.stderr if as_json else sys.stdout
-        self.checks: list[dict[str, Any]] = []
-
-    def line(self, text: str = "") -> None:
-        print(text, file=self.out, flush=True)
-
-    def check(self, name: str, ok: bool, detail: str = "") -> bool:
-        self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
-        if not ok:
-            self.line(f"  CHECK FAILED: {name}: {detail}")
-        return ok
-
-
-def gb(n: float) -> float:
-    return n / 1e9
-
-
 # -- machine ----------------------------------------------------------------------------
 def _version(cmd: list[str]) -> str:
     try:

@@ -8,6 +8,7 @@ here, in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from datetime import datetime, timezone
@@ -18,6 +19,7 @@ from modelbuild.context import BuildContext
 from modelbuild.description import BuildDescription, FileKind, FileSpec, StageSpec, TransformSpec
 from modelbuild.errors import ModelfileError, Span
 from modelbuild.frontend import syntax
+from modelbuild.frontend.limits import Limits, raise_hint
 from modelbuild.frontend.directives import (
     CAPABILITY_KEYS,
     DIRECTIVES,
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 _ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PARAMSIZE = re.compile(r"\d+(\.\d)?[QTBMK]")
+_SUGGEST_MAX = 64  # names longer than this get no "did you mean": difflib is quadratic
 
 
 class ModelfileFrontend:
@@ -50,8 +53,9 @@ class ModelfileFrontend:
         build_args: Mapping[str, str],
         sources: "Registry",
     ) -> BuildDescription:
-        instructions = syntax.parse(text, filename)
-        return _Interpreter(filename, base_dir, default_context, build_args, sources).run(instructions)
+        limits = Limits.from_env()
+        instructions = syntax.parse(text, filename, limits)
+        return _Interpreter(filename, base_dir, default_context, build_args, sources, limits).run(instructions)
 
 
 class _Interpreter:
@@ -62,8 +66,12 @@ class _Interpreter:
         default_context: Path,
         build_args: Mapping[str, str],
         sources: "Registry",
+        limits: Limits | None = None,
     ) -> None:
         self.filename = filename
+        self.limits = limits or Limits()
+        self.expanded_total = 0  # characters produced by expansions so far, against limits.expansion_total
+        self.current: syntax.Instruction | None = None
         self.base_dir = base_dir
         self.default_context = default_context
         self.build_args = dict(build_args)
@@ -81,11 +89,17 @@ class _Interpreter:
         self.files: dict[str, FileSpec] = {}
         self.transforms: list[TransformSpec] = []
         self.stages: list[StageSpec] = []
+        # per stage, the transforms added so far: appending to a list, not rebuilding the
+        # stage's tuple each time, keeps a long run of QUANTIZE lines linear
+        self.stage_transforms: list[list[TransformSpec]] = []
+        self.stage_names: dict[str, StageSpec] = {}
+        self.list_seen: dict[str, set[str]] = {}  # values of each list directive, for O(1) de-duplication
         self.warnings: list[str] = []
 
     # -- driver -----------------------------------------------------------------------
     def run(self, instructions: list[syntax.Instruction]) -> BuildDescription:
         for ins in instructions:
+            self.current = ins
             directive = DIRECTIVES.get(ins.keyword)
             if directive is None:
                 raise _unknown_directive(ins)
@@ -119,7 +133,10 @@ class _Interpreter:
             capabilities=self.capabilities,
             labels=self.labels,
             transforms=tuple(self.transforms),
-            stages=tuple(self.stages),
+            stages=tuple(
+                dataclasses.replace(stage, transforms=tuple(transforms)) if transforms else stage
+                for stage, transforms in zip(self.stages, self.stage_transforms)
+            ),
             source_file=self.filename,
             warnings=tuple(self.warnings),
         )
@@ -144,24 +161,72 @@ class _Interpreter:
 
     # -- words ----------------------------------------------------------------------
     def expand(self, word: syntax.Word) -> str:
+        """The word's text with its variables replaced, within the expansion limits.
+
+        Sizes are added up before any string is joined, so an ``ARG`` chain that doubles at
+        every line is refused once it passes the limit, in time linear in the limit.
+        """
+        literal = word.literal
+        if literal is not None:
+            return literal  # bounded by the line length limit already
         out = []
+        size = 0
         for part in word.parts:
             if isinstance(part, str):
-                out.append(part)
-                continue
-            if part.name not in self.env:
-                hint = f"declare it with ARG {part.name}"
-                close = difflib.get_close_matches(part.name, list(self.env), n=1)
-                if close:
-                    hint = f"did you mean {close[0]}?"
-                raise ModelfileError.at(part.span, f"undefined variable {part.name}", hint=hint)
-            value = self.env[part.name]
-            if part.op == ":-":
-                value = value or part.operand
-            elif part.op == ":+":
-                value = part.operand if value else ""
+                value, at = part, word.span
+            else:
+                value, at = self._value(part), part.span
+            size += len(value)
+            self._check_expansion(word, size, at)
             out.append(value)
+        self.expanded_total += size
         return "".join(out)
+
+    def _value(self, ref: syntax.VarRef) -> str:
+        if ref.name not in self.env:
+            raise ModelfileError.at(ref.span, f"undefined variable {syntax.clip(ref.name)}", hint=self._undefined_hint(ref.name))
+        value = self.env[ref.name]
+        if ref.op == ":-":
+            return value or ref.operand
+        if ref.op == ":+":
+            return ref.operand if value else ""
+        return value
+
+    def _undefined_hint(self, name: str) -> str:
+        """Suggest a close ARG name; difflib is quadratic in length, so only for short names."""
+        hint = f"declare it with ARG {syntax.clip(name)}"
+        if len(name) > _SUGGEST_MAX:
+            return hint
+        candidates = [n for n in self.env if len(n) <= _SUGGEST_MAX]
+        close = difflib.get_close_matches(name, candidates, n=1)
+        return f"did you mean {close[0]}?" if close else hint
+
+    def _check_expansion(self, word: syntax.Word, size: int, at: Span) -> None:
+        """Refuse a word past the per-value limit, or a Modelfile past the total budget."""
+        limits = self.limits
+        if size > limits.expansion_length:
+            raise ModelfileError.at(
+                at,
+                f"{self._subject(word)} expands to more than {limits.expansion_length} characters, "
+                "the expansion limit per value",
+                hint=raise_hint("expansion_length"),
+            )
+        if self.expanded_total + size > limits.expansion_total:
+            raise ModelfileError.at(
+                at,
+                f"{self._subject(word)}: expanded values add up to more than {limits.expansion_total} "
+                "characters, the expansion limit per Modelfile",
+                hint=raise_hint("expansion_total"),
+            )
+
+    def _subject(self, word: syntax.Word) -> str:
+        """What an expansion error names: ``ARG NAME`` for an ARG, else the directive."""
+        ins = self.current
+        keyword = ins.keyword if ins is not None else "value"
+        head = word.parts[0] if word.parts else ""
+        if keyword == "ARG" and isinstance(head, str) and "=" in head:
+            return f"ARG {syntax.clip(head.partition('=')[0])}"
+        return keyword
 
     # -- handlers, one per directive role ------------------------------------------
     def _do_arg(self, ins: syntax.Instruction, d: Directive) -> None:
@@ -170,7 +235,7 @@ class _Interpreter:
             name, eq, default = text.partition("=")
             if not _ARG_NAME.fullmatch(name):
                 raise ModelfileError.at(
-                    word.span, f"bad ARG name {name!r}", hint="names are letters, digits and _, not starting with a digit"
+                    word.span, f"bad ARG name {syntax.shown(name)}", hint="names are letters, digits and _, not starting with a digit"
                 )
             if name in self.build_args:
                 self.used_args.add(name)
@@ -193,6 +258,8 @@ class _Interpreter:
             root = self.sources.get_for_reference(ref).resolve(ref, base_dir=self.base_dir)
         except ModelfileError as exc:
             raise exc.located(word.span) from None
+        except OSError as exc:  # the path itself is unusable: too long a name, a loop of links
+            raise ModelfileError.at(word.span, f"FROM {syntax.shown(ref)}: cannot access ({exc.strerror})") from None
         self.from_span = ins.span
         self.context = BuildContext(root)
 
@@ -236,26 +303,28 @@ class _Interpreter:
     def _lint_scalar(self, d: Directive, value: str, span: Span) -> None:
         if d.name == "PARAMSIZE" and not _PARAMSIZE.fullmatch(value):
             self.warnings.append(
-                f"{span}: PARAMSIZE {value!r} does not follow the ModelPack grammar "
+                f"{span}: PARAMSIZE {syntax.shown(value)} does not follow the ModelPack grammar "
                 "<count><Q|T|B|M|K>, e.g. 7B or 494M"
             )
         if d.name == "PRECISION":
             for part in value.split(","):
                 if part in PRECISION_ALIASES:
                     self.warnings.append(
-                        f"{span}: PRECISION {part!r} is not a ModelPack precision; did you mean {PRECISION_ALIASES[part]!r}?"
+                        f"{span}: PRECISION {syntax.shown(part)} is not a ModelPack precision; did you mean {PRECISION_ALIASES[part]!r}?"
                     )
                 elif part not in KNOWN_PRECISIONS:
-                    self.warnings.append(f"{span}: PRECISION {part!r} is not a known ModelPack precision")
+                    self.warnings.append(f"{span}: PRECISION {syntax.shown(part)} is not a known ModelPack precision")
 
     def _do_list(self, ins: syntax.Instruction, d: Directive) -> None:
         key = d.target.split(".")[1]
         values = self.descriptor.setdefault(key, [])
+        seen = self.list_seen.setdefault(key, set())
         for word in ins.args:
             value = self.expand(word)
             if not value:
                 raise ModelfileError.at(word.span, f"{d.name} must not be empty")
-            if value not in values:
+            if value not in seen:
+                seen.add(value)
                 values.append(value)
 
     def _do_label(self, ins: syntax.Instruction, d: Directive) -> None:
@@ -272,7 +341,7 @@ class _Interpreter:
                 names = ", ".join(k for k, _ in CAPABILITY_KEYS.values())
                 raise ModelfileError.at(
                     word.span,
-                    f"unknown capability {raw_key!r}",
+                    f"unknown capability {syntax.shown(raw_key)}",
                     hint=f"did you mean {CAPABILITY_KEYS[close[0]][0]}?" if close else f"known: {names}",
                 )
             key, kind = CAPABILITY_KEYS[norm]
@@ -298,12 +367,15 @@ class _Interpreter:
                 constraints.append(str(parse_constraint(text)))
             except ConstraintError as exc:
                 raise ModelfileError.at(word.span, str(exc)) from None
-        for stage in self.stages:
-            if stage.name == name:
-                raise ModelfileError.at(
-                    ins.span, f"two stages named {name} (the other is at line {stage.origin.line})",
-                    hint="name one with AS: TARGET cuda compute>=9.0 AS cuda-hopper")
-        self.stages.append(StageSpec(name, target, variant or None, tuple(constraints), (), ins.span))
+        other = self.stage_names.get(name)
+        if other is not None:
+            raise ModelfileError.at(
+                ins.span, f"two stages named {syntax.clip(name)} (the other is at line {other.origin.line})",
+                hint="name one with AS: TARGET cuda compute>=9.0 AS cuda-hopper")
+        stage = StageSpec(name, target, variant or None, tuple(constraints), (), ins.span)
+        self.stage_names[name] = stage
+        self.stages.append(stage)
+        self.stage_transforms.append([])
 
     def _do_transform(self, ins: syntax.Instruction, d: Directive) -> None:
         first, *rest = ins.args
@@ -318,6 +390,8 @@ class _Interpreter:
                 parse_size(arg)
             except ValueError as exc:
                 raise ModelfileError.at(first.span, str(exc), hint="or SHARD none to merge shards") from None
+            except OverflowError:  # parse_size turns the digits into a float: 400 nines are infinity
+                raise ModelfileError.at(first.span, f"shard size {syntax.shown(arg)} is too large") from None
             self._add_transform(TransformSpec("shard", arg, (), ins.span))
             return
         options: dict[str, Any] = {}
@@ -325,12 +399,12 @@ class _Interpreter:
             text = self.expand(word)
             key, eq, value = text.removeprefix("--").partition("=")
             if not text.startswith("--") or not eq or not key:
-                raise ModelfileError.at(word.span, f"expected an option --name=value, got {text!r}",
+                raise ModelfileError.at(word.span, f"expected an option --name=value, got {syntax.shown(text)}",
                                         hint="e.g. --keep=lm_head.weight")
             if key == "keep":
                 options.setdefault("keep", []).extend(v for v in value.split(",") if v)
             elif key in options:
-                raise ModelfileError.at(word.span, f"option --{key} is given twice")
+                raise ModelfileError.at(word.span, f"option --{syntax.clip(key)} is given twice")
             else:
                 options[key] = value
         action = "convert" if d.name == "CONVERT" else "quantize"
@@ -338,13 +412,7 @@ class _Interpreter:
 
     def _add_transform(self, t: TransformSpec) -> None:
         """Before the first TARGET a transform is shared by every stage; after, it is the stage's."""
-        if not self.stages:
-            self.transforms.append(t)
-            return
-        import dataclasses
-
-        stage = self.stages[-1]
-        self.stages[-1] = dataclasses.replace(stage, transforms=(*stage.transforms, t))
+        (self.stage_transforms[-1] if self.stages else self.transforms).append(t)
 
 
 def syntax_has_magic(pattern: str) -> bool:
@@ -356,13 +424,13 @@ def syntax_has_magic(pattern: str) -> bool:
 def _unknown_directive(ins: syntax.Instruction) -> ModelfileError:
     close = difflib.get_close_matches(ins.keyword, list(DIRECTIVES), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}?" if close else "see docs/modelfile.md for the directives"
-    return ModelfileError.at(ins.span, f"unknown directive {ins.raw_keyword}", hint=hint)
+    return ModelfileError.at(ins.span, f"unknown directive {syntax.clip(ins.raw_keyword)}", hint=hint)
 
 
 def _key_value(text: str, span: Span, directive: str) -> tuple[str, str]:
     key, eq, value = text.partition("=")
     if not eq or not key:
-        raise ModelfileError.at(span, f"{directive} expects key=value, got {text!r}")
+        raise ModelfileError.at(span, f"{directive} expects key=value, got {syntax.shown(text)}")
     return key, value
 
 
@@ -373,13 +441,13 @@ def _capability_value(key: str, kind: str, value: str, span: Span) -> Any:
             return True
         if low in ("false", "no", "0", "off"):
             return False
-        raise ModelfileError.at(span, f"capability {key} must be true or false, got {value!r}")
+        raise ModelfileError.at(span, f"capability {key} must be true or false, got {syntax.shown(value)}")
     if kind == "modalities":
         items = [v.strip().lower() for v in value.split(",") if v.strip()]
         for item in items:
             if item not in MODALITIES:
                 raise ModelfileError.at(
-                    span, f"unknown modality {item!r} in {key}", hint=f"one of {', '.join(MODALITIES)}"
+                    span, f"unknown modality {syntax.shown(item)} in {key}", hint=f"one of {', '.join(MODALITIES)}"
                 )
         return items
     if kind == "languages":
@@ -387,7 +455,7 @@ def _capability_value(key: str, kind: str, value: str, span: Span) -> Any:
         for item in items:
             if not re.fullmatch(r"[a-z]{2}", item):
                 raise ModelfileError.at(
-                    span, f"bad language code {item!r}", hint="use two-letter ISO 639-1 codes such as en, zh"
+                    span, f"bad language code {syntax.shown(item)}", hint="use two-letter ISO 639-1 codes such as en, zh"
                 )
         return items
     return _rfc3339(value, span, key)
@@ -399,26 +467,43 @@ def _rfc3339(value: str, span: Span, key: str) -> str:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ModelfileError.at(
-            span, f"{key} must be a date (2024-06-01) or an RFC 3339 date-time, got {value!r}"
+            span, f"{key} must be a date (2024-06-01) or an RFC 3339 date-time, got {syntax.shown(value)}"
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        utc = parsed.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00:00+05:00 is before year 1 in UTC
+        raise ModelfileError.at(span, f"{key} {syntax.shown(value)} is out of range in UTC") from None
+    # isoformat, not strftime("%Y"): that writes year 999 as "999", which is not RFC 3339
+    return utc.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _drop_nested(files: dict[str, FileSpec], warnings: list[str]) -> dict[str, FileSpec]:
     """Drop files that a packaged directory already contains, so no byte is packaged twice."""
-    dirs = sorted(p for p, f in files.items() if f.is_dir)
+    dirs = {p for p, f in files.items() if f.is_dir}
     if not dirs:
         return files
     kept = {}
     for path, spec in files.items():
-        parent = next((d for d in dirs if d != path and path.startswith(d + "/")), None)
+        parent = _packaged_ancestor(path, dirs)
         if parent is None:
             kept[path] = spec
         else:
             warnings.append(f"{spec.origin}: {path} is inside directory {parent}, which is packaged whole")
     return kept
+
+
+
+def _packaged_ancestor(path: str, dirs: set[str]) -> str | None:
+    """The outermost packaged directory above *path*: a set lookup per ancestor, not a scan
+    of every directory per file (which made a context of many directories quadratic)."""
+    i = path.find("/")
+    while i >= 0:
+        if path[:i] in dirs:
+            return path[:i]
+        i = path.find("/", i + 1)
+    return None
 
 
 __all__ = ["ModelfileFrontend", "FileKind"]

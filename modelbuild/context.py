@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 
+from modelbuild.artifact_paths import link_problem, path_problem
 from modelbuild.errors import ModelfileError
+from modelbuild.oci.verify import shown
 
 _MAGIC = set("*?[")
 
@@ -121,12 +123,18 @@ class BuildContext:
 
 
 def _check_name(rel: str) -> None:
-    """File names go into JSON and tar headers as UTF-8: refuse undecodable ones early."""
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
-        shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        raise ModelfileError(f"{shown}: file name is not valid UTF-8; rename it") from None
+    """Refuse, at the Modelfile's line, a name that ``pull -o`` would refuse to write.
+
+    File names go into JSON and tar headers as UTF-8, and come back out of them on pull:
+    :mod:`modelbuild.artifact_paths` is the one rule for both directions.
+    """
+    problem = path_problem(rel)
+    if problem is None:
+        return
+    if problem == "is not valid UTF-8":
+        name = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ModelfileError(f"{name}: file name is not valid UTF-8; rename it")
+    raise ModelfileError(f"{shown(rel)}: this file name {problem}; an artifact cannot carry it, rename it")
 
 
 def _what(mode: int) -> str:
@@ -208,7 +216,13 @@ def walk_tree(root: Path, rel: str) -> list[TreeFile]:
                         f"{child_rel}: broken symlink (points to {os.readlink(abspath)!r})"
                     ) from None
                 if stat.S_ISDIR(st.st_mode):
-                    out.append(TreeFile(child_rel, str(abspath), "symlink", 0o777, 0, os.readlink(abspath)))
+                    target = os.readlink(abspath)
+                    if problem := link_problem(child_rel, target):
+                        raise ModelfileError(
+                            f"{shown(child_rel)}: symbolic link {problem}; a pull could not write it "
+                            "(make it relative, inside the directory, or copy what it points to)"
+                        )
+                    out.append(TreeFile(child_rel, str(abspath), "symlink", 0o777, 0, target))
                     continue
             else:
                 st = lst

@@ -102,8 +102,9 @@ def _run_local(args: argparse.Namespace) -> int:
     from modelbuild.commands._common import print_json
     from modelbuild.commands.inspect import _open
     from modelbuild.oci import mediatypes as mt
-    from modelbuild.oci.extract import extract_manifest
+    from modelbuild.oci.materialize import StoreSource, materialize
     from modelbuild.plugins import make_plugin_manager
+    from modelbuild.progress import Emitter, make_renderer
     from modelbuild.targets import detect_host, select_entry
 
     store, descriptor, shown = _open(args.ref, args.home)
@@ -114,7 +115,19 @@ def _run_local(args: argparse.Namespace) -> int:
         choice = select_entry(doc, args.platform or "auto", host, make_plugin_manager().targets)
         descriptor, stage = choice.descriptor, choice.stage
         doc = store.read_json(descriptor["digest"])
-    files = extract_manifest(store, doc, Path(args.output)) if args.output else []
+    files: list[str] = []
+    if args.output:
+        config = doc.get("config")
+        config_doc = store.read_json(config["digest"]) if isinstance(config, dict) and "digest" in config else None
+        emitter = Emitter(make_renderer(args.progress))
+        try:
+            outcome = materialize(StoreSource(store, shown), doc, config_doc, Path(args.output),
+                                  jobs=args.jobs or 4, steps=emitter)
+            for warning in outcome.warnings:
+                emitter.warn(warning)
+        finally:
+            emitter.close()
+        files = outcome.files
     result = {"reference": shown, "digest": descriptor["digest"], "stage": stage, "files": files}
     if args.json:
         print_json(result)

@@ -11,10 +11,10 @@
   verified and renamed under their digest; manifests go in last, the tag after them, so
   the store never has a tag pointing at a blob it lacks. The store's gc lock is held
   shared throughout (``prune`` waits).
-* :func:`pull_to_dir`: a registry reference straight into a directory, no store: raw layers
-  stream into ``DIR/<path>.partial`` and are renamed once verified, tar layers are verified,
-  then unpacked with the ``data`` filter; files land at their ``org.cncf.model.filepath``,
-  never outside DIR, with the mode of their file-metadata annotation.
+* :func:`pull_to_dir`: a registry reference straight into a directory, no store, through the
+  one materialisation (:mod:`modelbuild.oci.materialize`): blobs download into
+  ``DIR/.modelbuild-partial/<hex>`` (resumable, named by digest only), are verified, staged
+  and moved into place only when every file is verified.
 
 Legacy ModelPack artifacts (``application/vnd.cnai.model.*``, ``org.cnai.model.*``) are
 read like current ones. Progress goes to a :class:`modelbuild.progress.Emitter` as one step
@@ -39,7 +39,7 @@ from typing import Any
 from modelbuild.digests import CHUNK, is_digest
 from modelbuild.errors import BuildError, StoreError, UsageError
 from modelbuild.oci import mediatypes as mt
-from modelbuild.oci.extract import file_mode, is_tar, layer_path, safe_target, untar
+from modelbuild.oci.materialize import layer_path
 from modelbuild.oci.registry import (
     DigestMismatchError,
     Registry,
@@ -193,25 +193,35 @@ def _blobs_of(manifests: list[_Manifest], where: str) -> list[_Blob]:
 
 
 def _store_tree(store: Any, descriptor: dict[str, Any]) -> list[_Manifest]:
-    """The manifests under *descriptor* in the local store, children before parents."""
+    """The manifests under *descriptor* in the local store (or a layout), children before
+    parents: each read back verified against its digest and size, every descriptor in it
+    validated, so what is pushed is what the digests name."""
+    from modelbuild.oci.verify import Descriptor, IntegrityError, parse_json_object
+    from modelbuild.store import ManifestParts
+
     out: list[_Manifest] = []
     seen: set[str] = set()
 
-    def walk(desc: dict[str, Any]) -> None:
-        digest = desc["digest"]
-        if digest in seen:
+    def walk(desc: Descriptor, depth: int) -> None:
+        if desc.digest in seen:
             return
-        seen.add(digest)
-        if not store.has_blob(digest):
-            raise StoreError(f"manifest {digest} is missing from the local store",
+        seen.add(desc.digest)
+        if not store.has_blob(desc.digest):
+            raise StoreError(f"manifest {desc.digest} is missing from the local store",
                              hint="`modelbuild prune --verify` checks the store")
-        data = store.read_blob(digest)
-        doc = json.loads(data)
-        for child in doc.get("manifests") or []:
-            walk(child)
-        out.append(_Manifest(digest, _media_type(doc, desc.get("mediaType")), data, doc))
+        where = f"manifest {desc.digest}"
+        data = store.read_blob(desc.digest, desc.size)
+        doc = parse_json_object(data, where)
+        if not isinstance(doc.get("mediaType", ""), str):
+            raise IntegrityError(f"{where}: its mediaType is not a string")
+        parts = ManifestParts.parse(doc, where)
+        if parts.manifests and depth >= 4:
+            raise IntegrityError(f"{where}: indexes nested more than 4 deep")
+        for child in parts.manifests:
+            walk(child, depth + 1)
+        out.append(_Manifest(desc.digest, _media_type(doc, desc.media_type or None), data, doc))
 
-    walk(descriptor)
+    walk(Descriptor.parse(descriptor, "the artifact to push"), 0)
     return out
 
 
@@ -272,6 +282,11 @@ def push_artifact(store: Any, descriptor: dict[str, Any], registry: Registry, re
     by digest, then the top manifest or index under *ref*, all with the store's exact
     bytes. *present* is a set of digests known to be in *repo* already (skipped without a
     request), updated with everything pushed. Returns a summary.
+
+    Every blob gets the store's cheap check (:meth:`Store.check_blob`) before any byte is
+    sent; a damaged one is removed and the push fails naming it. A blob that passes it but
+    that the registry refuses for its digest is re-hashed once: when it is corrupt, it is
+    removed and the push fails at once, naming it, rather than ending as a registry error.
     """
     present = set() if present is None else present
     steps = _Steps.of(progress)
@@ -279,10 +294,8 @@ def push_artifact(store: Any, descriptor: dict[str, Any], registry: Registry, re
     with store.gc_lock(exclusive=False):
         manifests = _store_tree(store, descriptor)
         blobs = _blobs_of(manifests, where)
-        missing = [b.digest for b in blobs if not store.has_blob(b.digest)]
-        if missing:
-            raise StoreError(f"{len(missing)} blobs of {descriptor['digest']} are missing from the local store "
-                             f"(first: {missing[0]})", hint="rebuild it, or pull it again")
+        for b in blobs:
+            _check_before_push(store, b, descriptor["digest"])
         mount = mount_from if mount_from and mount_from != repo else None
 
         def push_one(blob: _Blob) -> int:
@@ -290,8 +303,13 @@ def push_artifact(store: Any, descriptor: dict[str, Any], registry: Registry, re
             if blob.digest in present:
                 step.finish(False)
                 return -1
-            sent = registry.push_blob(repo, blob.digest, blob.size, store.blob_path(blob.digest),
-                                      mount_from=mount, progress=step.advance)
+            try:
+                sent = registry.push_blob(repo, blob.digest, blob.size, store.blob_path(blob.digest),
+                                          mount_from=mount, progress=step.advance)
+            except RegistryError as exc:
+                if isinstance(exc, DigestMismatchError) or "DIGEST_INVALID" in exc.message:
+                    _fail_if_corrupt(store, blob)
+                raise
             step.finish(sent)
             return blob.size if sent else -1
 
@@ -323,6 +341,22 @@ def push_artifact(store: Any, descriptor: dict[str, Any], registry: Registry, re
         "bytes": sum(uploaded),
         "manifests": len(manifests),
     }
+
+
+def _check_before_push(store: Any, blob: _Blob, artifact: str) -> None:
+    """The cheap check of a blob about to be pushed; a missing or damaged one fails the push."""
+    damage: list[str] = []
+    if not store.check_blob(blob.digest, blob.size, on_damage=damage.append):
+        raise StoreError(damage[0] if damage else f"blob {blob.digest} of {artifact} is missing from the local store",
+                         hint="rebuild it, or pull it again")
+
+
+def _fail_if_corrupt(store: Any, blob: _Blob) -> None:
+    """The registry refused *blob*'s bytes for its digest: hash the local copy once, and when
+    it is the one at fault, remove it and say so (pushing it again cannot help)."""
+    if not store.verify_blob(blob.digest):
+        raise StoreError(store.damaged(blob.digest, "its content does not match its digest"),
+                         hint="rebuild it, or pull it again") from None
 
 
 def push_refs(store: Any, pairs: list[tuple[str, str]], *, plain_http: bool = False, insecure: bool = False,
@@ -411,111 +445,87 @@ def pull_artifact(registry: Registry, repo: str, ref: str, store: Any, *, jobs: 
 
 
 # -- pull into a directory ---------------------------------------------------------------
-def _same_file(path: Path, digest: str, size: int) -> bool:
-    """Whether *path* is a regular file holding exactly this blob (a re-pull skips it)."""
-    try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size != size:
-            return False
-    except OSError:
-        return False
-    hasher = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            hasher.update(chunk)
-    return "sha256:" + hasher.hexdigest() == digest
+class RegistrySource:
+    """Blobs of one repository, for :func:`modelbuild.oci.materialize.materialize`: each is
+    downloaded into ``DIR/.modelbuild-partial/<hex>`` (resumed by a later pull, named by its
+    digest only), verified, then renamed to where the materialiser asked."""
+
+    def __init__(self, registry: Registry, repo: str, where: str, dest: Path) -> None:
+        self.registry, self.repo, self.where, self.dest = registry, repo, where, dest
+
+    def fetch(self, desc: Any, dest: Path, progress: Callable[[int], None] | None) -> None:
+        from modelbuild.oci.materialize import partial_dir
+
+        partial = partial_dir(self.dest) / desc.digest[7:]
+        _pull_blob(self.registry, self.repo, desc.digest, desc.size, dest, partial=partial, mode=0o600,
+                   progress=progress)
+
+    def close(self) -> None:
+        """Remove the partial-download directory if nothing is left to resume in it."""
+        from modelbuild.oci.materialize import PARTIAL_DIR
+
+        with contextlib.suppress(OSError):
+            (self.dest / PARTIAL_DIR).rmdir()
+
+    def config(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """The artifact's config (its diffIds verify tar layers), verified and size-bounded."""
+        from modelbuild.oci.verify import MAX_JSON, Descriptor, IntegrityError, parse_json_object
+
+        if not isinstance(manifest.get("config"), dict):
+            return None
+        desc = Descriptor.parse(manifest["config"], f"{self.where}: config")
+        if desc.size > MAX_JSON:
+            raise IntegrityError(f"{self.where}: config {desc.digest} declares {desc.size} bytes, "
+                                 f"more than the {MAX_JSON} allowed")
+        buf = _Buffer()
+        self.registry.pull_blob(self.repo, desc.digest, desc.size, buf)
+        return parse_json_object(bytes(buf.data), f"{self.where}: config {desc.digest}")
+
+
+class _Buffer:
+    """A small blob received into memory (its size was bounded before the download)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, chunk: bytes) -> int:
+        self.data += chunk
+        return len(chunk)
 
 
 def pull_to_dir(registry: Registry, repo: str, ref: str, dest: Path, platform: str | None = "auto", *,
                 jobs: int = DEFAULT_JOBS, progress: Emitter | None = None) -> dict[str, Any]:
     """Write the files of ``registry/repo:ref`` into *dest*, without the local store.
 
-    For an index, *platform* (``auto``, a stage or a target name) picks the variant. Raw
-    layers stream into ``<dest>/<path>.partial`` (resumed by a later pull), verified, given
-    their mode, renamed; a file already holding the right bytes is left alone. Tar layers
-    are downloaded beside them, verified, then unpacked in layer order.
+    For an index, *platform* (``auto``, a stage or a target name) picks the variant. The files
+    are written by :func:`modelbuild.oci.materialize.materialize`: verified in a staging
+    directory, moved into place only when all of them are; a file already holding the right
+    bytes is not downloaded again.
     """
+    from modelbuild.oci.materialize import materialize
+
     steps = _Steps.of(progress)
     where = f"{registry.host}/{repo}{'@' if is_digest(ref) else ':'}{ref}"
     manifests, index_digest, stage = _remote_tree(registry, repo, ref, platform or "auto")
     manifest = manifests[-1]
     if _is_index(manifest.doc) or not isinstance(manifest.doc.get("layers"), list):
         raise RegistryError(f"{where} is not an artifact with layers (media type {manifest.media_type})")
-    layers = manifest.doc["layers"]
-    _blobs_of([manifest], where)  # validates every descriptor
+    source = RegistrySource(registry, repo, where, dest)
     try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create {dest}: {exc.strerror}") from None
-
-    raw: dict[str, list[tuple[Path, dict[str, Any]]]] = {}  # digest → targets (first one downloads)
-    tars: list[tuple[dict[str, Any], Path]] = []
-    files: list[str] = []
-    seen_paths: set[Path] = set()
-    for layer in layers:
-        rel = layer_path(layer)
-        if is_tar(layer.get("mediaType", "")):
-            tars.append((layer, dest / f".modelbuild-layer-{layer['digest'][7:]}"))
-            files.append(rel or layer["digest"])
-            continue
-        if not rel:
-            raise RegistryError(f"{where}: layer {layer['digest']} has no file path annotation")
-        target = safe_target(dest, rel)
-        if target in seen_paths:
-            raise RegistryError(f"{where}: two layers write {rel}")
-        seen_paths.add(target)
-        if target.is_dir() and not target.is_symlink():
-            raise BuildError(f"{target} is a directory; layer {rel} cannot be written there")
-        raw.setdefault(layer["digest"], []).append((target, layer))
-        files.append(rel)
-
-    def fetch(path: Path, layer: dict[str, Any], label: str, mode: int | None) -> int:
-        digest, size = layer["digest"], layer["size"]
-        step = steps.new(f"pull {label} {digest[7:19]} ({human_size(size)})", size)
-        if _same_file(path, digest, size):
-            if mode is not None:
-                os.chmod(path, mode)
-            step.finish(False)
-            return -1
-        partial = Path(f"{path}.partial")
-        if partial.is_symlink():
-            partial.unlink()
-        safe_target(dest, path.relative_to(dest).as_posix() + ".partial")  # the parents may have changed
-        _pull_blob(registry, repo, digest, size, path, partial=partial, mode=mode, progress=step.advance)
-        step.finish(True)
-        return size
-
-    def raw_task(targets: list[tuple[Path, dict[str, Any]]]) -> int:
-        first, layer = targets[0]
-        sent = fetch(first, layer, layer_path(layer) or "layer", file_mode(layer.get("annotations")))
-        for other, olayer in targets[1:]:  # the same bytes at another path: a local copy
-            if not _same_file(other, olayer["digest"], olayer["size"]):
-                tmp = Path(f"{other}.partial")
-                other.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(first, tmp)
-                mode = file_mode(olayer.get("annotations"))
-                os.chmod(tmp, mode if mode is not None else 0o644)
-                os.replace(tmp, other)
-        return sent
-
-    tasks: list[Callable[[], int]] = [lambda t=t: raw_task(t) for t in raw.values()]
-    tasks += [lambda layer=layer, tmp=tmp: fetch(tmp, layer, layer_path(layer) or "layer", 0o600)
-              for layer, tmp in tars]
-    results = transfer_all(tasks, max(1, jobs))
-    for layer, tmp in tars:  # in layer order, once every download is verified
-        step = steps.new(f"unpack {layer_path(layer) or layer['digest'][7:19]}")
-        step.start()
-        untar(tmp, layer["mediaType"], dest)
-        tmp.unlink(missing_ok=True)
-        step.finish(True)
-    fetched = [n for n in results if n >= 0]
+        outcome = materialize(source, manifest.doc, source.config(manifest.doc), dest, jobs=jobs, steps=steps)
+    finally:
+        source.close()
+    if steps.emitter is not None:
+        for warning in outcome.warnings:
+            steps.emitter.warn(warning)
     return {
         "reference": where,
         "digest": manifest.digest,
         "index": index_digest,
         "stage": stage,
-        "files": files,
-        "downloaded": len(fetched),
-        "bytes": sum(fetched),
+        "files": outcome.files,
+        "downloaded": outcome.fetched,
+        "bytes": outcome.bytes,
     }
 
 

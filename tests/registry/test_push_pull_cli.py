@@ -187,7 +187,9 @@ def test_pull_o_restores_modes_and_unpacks_tar_layers_and_skips_what_is_there(re
     proxy.reset()
     again = _ok(cli("pull", via_proxy, "--plain-http", "-o", str(out), "--json")).json()
     tar = next(layer for layer in built["layers"] if layer["mediaType"].endswith(".tar"))
-    assert again["downloaded"] == 1 and proxy.bytes_down("/blobs/") == tar["size"]
+    config_size = _ok(cli("inspect", ref, "--json")).json()["manifest"]["config"]["size"]
+    # the tar layer, and the config whose diffIds its unpacked content is checked against
+    assert again["downloaded"] == 1 and proxy.bytes_down("/blobs/") == tar["size"] + config_size
     assert _tree(out) == files
 
 
@@ -467,7 +469,7 @@ def test_pull_killed_halfway_resumes_with_the_remaining_half(registry, proxy, cl
     fresh, out = tmp_path / "fresh", tmp_path / "out"
     via_proxy = f"{proxy.host}/resume/{into}:1"
     args = ["pull", via_proxy, "--plain-http", "--progress", "quiet"] + (["-o", str(out)] if into == "dir" else [])
-    partial = (fresh / "store" / "partial" / weight["digest"][7:]) if into == "store" else out / "w.safetensors.partial"
+    partial = (fresh / "store" / "partial" / weight["digest"][7:]) if into == "store" else out / ".modelbuild-partial" / weight["digest"][7:]
     env = {**os.environ, "MODELBUILD_HOME": str(fresh), "PYTHONPATH": str(REPO)}
     proxy.reset()
     proxy.throttle = 16 * MiB  # bytes per second: ~3 s for the weights

@@ -1,0 +1,219 @@
+"""The one verified read path: bytes are checked against their descriptor as they are read.
+
+Everything modelbuild reads from a registry, an OCI layout or its own store names its bytes by
+a descriptor (digest and size). Nothing is trusted until it matches both:
+
+* :class:`Verifier` hashes and counts bytes as they pass, refuses the first byte past the
+  declared size (a lying descriptor never makes us read, or write, more than it declared), and
+  checks digest and size at the end;
+* :func:`read_verified` reads a small blob (a manifest, an index, a config) whole, bounded by a
+  size limit, and checks it;
+* :func:`copy_verified` copies a large blob into a file the caller created, with the kernel's
+  ``copy_file_range``, hashing the *copy* while it is hot in the page cache, so the bytes
+  checked are the bytes written: each byte is read once;
+* :class:`Descriptor` is a descriptor parsed from untrusted JSON: a valid digest, a size that is
+  a non-negative integer, string annotations; anything else is an :class:`IntegrityError`
+  naming where it came from.
+
+A mismatch is an :class:`IntegrityError` (exit 1) whose message names the digest.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelbuild.digests import CHUNK, is_digest
+from modelbuild.errors import BuildError
+
+Progress = Callable[[int], None]
+MAX_JSON = 4 << 20  # manifests, indexes, configs: the distribution spec's recommended limit
+_KERNEL_CHUNK = 64 << 20
+_MAX_SIZE = (1 << 53) - 1  # a size JSON can state exactly; more is a lie, whatever it says
+
+
+class IntegrityError(BuildError):
+    """Bytes do not match the descriptor that names them, or a descriptor is malformed."""
+
+
+def shown(text: object, width: int = 120) -> str:
+    """An untrusted name as it may appear in a message: escaped (no newline or terminal escape
+    reaches the user's screen) and cut short when long."""
+    out = ascii(str(text))[1:-1] if not str(text).isprintable() else str(text)
+    return out if len(out) <= width else f"{out[:width]}… ({len(out)} characters)"
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """An OCI content descriptor, validated: what a blob must be before any byte of it is used."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, obj: object, where: str) -> Descriptor:
+        """Validate a descriptor from untrusted JSON; *where* names it in the error."""
+        if not isinstance(obj, dict):
+            raise IntegrityError(f"{where}: a descriptor is not a JSON object ({shown(json.dumps(obj)[:80])})")
+        digest, size, media = obj.get("digest"), obj.get("size"), obj.get("mediaType", "")
+        if not isinstance(digest, str) or not is_digest(digest):
+            raise IntegrityError(f"{where}: descriptor digest {shown(json.dumps(digest)[:80])} is not a sha256 digest")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= _MAX_SIZE:
+            raise IntegrityError(f"{where}: descriptor of {digest} has size {shown(json.dumps(size)[:40])}, "
+                                 "not a byte count")
+        if not isinstance(media, str):
+            raise IntegrityError(f"{where}: descriptor of {digest} has a media type that is not a string")
+        annotations = obj.get("annotations") or {}
+        if not isinstance(annotations, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()):
+            raise IntegrityError(f"{where}: descriptor of {digest} has annotations that are not strings")
+        return cls(media, digest, size, annotations, obj)
+
+
+class Verifier:
+    """Hash and count bytes as they pass; :meth:`check` once they are all through."""
+
+    def __init__(self, digest: str, size: int, what: str) -> None:
+        self.digest, self.size, self.what = digest, size, what
+        self.hasher = hashlib.sha256()
+        self.count = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        """Take the next bytes; more than the declared size is refused before it is hashed."""
+        self.count += len(data)
+        if self.count > self.size:
+            raise IntegrityError(f"{self.what}: {self.digest} holds more than the {self.size} bytes "
+                                 "its descriptor declares")
+        self.hasher.update(data)
+
+    def check(self) -> None:
+        if self.count != self.size:
+            raise IntegrityError(f"{self.what}: {self.digest} holds {self.count} bytes, not the {self.size} "
+                                 "its descriptor declares")
+        got = "sha256:" + self.hasher.hexdigest()
+        if got != self.digest:
+            raise IntegrityError(f"{self.what}: content does not match {self.digest} (its bytes hash to {got})")
+
+
+def read_verified(path: str | Path, digest: str, size: int | None = None, *, limit: int = MAX_JSON,
+                  what: str = "blob") -> bytes:
+    """The bytes of a small blob, checked against *digest* (and *size*, when known).
+
+    At most ``min(size, limit) + 1`` bytes are read, so a huge or endless file costs nothing.
+    """
+    bound = limit if size is None else min(size, limit)
+    if size is not None and size > limit:
+        raise IntegrityError(f"{what}: {digest} declares {size} bytes, more than the {limit} allowed here")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(bound + 1)
+    except FileNotFoundError:
+        raise IntegrityError(f"{what}: {digest} is missing") from None
+    except OSError as exc:
+        raise IntegrityError(f"{what}: cannot read {digest}: {exc.strerror or exc}") from None
+    if size is None and len(data) > limit:
+        raise IntegrityError(f"{what}: {digest} is larger than {limit} bytes")
+    verifier = Verifier(digest, len(data) if size is None else size, what)
+    verifier.update(data)  # refuses a byte past the declared size
+    verifier.check()
+    return data
+
+
+def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from untrusted bytes, or an :class:`IntegrityError` naming *what*."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise IntegrityError(f"{what} is not valid JSON ({shown(exc, 80)})") from None
+    if not isinstance(doc, dict):
+        raise IntegrityError(f"{what} is not a JSON object")
+    return doc
+
+
+def copy_verified(src: str | Path, dst_fd: int, digest: str, size: int, *, what: str = "blob",
+                  progress: Progress | None = None) -> None:
+    """Copy blob *src* into the open (read-write), empty file *dst_fd*, checking it against *digest*/*size*.
+
+    The kernel copies (``copy_file_range``, no byte through Python) and the copy is hashed
+    from the page cache, so what is checked is what was written. Never more than *size* bytes
+    are copied; a source longer or shorter than declared, or with other bytes, raises
+    :class:`IntegrityError` and the caller discards *dst_fd*'s file.
+    """
+    verifier = Verifier(digest, size, what)
+    try:
+        src_fd = os.open(src, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise IntegrityError(f"{what}: {digest} is missing") from None
+    except OSError as exc:
+        raise IntegrityError(f"{what}: cannot read {digest}: {exc.strerror}") from None
+    try:
+        if not _kernel_copy(src_fd, dst_fd, verifier, progress):
+            _stream_copy(src_fd, dst_fd, verifier, progress)
+        if os.pread(src_fd, 1, size):
+            verifier.update(b"\0")  # one byte past the declared size: raises
+    finally:
+        os.close(src_fd)
+    verifier.check()
+
+
+def _kernel_copy(src_fd: int, dst_fd: int, verifier: Verifier, progress: Progress | None) -> bool:
+    if not hasattr(os, "copy_file_range"):
+        return False
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    offset = 0
+    while offset < verifier.size:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, min(_KERNEL_CHUNK, verifier.size - offset), offset, offset)
+        except OSError as exc:
+            if offset == 0 and exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                return False
+            raise _write_error(exc, verifier) from None
+        if n == 0:
+            break
+        end = offset + n
+        while offset < end:
+            got = os.preadv(dst_fd, [view[: min(CHUNK, end - offset)]], offset)
+            if got <= 0:
+                raise BuildError(f"{verifier.what}: short read back while copying {verifier.digest}")
+            verifier.update(view[:got])
+            offset += got
+            if progress is not None:
+                progress(got)
+    os.lseek(dst_fd, offset, os.SEEK_SET)
+    return True
+
+
+def _stream_copy(src_fd: int, dst_fd: int, verifier: Verifier, progress: Progress | None) -> None:
+    while verifier.count < verifier.size:
+        chunk = os.read(src_fd, min(CHUNK, verifier.size - verifier.count))
+        if not chunk:
+            return
+        verifier.update(chunk)
+        try:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(dst_fd, view):]
+        except OSError as exc:
+            raise _write_error(exc, verifier) from None
+        if progress is not None:
+            progress(len(chunk))
+
+
+def _write_error(exc: OSError, verifier: Verifier) -> BuildError:
+    if exc.errno == errno.ENOSPC:
+        return BuildError(f"no space left on device while writing {verifier.what}")
+    return BuildError(f"cannot copy {verifier.what} ({verifier.digest}): {exc.strerror}")
+
+
+__all__ = ["Descriptor", "IntegrityError", "MAX_JSON", "Verifier", "copy_verified", "parse_json_object",
+           "read_verified", "shown"]

@@ -1,7 +1,7 @@
 """One materialisation: an artifact's layers become files in a directory, the same way from
 every source (the local store, an OCI layout, a registry).
 
-1. **Plan.** Every layer descriptor is validated (:class:`~modelbuild.oci.verify.Descriptor`),
+1. **Plan** (:mod:`modelbuild.oci.layerplan`). Every layer descriptor is validated,
    every path checked against :mod:`modelbuild.artifact_paths`, and conflicts refused before a
    byte moves: two layers writing one path, a file where another layer needs a directory
    (``a`` and ``a/b``). Paths that differ only in case are a warning (they collide on macOS
@@ -11,7 +11,7 @@ every source (the local store, an OCI layout, a registry).
    ``O_EXCL``: raw layers at their path under ``tree/``, tar layers as numbered blobs under
    ``blobs/``. Each blob is verified against its digest and size as it is written. Downloads
    from a registry resume from ``DIR/.modelbuild-partial/<hex>``, named by digest only.
-3. **Unpack.** Tar layers are unpacked in layer order into ``tree/``, member by member: each
+3. **Unpack** (:mod:`modelbuild.oci.untar`). Tar layers are unpacked in layer order into ``tree/``, member by member: each
    name and link checked, each member created with ``O_EXCL`` (nothing through a link), the
    decompressed stream counted against a bound derived from the sizes the artifact declares
    and hashed against its config's diffId.
@@ -24,34 +24,27 @@ A file already in the target with the right bytes is left alone (and not downloa
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import stat
-import tarfile
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 from modelbuild import artifact_paths as ap
-from modelbuild.digests import CHUNK, is_digest
+from modelbuild.digests import CHUNK
 from modelbuild.errors import BuildError, UsageError
-from modelbuild.limits import env_int, raise_hint
-from modelbuild.oci import mediatypes as mt
+from modelbuild.limits import env_int
+from modelbuild.oci.layerplan import Layer, PathTree, diff_ids, file_mode, layer_path, plan
+from modelbuild.oci.untar import EXPANSION_VAR, create_exclusive, fsync_enabled, make_parents, unpack, write_error
 from modelbuild.oci.verify import Descriptor, IntegrityError, Verifier, copy_verified, shown
 
 Progress = Callable[[int], None]
-LEGACY_ANNOTATION_FILE_METADATA = "org.cnai.model.file.metadata+json"
 STAGING_PREFIX = ap.RESERVED_PREFIX + "staging-"
 PARTIAL_DIR = ap.RESERVED_PREFIX + "partial"
-EXPANSION_VAR = "MODELBUILD_MAX_EXPANSION_RATIO"
 DEFAULT_RATIO = 32  # weights barely compress; text and JSON 4–10×; past 32× is a bomb or a mistake
-EXPANSION_FLOOR = 64 << 20  # small layers may expand this much whatever their ratio
-MARGIN = 1 << 20  # tar headers and padding beyond a declared file size
 
 
 class BlobSource(Protocol):
@@ -63,160 +56,7 @@ class BlobSource(Protocol):
         """Create *dest* (it does not exist) holding the blob's bytes, verified."""
 
 
-# -- the plan ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Layer:
-    """One layer of the artifact, validated."""
-
-    index: int
-    desc: Descriptor
-    path: str | None  # the annotated file path (required for a raw layer)
-    compression: str | None  # None (raw bytes or plain tar), "gzip" or "zstd"
-    is_tar: bool
-    mode: int | None
-    declared: int | None  # the file size its metadata annotation declares
-    diff_id: str | None
-
-    @property
-    def label(self) -> str:
-        return shown(self.path or self.desc.digest[7:19], 60)
-
-    def expansion_limit(self, ratio: int) -> int:
-        """How many bytes this layer's tar stream may have once decompressed."""
-        if self.compression is None:
-            return self.desc.size
-        if self.declared is not None and self.declared > 0:
-            return self.declared + self.declared // 100 + MARGIN
-        return max(EXPANSION_FLOOR, self.desc.size * ratio)
-
-
-def layer_path(layer: dict[str, Any]) -> str | None:
-    """The file path a layer is written to: ``org.cncf.model.filepath``, the legacy
-    ``org.cnai.model.filepath``, else ``org.opencontainers.image.title``."""
-    ann = layer.get("annotations") or {}
-    value = ann.get(mt.ANNOTATION_FILEPATH) or ann.get(mt.LEGACY_ANNOTATION_FILEPATH) or ann.get(mt.ANNOTATION_TITLE)
-    return value if isinstance(value, str) else None
-
-
-def _metadata(annotations: Any) -> dict[str, Any]:
-    raw = annotations.get(mt.ANNOTATION_FILE_METADATA) or annotations.get(LEGACY_ANNOTATION_FILE_METADATA)
-    if not raw:
-        return {}
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def file_mode(annotations: Any) -> int | None:
-    """The permission bits from the file-metadata annotation (new or legacy key), or None."""
-    mode = _int(_metadata(annotations or {}).get("mode"))
-    return None if mode is None else mode & 0o777
-
-
-def _compression(media_type: str) -> tuple[bool, str | None]:
-    for suffix, codec in (("tar+gzip", "gzip"), ("tar+zstd", "zstd"), ("tar", None)):
-        if media_type.endswith(("." + suffix, "/" + suffix)):
-            return True, codec
-    return False, None
-
-
-def diff_ids(config: dict[str, Any] | None) -> list[Any]:
-    """The config's ``modelfs.diffIds`` (or the legacy ``diff_ids``), else an empty list."""
-    fs = (config or {}).get("modelfs")
-    if not isinstance(fs, dict):
-        return []
-    ids = fs.get("diffIds", fs.get("diff_ids"))
-    return ids if isinstance(ids, list) else []
-
-
-def plan(manifest: dict[str, Any], config: dict[str, Any] | None, where: str) -> tuple[list[Layer], list[str]]:
-    """The layers of *manifest*, validated, and warnings; raises before any byte is written."""
-    raw_layers = manifest.get("layers")
-    if not isinstance(raw_layers, list):
-        raise IntegrityError(f"{where} is not an artifact with layers")
-    ids = diff_ids(config)
-    ids = ids if len(ids) == len(raw_layers) else []
-    layers: list[Layer] = []
-    tree = _Tree(where)
-    for i, obj in enumerate(raw_layers):
-        desc = Descriptor.parse(obj, f"{where}: layer {i + 1}")
-        is_tar, compression = _compression(desc.media_type)
-        path = layer_path(dict(desc.raw))
-        if path is not None and (problem := ap.path_problem(path)):
-            raise IntegrityError(f"{where}: layer {desc.digest} has file path {shown(path)} that {problem}; refusing it")
-        if path is None and not is_tar:
-            raise IntegrityError(f"{where}: layer {desc.digest} has no file path annotation")
-        meta = _metadata(desc.annotations)
-        diff_id = ids[i] if ids and isinstance(ids[i], str) and is_digest(ids[i]) else None
-        layer = Layer(i, desc, path, compression, is_tar, file_mode(desc.annotations), _int(meta.get("size")), diff_id)
-        if not is_tar:
-            tree.add(path, "file")  # type: ignore[arg-type]
-        layers.append(layer)
-    return layers, tree.case_warnings()
-
-
-class _Tree:
-    """The paths an artifact writes, refusing a second writer of one path and a file where a
-    directory is needed (or the reverse); directories may be shared by several layers."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-        self.kinds: dict[str, str] = {}
-        self.folded: dict[str, str] = {}
-        self.collisions: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-
-    def add(self, rel: str, kind: str) -> None:
-        with self.lock:
-            parts = rel.split("/")
-            for depth in range(1, len(parts)):
-                parent = "/".join(parts[:depth])
-                have = self.kinds.get(parent)
-                if have is None:
-                    self._record(parent, "dir")
-                elif have != "dir":
-                    raise IntegrityError(f"{self.where}: {shown(rel)} needs {shown(parent)} to be a directory, "
-                                         f"but the artifact also writes a {have} there; refusing it")
-            have = self.kinds.get(rel)
-            if have is not None and not (have == "dir" and kind == "dir"):
-                what = "two layers write" if have == kind == "file" else f"a {kind} and a {have} are both at"
-                raise IntegrityError(f"{self.where}: {what} {shown(rel)}; refusing the artifact")
-            self._record(rel, kind)
-
-    def _record(self, rel: str, kind: str) -> None:
-        self.kinds[rel] = kind
-        folded = rel.casefold()
-        other = self.folded.setdefault(folded, rel)
-        if other != rel:
-            self.collisions.append((other, rel))
-
-    def case_warnings(self) -> list[str]:
-        return [f"{shown(a)} and {shown(b)} differ only in case: they collide on case-insensitive file systems"
-                for a, b in self.collisions]
-
-
 # -- sources ------------------------------------------------------------------------------
-def _fsync_enabled() -> bool:
-    return os.environ.get("MODELBUILD_FSYNC", "1") != "0"
-
-
-def create_exclusive(path: Path, mode: int = 0o600) -> int:
-    """A new file's descriptor: never an existing file, never through a symbolic link."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        return os.open(path, flags, mode)
-    except FileExistsError:
-        raise IntegrityError(f"{shown(path)} already exists in the staging directory; refusing to overwrite it") from None
-    except OSError as exc:
-        raise _os_error(exc, path) from None
-
-
 class StoreSource:
     """Blobs of the local store or of an OCI layout directory, verified while copied."""
 
@@ -228,7 +68,7 @@ class StoreSource:
         try:
             copy_verified(self.store.blob_path(desc.digest), fd, desc.digest, desc.size,
                           what=f"{self.where}: blob", progress=progress)
-            if _fsync_enabled():
+            if fsync_enabled():
                 os.fsync(fd)
         finally:
             os.close(fd)
@@ -261,7 +101,7 @@ def staging(dest: Path) -> Iterator[Path]:
     try:
         root = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dest))
     except OSError as exc:
-        raise _os_error(exc, dest) from None
+        raise write_error(exc, dest) from None
     try:
         (root / "tree").mkdir()
         (root / "blobs").mkdir()
@@ -279,16 +119,10 @@ def partial_dir(dest: Path) -> Path:
     except FileExistsError:
         pass
     except OSError as exc:
-        raise _os_error(exc, path) from None
+        raise write_error(exc, path) from None
     if not stat.S_ISDIR(os.lstat(path).st_mode):  # mkdir followed no link: lstat tells what is there
         raise BuildError(f"{shown(path)} is not a directory; remove it")
     return path
-
-
-def _os_error(exc: OSError, path: Path) -> BuildError:
-    if exc.errno == 28:  # ENOSPC
-        return BuildError(f"no space left on device while writing {shown(path)}")
-    return BuildError(f"cannot write {shown(path)}: {exc.strerror or exc}")
 
 
 def same_file(path: Path, digest: str, size: int) -> bool:
@@ -308,138 +142,6 @@ def same_file(path: Path, digest: str, size: int) -> bool:
     except (OSError, IntegrityError):
         return False
     return True
-
-
-# -- unpacking tar layers -----------------------------------------------------------------
-class _Expanded:
-    """A decompressed stream that counts and hashes what it yields and stops at *limit*."""
-
-    def __init__(self, raw: BinaryIO, compression: str | None, limit: int, what: str) -> None:
-        if compression == "gzip":
-            import gzip
-
-            self.stream: Any = gzip.GzipFile(fileobj=raw, mode="rb")
-        elif compression == "zstd":
-            import zstandard
-
-            self.stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        else:
-            self.stream = raw
-        self.limit, self.what = limit, what
-        self.count = 0
-        self.hasher = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        n = CHUNK if n is None or n < 0 else n
-        try:
-            data = self.stream.read(min(n, self.limit + 1 - self.count))
-        except (OSError, EOFError, ValueError) as exc:  # gzip.BadGzipFile is an OSError
-            raise IntegrityError(f"{self.what}: cannot decompress ({shown(exc, 100)})") from None
-        except Exception as exc:  # zstandard.ZstdError
-            if type(exc).__name__ == "ZstdError":
-                raise IntegrityError(f"{self.what}: cannot decompress ({shown(exc, 100)})") from None
-            raise
-        self.count += len(data)
-        if self.count > self.limit:
-            raise IntegrityError(f"{self.what} expands to more than {self.limit} bytes, more than its sizes allow",
-                                 hint=raise_hint(EXPANSION_VAR) + " for layers that declare no size")
-        self.hasher.update(data)
-        return data
-
-    def drain(self) -> None:
-        """Read to the end, so the hash covers the whole decompressed stream."""
-        while self.read(CHUNK):
-            pass
-
-
-def _member_kind(member: tarfile.TarInfo) -> str | None:
-    if member.isreg():
-        return "file"
-    if member.isdir():
-        return "dir"
-    if member.issym():
-        return "symlink"
-    return None
-
-
-def unpack(blob: Path, layer: Layer, tree_root: Path, tree: _Tree, where: str, ratio: int) -> list[str]:
-    """Unpack tar *layer* (its verified blob) under *tree_root*; return the paths it wrote."""
-    what = f"{where}: layer {layer.label} ({layer.desc.digest})"
-    written: list[str] = []
-    with open(blob, "rb") as raw:
-        stream = _Expanded(raw, layer.compression, layer.expansion_limit(ratio), what)
-        try:
-            with tarfile.open(fileobj=stream, mode="r|") as tf:  # type: ignore[call-overload]
-                for member in tf:
-                    rel = _extract_member(tf, member, tree_root, tree, what)
-                    if rel:
-                        written.append(rel)
-        except tarfile.TarError as exc:
-            raise IntegrityError(f"{what}: not a valid tar archive ({shown(exc, 100)})") from None
-        stream.drain()
-    got = "sha256:" + stream.hasher.hexdigest()
-    if layer.compression and layer.diff_id and got != layer.diff_id:
-        raise IntegrityError(f"{what}: its uncompressed content has digest {got}, not the diffId {layer.diff_id} "
-                             "its config declares")
-    return written
-
-
-def _extract_member(tf: tarfile.TarFile, member: tarfile.TarInfo, root: Path, tree: _Tree, what: str) -> str | None:
-    rel = ap.normalise(member.name)
-    if not rel or rel == ".":
-        return None
-    if problem := ap.path_problem(rel):
-        raise IntegrityError(f"{what}: member {shown(rel)} {problem}; refusing it")
-    kind = _member_kind(member)
-    if kind is None:
-        raise IntegrityError(f"{what}: member {shown(rel)} is not a regular file, directory or symbolic link")
-    if kind == "symlink" and (problem := ap.link_problem(rel, member.linkname)):
-        raise IntegrityError(f"{what}: symbolic link {shown(rel)} {problem}; refusing it")
-    tree.add(rel, kind)
-    target = root / rel
-    _make_parents(root, rel)
-    try:
-        if kind == "dir":
-            with contextlib.suppress(FileExistsError):
-                target.mkdir(mode=0o700)
-            os.chmod(target, (member.mode & 0o755) | 0o700, follow_symlinks=False)
-        elif kind == "symlink":
-            os.symlink(member.linkname, target)
-        else:
-            _write_member(tf, member, target, what)
-    except OSError as exc:
-        raise _os_error(exc, target) from None
-    return rel
-
-
-def _make_parents(root: Path, rel: str) -> None:
-    """Create the directories above *rel* under *root*; the tree check has made sure none of
-    them is a file or a link."""
-    parent = root
-    for part in rel.split("/")[:-1]:
-        parent = parent / part
-        with contextlib.suppress(FileExistsError):
-            parent.mkdir(mode=0o755)
-
-
-def _write_member(tf: tarfile.TarFile, member: tarfile.TarInfo, target: Path, what: str) -> None:
-    fd = create_exclusive(target)
-    try:
-        source = tf.extractfile(member)
-        left = member.size
-        while left > 0 and source is not None:
-            chunk = source.read(min(CHUNK, left))
-            if not chunk:
-                raise IntegrityError(f"{what}: member {shown(member.name)} is cut short")
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
-            left -= len(chunk)
-        os.fchmod(fd, (member.mode & 0o777) | 0o600)
-        if _fsync_enabled():
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- the whole ------------------------------------------------------------------------------
@@ -495,7 +197,7 @@ def _materialize(source: BlobSource, layers: list[Layer], dest: Path, outcome: O
                     kept.add(layer.index)
                     step.finish(False)
                     return -1
-                _make_parents(tree_root, layer.path)
+                make_parents(tree_root, layer.path)
                 path = tree_root / layer.path
             source.fetch(layer.desc, path, step.advance)
             staged[layer.index] = path
@@ -510,7 +212,7 @@ def _materialize(source: BlobSource, layers: list[Layer], dest: Path, outcome: O
         outcome.fetched = sum(1 for n in results if n >= 0)
         outcome.bytes = sum(n for n in results if n >= 0)
 
-        tree = _Tree(where)
+        tree = PathTree(where)
         moves: list[tuple[str, int | None]] = []  # (path, mode) in the order they are written
         for layer in layers:
             if not layer.is_tar:
@@ -519,7 +221,7 @@ def _materialize(source: BlobSource, layers: list[Layer], dest: Path, outcome: O
                 if layer.index not in staged and layer.index not in kept:  # the same bytes as an earlier layer
                     origin = first_of[layer.desc.digest]
                     src = staged.get(origin, dest / layers[origin].path)  # type: ignore[operator]
-                    _make_parents(tree_root, layer.path)
+                    make_parents(tree_root, layer.path)
                     StoreCopy(src).fetch(layer.desc, tree_root / layer.path, None)
                     staged[layer.index] = tree_root / layer.path
                 if layer.index in staged:
@@ -562,7 +264,7 @@ def _inside(dest: Path, rel: str) -> bool:
         return False
 
 
-def _check_targets(dest: Path, tree: _Tree, moves: list[tuple[str, int | None]]) -> None:
+def _check_targets(dest: Path, tree: PathTree, moves: list[tuple[str, int | None]]) -> None:
     """Before anything moves: no file may replace a directory of the target, no directory a
     file, and no path may lead through a link out of the target."""
     root = dest.resolve()
@@ -585,19 +287,19 @@ def _check_targets(dest: Path, tree: _Tree, moves: list[tuple[str, int | None]])
                              hint="remove it, or pull into another directory")
 
 
-def _move_into_place(tree_root: Path, dest: Path, tree: _Tree, moves: list[tuple[str, int | None]]) -> None:
+def _move_into_place(tree_root: Path, dest: Path, tree: PathTree, moves: list[tuple[str, int | None]]) -> None:
     for rel, mode in moves:
         target = dest / rel
         try:
             if tree.kinds[rel] == "dir":
-                _make_parents(dest, rel + "/x")
+                make_parents(dest, rel + "/x")
                 continue
-            _make_parents(dest, rel)
+            make_parents(dest, rel)
             if mode is not None:
                 os.chmod(tree_root / rel, mode)
             os.replace(tree_root / rel, target)
         except OSError as exc:
-            raise _os_error(exc, target) from None
+            raise write_error(exc, target) from None
     for rel, _ in moves:  # directory modes last, once nothing more is written inside them
         if tree.kinds[rel] == "dir":
             with contextlib.suppress(OSError):

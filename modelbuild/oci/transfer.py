@@ -24,11 +24,8 @@ per blob, like a build's steps; a blob the other side already has is reported ``
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
-import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelbuild.digests import CHUNK, is_digest
-from modelbuild.errors import BuildError, StoreError, UsageError
+from modelbuild.digests import is_digest
+from modelbuild.errors import StoreError, UsageError
 from modelbuild.oci import mediatypes as mt
 from modelbuild.oci.materialize import layer_path
 from modelbuild.oci.registry import (

@@ -2,6 +2,10 @@
 
 ``modelbuild.build.build(...)`` is what the CLI calls, and what scripts and tests may call
 directly; it returns a :class:`BuildResult` rather than printing.
+
+Tags are the build's last act: every step, every ``--output`` layout and every
+``--cache-to`` export succeeds first, then all the tags move in one rewrite of the store's
+``index.json``. A build that fails anywhere leaves every tag as it was.
 """
 
 from __future__ import annotations
@@ -115,6 +119,23 @@ def _with_warning(desc: Any, warning: str) -> Any:
     return dataclasses.replace(desc, warnings=(*desc.warnings, warning))
 
 
+def _variants(store: Any, graph: Any, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Digest, config and layers of each manifest the build wrote, read back verified."""
+    variants = []
+    for sid in graph.steps:
+        if sid.startswith("manifest"):
+            stage = sid.partition(":")[2] or None
+            suffix = f":{stage}" if stage else ""
+            manifest, config = results[sid]["descriptor"], results[f"config{suffix}"]["descriptor"]
+            variants.append({
+                "stage": stage,
+                "digest": manifest["digest"],
+                "config": store.read_json(config["digest"], config["size"]),
+                "layers": store.read_json(manifest["digest"], manifest["size"]).get("layers", []),
+            })
+    return variants
+
+
 def build(
     modelfile: str,
     *,
@@ -148,11 +169,8 @@ def build(
     host, desc, graph = prepare(modelfile, host=host, context=context, build_args=build_args, tags=tags,
                                 outputs=outputs, layer_format=layer_format, platforms=platforms)
     emitter = Emitter(renderer or PlainRenderer(sys.stderr))
-    store = Store(home / "store")
-    try:
-        store.ensure()
-    except OSError as exc:
-        raise UsageError(f"cannot create the store at {store.root}: {exc.strerror}") from None
+    store = Store(home / "store").ensure()
+    store.manifests()  # a damaged index.json fails the build now, not once its work is done
     cache = BuildCache(home / "cache")
     try:
         for warning in desc.warnings:
@@ -170,6 +188,8 @@ def build(
                 if cache_to:
                     CacheExporter(cache_to, env, first_number=number + len(cache_from), importer=importer,
                                   mount_from=results["export"]["tags"]).export(solver.keyed)
+                variants = _variants(store, graph, results)
+                store.set_tags(results["export"]["tag_entries"])  # last: the build has succeeded
         finally:
             if importer is not None:
                 importer.close()
@@ -179,18 +199,6 @@ def build(
     top = results["export"]["descriptor"]
     warnings = list(desc.warnings) + [w for sid, r in results.items() if sid.startswith("config")
                                       for w in r.get("warnings", [])]
-    variants = []
-    for sid in graph.steps:
-        if sid.startswith("manifest"):
-            stage = sid.partition(":")[2] or None
-            suffix = f":{stage}" if stage else ""
-            manifest = store.read_json(results[sid]["descriptor"]["digest"])
-            variants.append({
-                "stage": stage,
-                "digest": results[sid]["descriptor"]["digest"],
-                "config": store.read_json(results[f"config{suffix}"]["descriptor"]["digest"]),
-                "layers": manifest["layers"],
-            })
     single = "index" not in graph.steps
     return BuildResult(
         digest=top["digest"],

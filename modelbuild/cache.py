@@ -11,39 +11,72 @@ digest, not the stat, is what enters step keys: two paths with one content share
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from modelbuild.errors import StoreError
+from modelbuild.oci.verify import shown
+from modelbuild.store import os_failure
+
 
 class BuildCache:
+    """The step index and the file-digest cache of one modelbuild home.
+
+    A cache that cannot be opened or written (a read-only or full disk, a path that is a
+    file) is a :class:`StoreError` naming the directory, raised here: SQLite's own errors
+    never reach the user as a bug report."""
+
     def __init__(self, root: Path) -> None:
         import diskcache
 
-        root.mkdir(parents=True, exist_ok=True)
-        # No eviction: entries are tiny, and an evicted digest costs a re-hash of gigabytes.
-        self._db = diskcache.Cache(str(root), eviction_policy="none", timeout=60)
+        self.root = root
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"{shown(root)}: cannot open the build cache: it is a file, not a directory")
+        with self._guard("open the build cache"):
+            root.mkdir(parents=True, exist_ok=True)
+            # No eviction: entries are tiny, and an evicted digest costs a re-hash of gigabytes.
+            self._db = diskcache.Cache(str(root), eviction_policy="none", timeout=60)
+
+    @contextlib.contextmanager
+    def _guard(self, doing: str) -> Iterator[None]:
+        """SQLite and file-system failures of the cache database as one line naming it."""
+        try:
+            yield
+        except OSError as exc:
+            raise os_failure(exc, doing, self.root) from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"{shown(self.root)}: cannot {doing}: {_read_only(self.root) or shown(exc)}") from None
 
     def close(self) -> None:
-        self._db.close()
+        with contextlib.suppress(OSError, sqlite3.Error):
+            self._db.close()
 
     # -- step results ----------------------------------------------------------------
     def get_step(self, key: str) -> dict[str, Any] | None:
-        return self._db.get(("step", key))
+        with self._guard("read the build cache"):
+            value = self._db.get(("step", key))
+        return value if isinstance(value, dict) else None
 
     def set_step(self, key: str, result: dict[str, Any]) -> None:
-        self._db.set(("step", key), result)
+        with self._guard("record a step in the build cache"):
+            self._db.set(("step", key), result)
 
     def drop_step(self, key: str) -> None:
-        self._db.delete(("step", key))
+        with self._guard("update the build cache"):
+            self._db.delete(("step", key))
 
     def step_items(self) -> list[tuple[str, dict[str, Any]]]:
         out = []
-        for k in self._db.iterkeys():
-            if isinstance(k, tuple) and k[0] == "step":
-                value = self._db.get(k)
-                if value is not None:
-                    out.append((k[1], value))
+        with self._guard("read the build cache"):
+            for k in self._db.iterkeys():
+                if isinstance(k, tuple) and k[0] == "step":
+                    value = self._db.get(k)
+                    if value is not None:
+                        out.append((k[1], value))
         return out
 
     # -- file digests ----------------------------------------------------------------
@@ -52,14 +85,27 @@ class BuildCache:
         return ("file", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def get_file_digest(self, st: os.stat_result) -> str | None:
-        return self._db.get(self.stat_key(st))
+        with self._guard("read the build cache"):
+            value = self._db.get(self.stat_key(st))
+        return value if isinstance(value, str) else None
 
     def set_file_digest(self, st: os.stat_result, digest: str) -> None:
-        with self._db.transact():
+        with self._guard("record a file digest in the build cache"), self._db.transact():
             self._db.set(self.stat_key(st), digest)
             self._db.set(("inode", st.st_dev, st.st_ino, st.st_size), digest)
 
     def seen_inode(self, st: os.stat_result) -> bool:
         """Whether this inode, at this size, was hashed before (with another mtime): the
         likely case is a ``touch`` or a checkout that kept the content."""
-        return ("inode", st.st_dev, st.st_ino, st.st_size) in self._db
+        with self._guard("read the build cache"):
+            return ("inode", st.st_dev, st.st_ino, st.st_size) in self._db
+
+
+def _read_only(root: Path) -> str | None:
+    """SQLite says "unable to open database file" where the disk is read-only: say that."""
+    for part in (root, *root.parents):
+        try:
+            return "read-only file system" if os.statvfs(part).f_flag & os.ST_RDONLY else None
+        except OSError:
+            continue
+    return None

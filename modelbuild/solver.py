@@ -3,7 +3,9 @@
 For each step, in a thread pool bounded by ``-j``:
 
 1. its op computes the cache key from the step definition and its inputs' results;
-2. a hit whose blobs are still in the store is CACHED, without running anything;
+2. a hit whose blobs are still in the store, and pass the store's cheap check (exact size,
+   read-only: :meth:`modelbuild.store.Store.check_blob`), is CACHED without running
+   anything; a damaged blob is removed, named in a warning, and the step runs again;
 3. otherwise the step runs under a lock on its key — a thread lock within this process and
    an ``flock`` across processes — and the cache is checked once more inside the lock, so
    identical work started by two builds at once is done once;

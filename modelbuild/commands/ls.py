@@ -1,8 +1,17 @@
-"""``modelbuild ls``: the tagged artifacts in the local store."""
+"""``modelbuild ls``: the tagged artifacts in the local store.
+
+Tags, names and digests come from files anyone could have written: the table shows them
+escaped (:func:`modelbuild.oci.verify.shown`), so a tag with a newline or a terminal escape
+cannot forge a row or rewrite the screen. A damaged ``index.json`` is one error line naming
+it; an entry whose manifest or config is damaged is still listed, named ``(damaged)``, with
+a warning naming the blob.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -10,30 +19,41 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print references only")
 
 
+def _entry(store: Any, ref: str, desc: dict[str, Any]) -> dict[str, Any]:
+    """One row: the total size of the artifact and the name its config gives it."""
+    from modelbuild.errors import ModelbuildError
+    from modelbuild.store import ManifestParts
+
+    size, name = desc["size"], ""
+    try:
+        parts = ManifestParts.parse(store.read_json(desc["digest"], desc["size"]), f"manifest {desc['digest']}")
+        size += sum(b.size for b in parts.blobs())
+        config = store.read_json(parts.config.digest, parts.config.size) if parts.config else {}
+        described = config.get("descriptor")
+        name = described.get("name", "") if isinstance(described, dict) else ""
+    except ModelbuildError as exc:  # still listed; `prune --verify` explains
+        from modelbuild.oci.verify import shown
+
+        print(f"modelbuild: warning: {shown(ref)}: {exc.render()}", file=sys.stderr)
+        name = "(damaged)"
+    return {"reference": ref, "digest": desc["digest"], "size": size,
+            "name": name if isinstance(name, str) else str(name)}
+
+
 def run(args: argparse.Namespace) -> int:
     from modelbuild.commands._common import human_size, print_json, table
     from modelbuild.home import home_dir
+    from modelbuild.oci.verify import shown
     from modelbuild.store import Store
 
     store = Store(home_dir(args.home) / "store")
-    entries = []
-    for ref, desc in sorted(store.tags().items()):
-        size = desc["size"]
-        name = ""
-        try:
-            manifest = store.read_json(desc["digest"])
-            size += manifest.get("config", {}).get("size", 0) + sum(layer["size"] for layer in manifest.get("layers", []))
-            config = store.read_json(manifest["config"]["digest"]) if "config" in manifest else {}
-            name = config.get("descriptor", {}).get("name", "")
-        except Exception:  # a damaged entry is still listed; `prune --verify` explains
-            name = "(damaged)"
-        entries.append({"reference": ref, "digest": desc["digest"], "size": size, "name": name})
+    entries = [_entry(store, ref, desc) for ref, desc in sorted(store.tags().items())]
     if args.json:
         print_json(entries)
     elif args.quiet:
         for e in entries:
-            print(e["reference"])
+            print(shown(e["reference"], 10_000))
     else:
-        print(table([[e["reference"], e["digest"][7:19], human_size(e["size"]), e["name"]] for e in entries],
-                    ["REFERENCE", "DIGEST", "SIZE", "NAME"]))
+        print(table([[shown(e["reference"]), e["digest"][7:19], human_size(e["size"]), shown(e["name"])]
+                     for e in entries], ["REFERENCE", "DIGEST", "SIZE", "NAME"]))
     return 0

@@ -20,9 +20,14 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def prune(store: Any, home: Path, *, verify: bool = False, dry_run: bool = False) -> dict[str, Any]:
+    """Delete what no tag reaches (and, with *verify*, every blob whose bytes do not match
+    its digest). A store that cannot be written (read-only, permission) is a
+    :class:`StoreError` naming the file, never a half-done prune reported as a bug."""
+    from modelbuild.store import store_io
+
     report: dict[str, Any] = {"blobs": 0, "deleted": 0, "freed": 0, "verified": 0, "corrupt": [], "missing": [],
                               "temp_files": 0}
-    with store.gc_lock(exclusive=True):
+    with store.gc_lock(exclusive=True), store_io("prune the store", store.root):
         blobs = store.all_blobs()
         report["blobs"] = len(blobs)
         if verify:
@@ -33,7 +38,7 @@ def prune(store: Any, home: Path, *, verify: bool = False, dry_run: bool = False
                     report["corrupt"].append(digest)
                     if not dry_run:
                         store.blob_path(digest).unlink(missing_ok=True)
-        keep = store.reachable()
+        keep = store.reachable(heal=not dry_run)
         report["missing"] = sorted(d for d in keep if not store.has_blob(d))
         for digest in blobs:
             if digest in keep or digest in report["corrupt"]:

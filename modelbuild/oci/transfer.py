@@ -301,7 +301,7 @@ def push_artifact(store: Any, descriptor: dict[str, Any], registry: Registry, re
                 step.finish(False)
                 return -1
             try:
-                sent = registry.push_blob(repo, blob.digest, blob.size, store.blob_path(blob.digest),
+                sent = registry.push_blob(repo, blob.digest, blob.size, _VerifyOnRetry(store, blob),
                                           mount_from=mount, progress=step.advance)
             except RegistryError as exc:
                 if isinstance(exc, DigestMismatchError) or "DIGEST_INVALID" in exc.message:
@@ -346,6 +346,57 @@ def _check_before_push(store: Any, blob: _Blob, artifact: str) -> None:
     if not store.check_blob(blob.digest, blob.size, on_damage=damage.append):
         raise StoreError(damage[0] if damage else f"blob {blob.digest} of {artifact} is missing from the local store",
                          hint="rebuild it, or pull it again")
+
+
+class _VerifyOnRetry:
+    """The source of a blob upload: opens the store's file for each request body. When the
+    client asks for the blob from its first byte a second time, the first upload was lost
+    or refused (the registry answers DIGEST_INVALID to bytes that are not their digest), so
+    the local copy is hashed then, once: a corrupt blob fails the push after one upload,
+    not after every retry the client would make."""
+
+    def __init__(self, store: Any, blob: _Blob) -> None:
+        self.store, self.blob = store, blob
+        self.starts = 0
+        self.verified = False
+        self.lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        try:
+            return _Watched(open(self.store.blob_path(self.blob.digest), "rb"), self)  # noqa: SIM115
+        except OSError as exc:
+            raise StoreError(f"cannot read blob {self.blob.digest} to push it: {exc.strerror}",
+                             hint="rebuild it, or pull it again") from None
+
+    def starting(self) -> None:
+        with self.lock:
+            self.starts += 1
+            if self.starts < 2 or self.verified:
+                return
+            self.verified = True
+        _fail_if_corrupt(self.store, self.blob)
+
+
+class _Watched:
+    """A blob file that tells its :class:`_VerifyOnRetry` when it is read from the start."""
+
+    def __init__(self, fh: Any, owner: _VerifyOnRetry) -> None:
+        self.fh, self.owner = fh, owner
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if offset == 0 and whence == 0:
+            try:
+                self.owner.starting()
+            except BaseException:
+                self.fh.close()
+                raise
+        return self.fh.seek(offset, whence)
+
+    def read(self, n: int = -1) -> bytes:
+        return self.fh.read(n)
+
+    def close(self) -> None:
+        self.fh.close()
 
 
 def _fail_if_corrupt(store: Any, blob: _Blob) -> None:

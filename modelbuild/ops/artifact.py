@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from modelbuild.digests import canonical_json, key_of
-from modelbuild.errors import ModelbuildError
+from modelbuild.errors import BuildError, ModelbuildError
 from modelbuild.graph import Step
 from modelbuild.oci import mediatypes as mt
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
+from modelbuild.store import ManifestParts
 
 # Config fields a build derives from the weights; a value the Modelfile sets wins.
 DERIVED_FIELDS = ("architecture", "format", "paramSize", "precision", "quantization")
@@ -29,7 +30,7 @@ class _DescriptorOp(Op):
     exported = True
 
     def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
-        return env.store.has_blob(result["descriptor"]["digest"])
+        return env.blob_ok(result["descriptor"]["digest"], result["descriptor"]["size"])
 
     def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
         return [{k: result["descriptor"][k] for k in ("digest", "size", "mediaType")}]
@@ -157,7 +158,11 @@ class IndexOp(_DescriptorOp):
         for entry, manifest in zip(step.params["entries"], inputs, strict=True):
             desc = dict(manifest["descriptor"])
             annotations = dict(entry["annotations"])
-            config = store.read_json(store.read_json(desc["digest"])["config"]["digest"])["config"]
+            parts = ManifestParts.parse(store.read_json(desc["digest"], desc["size"]), f"manifest {desc['digest']}")
+            if parts.config is None:
+                raise BuildError(f"manifest {desc['digest']} has no config")
+            config = store.read_json(parts.config.digest, parts.config.size).get("config")
+            config = config if isinstance(config, dict) else {}
             for key, field in ((ANN_FORMAT, "format"), (ANN_QUANTIZATION, "quantization")):
                 if config.get(field):
                     annotations[key] = config[field]
@@ -179,31 +184,44 @@ class IndexOp(_DescriptorOp):
 
 
 class ExportOp(Op):
-    """Tag the result in the local store (the index, and each stage's manifest as
-    ``TAG-STAGE`` for tools that cannot read an index) and write any ``--output`` layouts."""
+    """Write any ``--output`` layouts, and say which tags the build sets: the result (the
+    index, and each stage's manifest as ``TAG-STAGE`` for tools that cannot read an index).
+
+    The tags are not written here: :func:`modelbuild.build.build` writes them all at once
+    (:meth:`Store.set_tags`) after every step, ``--output`` and ``--cache-to`` succeeded, so
+    a failed build leaves every tag as it was. ``result["tag_entries"]`` lists them."""
 
     name = "export"
 
     def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
         from modelbuild.oci.layout import export_layout
-        from modelbuild.oci.reference import parse_reference
+        from modelbuild.store import tag_entry
 
         top, *manifests = inputs
         desc = top["descriptor"]
-        stages = step.params.get("stages", [])
-        changed = False
-        tagged = []
-        for ref in step.params["tags"]:
-            changed |= ctx.env.store.tag(ref, desc)
-            tagged.append(ref)
-            parsed = parse_reference(ref)
-            for stage, manifest in zip(stages, manifests, strict=True):
-                stage_ref = f"{parsed.repository}:{parsed.tag}-{stage}"
-                changed |= ctx.env.store.tag(stage_ref, manifest["descriptor"])
-                tagged.append(stage_ref)
+        entries = tag_entries(step.params["tags"], step.params.get("stages", []), desc,
+                              [m["descriptor"] for m in manifests])
+        current = ctx.env.store.tags()
+        changed = any(current.get(ref) != tag_entry(ref, d) for ref, d in entries)
         for output in step.params["outputs"]:
             if output["type"] != "oci":
                 raise ModelbuildError(f"unsupported output type {output['type']!r}")
             ref = step.params["tags"][0] if step.params["tags"] else None
             changed |= export_layout(ctx.env.store, desc, Path(output["dest"]), ref)
-        return Outcome({"descriptor": desc, "tags": tagged}, cached=not changed)
+        return Outcome({"descriptor": desc, "tags": [ref for ref, _ in entries], "tag_entries": entries},
+                       cached=not changed)
+
+
+def tag_entries(tags: list[str], stages: list[str], top: dict[str, Any],
+                manifests: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(reference, descriptor) for each tag a build sets: every tag names *top*, and with
+    stages, ``TAG-STAGE`` names each stage's manifest."""
+    from modelbuild.oci.reference import parse_reference
+
+    out = []
+    for ref in tags:
+        out.append((ref, top))
+        parsed = parse_reference(ref)
+        for stage, manifest in zip(stages, manifests, strict=True):
+            out.append((f"{parsed.repository}:{parsed.tag}-{stage}", manifest))
+    return out

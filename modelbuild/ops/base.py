@@ -2,8 +2,10 @@
 
 An op computes its step's cache key from the step's definition and its inputs' content
 digests (``key``), does the work (``run``), says whether a cached result is still usable
-(``valid``: its blobs are still in the store), and re-attaches what a cached result cannot
-carry (``finalize``: local paths). Ops never print: progress goes out as events.
+(``valid``: its blobs are still in the store and pass :meth:`ExecEnv.blob_ok`, the cheap
+check, so a damaged blob makes the step run again rather than show CACHED), and
+re-attaches what a cached result cannot carry (``finalize``: local paths). Ops never
+print: progress goes out as events.
 """
 
 from __future__ import annotations
@@ -83,6 +85,12 @@ class ExecEnv:
         from modelbuild.locks import KeyLocks
 
         self.locks = KeyLocks(self.store.root / "locks")
+
+    def blob_ok(self, digest: str, size: int) -> bool:
+        """Whether a blob a result names may be reused as it is (:meth:`Store.check_blob`):
+        one found damaged is removed, and a warning names it, so the step runs again."""
+        return self.store.check_blob(digest, size,
+                                     on_damage=lambda line: self.emitter.warn(f"{line}: the step runs again"))
 
 
 class StepContext:

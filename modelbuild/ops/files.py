@@ -72,9 +72,9 @@ class DigestOp(Op):
 
     @staticmethod
     def _known(st: os.stat_result, ingest: bool, env: ExecEnv) -> str | None:
-        """The digest the stat cache has for this file, if its blob is where it must be."""
+        """The digest the stat cache has for this file, if its blob is where it must be, sound."""
         digest = None if env.no_cache else env.cache.get_file_digest(st)
-        if digest is not None and (not ingest or env.store.has_blob(digest)):
+        if digest is not None and (not ingest or env.blob_ok(digest, st.st_size)):
             return digest
         return None
 
@@ -100,7 +100,7 @@ class DigestOp(Op):
             hasher = hashlib.sha256()
             size = copy_stream(path, hasher.update, ctx.advance)
             digest = "sha256:" + hasher.hexdigest()
-            if ingest and not env.store.has_blob(digest):
+            if ingest and not env.blob_ok(digest, size):
                 ctx.current = 0
                 digest2, size, created = env.store.ingest_file(path, ctx.advance)
                 if digest2 != digest:

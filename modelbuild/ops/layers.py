@@ -46,7 +46,7 @@ def pack_layer(path: str, kind: str, src: dict[str, Any], codec_name: str, epoch
     codec = env.host.codecs.get(codec_name)
     if src["is_dir"] and not codec.archive:
         raise BuildError(f"{path}: layer format {codec.name} cannot hold a directory")
-    if not codec.archive and env.store.has_blob(src["digest"]):
+    if not codec.archive and env.blob_ok(src["digest"], src["size"]):
         digest, size, diff_id, reused = src["digest"], src["size"], src["digest"], True
     else:
         ctx.set_total(src["size"])
@@ -93,7 +93,7 @@ def _members(path: str, src: dict[str, Any]) -> list[Member]:
 
 
 def layers_valid(result: dict[str, Any], env: ExecEnv) -> bool:
-    return all(env.store.has_blob(layer["descriptor"]["digest"]) for layer in result["layers"])
+    return all(env.blob_ok(layer["descriptor"]["digest"], layer["descriptor"]["size"]) for layer in result["layers"])
 
 
 def layer_blobs(result: dict[str, Any]) -> list[dict[str, Any]]:

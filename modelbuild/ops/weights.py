@@ -76,7 +76,7 @@ class TransformOp(Op):
         return key_of(definition)
 
     def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
-        return all(env.store.has_blob(f["digest"]) for f in result["files"] if f["origin"] == "blob")
+        return all(env.blob_ok(f["digest"], f["size"]) for f in result["files"] if f["origin"] == "blob")
 
     def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"digest": f["digest"], "size": f["size"]} for f in result["files"] if f["origin"] == "blob"]

@@ -264,7 +264,7 @@ class Store:
         if not stat.S_ISREG(st.st_mode):
             problem = "not a regular file"
         elif st.st_size != size:
-            if self.owned and self._sound(digest):
+            if self.owned and self.is_sound(digest):
                 if on_damage is not None:
                     on_damage(f"blob {digest} has {st.st_size} bytes, not the {size} its descriptor says")
                 return False
@@ -278,7 +278,8 @@ class Store:
             on_damage(line)
         return False
 
-    def _sound(self, digest: str) -> bool:
+    def is_sound(self, digest: str) -> bool:
+        """Whether the blob hashes to its digest (a full read; for the failure paths only)."""
         try:
             return self.verify_blob(digest)
         except BuildError:
@@ -317,7 +318,7 @@ class Store:
         if not stat.S_ISREG(st.st_mode):
             raise StoreError(self.damaged(digest, "not a regular file", remove=heal), hint=self._remedy())
         if size is not None and st.st_size != size:
-            if not self.owned or self._sound(digest):  # the descriptor lies, not the blob
+            if not self.owned or self.is_sound(digest):  # the descriptor lies, not the blob
                 raise IntegrityError(f"blob {digest} in {shown(self.root)} has {st.st_size} bytes, not the {size} "
                                      "its descriptor says")
             raise StoreError(self.damaged(digest, f"{st.st_size} bytes, not {size}", remove=heal),

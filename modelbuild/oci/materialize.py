@@ -70,8 +70,20 @@ class StoreSource:
                           what=f"{self.where}: blob", progress=progress)
             if fsync_enabled():
                 os.fsync(fd)
+        except IntegrityError as exc:
+            raise self._damaged(desc, exc) from None
         finally:
             os.close(fd)
+
+    def _damaged(self, desc: Descriptor, exc: IntegrityError) -> IntegrityError:
+        """A blob that failed its check: when the store's own copy is at fault (not a lying
+        descriptor), it is removed, so the next build or pull puts a sound one back."""
+        if not getattr(self.store, "owned", False) or not self.store.blob_path(desc.digest).exists():
+            return exc
+        if self.store.is_sound(desc.digest):
+            return exc
+        line = self.store.damaged(desc.digest, "its bytes do not match its digest")
+        return IntegrityError(f"{self.where}: {line}", hint="build or pull it again")
 
 
 # -- staging ------------------------------------------------------------------------------

@@ -111,6 +111,10 @@ class _Steps:
         if self.emitter is not None:
             self.emitter.emit(event)
 
+    def warn(self, message: str) -> None:
+        if self.emitter is not None:
+            self.emitter.warn(message)
+
 
 class _Step:
     """A step shows up when its first byte moves; one with nothing to move is CACHED."""
@@ -463,7 +467,7 @@ def pull_artifact(registry: Registry, repo: str, ref: str, store: Any, *, jobs: 
 
         def pull_one(blob: _Blob) -> int:
             step = steps.new(f"pull {blob.label} {blob.digest[7:19]} ({human_size(blob.size)})", blob.size)
-            if store.has_blob(blob.digest):
+            if store.check_blob(blob.digest, blob.size, on_damage=steps.warn):  # a damaged copy is fetched again
                 step.finish(False)
                 return -1
             store.partial_dir.mkdir(parents=True, exist_ok=True)
@@ -563,9 +567,8 @@ def pull_to_dir(registry: Registry, repo: str, ref: str, dest: Path, platform: s
         outcome = materialize(source, manifest.doc, source.config(manifest.doc), dest, jobs=jobs, steps=steps)
     finally:
         source.close()
-    if steps.emitter is not None:
-        for warning in outcome.warnings:
-            steps.emitter.warn(warning)
+    for warning in outcome.warnings:
+        steps.warn(warning)
     return {
         "reference": where,
         "digest": manifest.digest,

@@ -488,3 +488,66 @@ def test_build_refuses_a_file_name_with_a_newline(mb, tmp_path):
     rc, _, err = mb("build", "-f", str(ctx / "Modelfile"), "--progress", "quiet")
     assert rc == 2 and "bad\\nname.txt" in err and "control character" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_an_integer_layer_path_is_a_clean_error(mb, tmp_path):
+    art = Artifact().raw("a.bin", b"a")
+    art.layers[0]["annotations"][mt.ANNOTATION_FILEPATH] = 12345
+    out = tmp_path / "out"
+    rc, _, err = mb(*pull_args("layout", art.to_layout(tmp_path / "layout"), out))
+    assert rc == 1 and "annotations that are not strings" in one_line(err)
+    assert not out.exists()
+
+
+# -- a full disk ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 1 MiB tmpfs: writes past it fail with ENOSPC. Needs root and mount; CI has both, so
+    the test never skips there."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs in CI: {done.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("source", ["layout", "registry"])
+def test_a_full_disk_is_a_one_line_error_and_leaves_nothing(mb, request, tiny_tmpfs, tmp_path, source):
+    art = Artifact().raw("small.txt", b"fits").raw("big.bin", os.urandom(3 * MiB))
+    if source == "layout":
+        ref = art.to_layout(tmp_path / "layout")
+    else:
+        ref = art.to_registry(request.getfixturevalue("registry").host, "hostile/enospc")
+    out = tiny_tmpfs / "out"
+    rc, _, err = mb(*pull_args(source, ref, out))
+    assert rc == 1 and "no space left on device" in one_line(err)
+    # a partial download may stay to be resumed once there is room, but never under a file's name
+    assert not [p for p in out.rglob("*") if not p.relative_to(out).as_posix().startswith(".modelbuild-partial")] \
+        if out.exists() else True
+
+
+def test_a_store_blob_found_corrupt_by_pull_is_removed_and_comes_back_with_a_rebuild(mb, home, tmp_path):
+    data = os.urandom(MiB)
+    ctx = write_model_dir(tmp_path / "ctx", {"model.bin": data})
+    (ctx / "Modelfile").write_text("NAME heal\nMODEL model.bin\n")
+    assert mb("build", "-f", str(ctx / "Modelfile"), "-t", "heal:1", "--progress", "quiet")[0] == 0
+    blob = home / "store" / "blobs" / "sha256" / sha(data)[7:]
+    blob.chmod(0o644)
+    with open(blob, "r+b") as fh:
+        fh.write(b"\0" * 16)
+    blob.chmod(0o444)
+    rc, _, err = mb("pull", "heal:1", "-o", str(tmp_path / "bad"), "--progress", "quiet")
+    assert rc == 1 and "removed it" in one_line(err) and sha(data) in err
+    assert not blob.exists()
+    rc, _, err = mb("build", "-f", str(ctx / "Modelfile"), "-t", "heal:1", "--progress", "quiet")
+    assert rc == 0, err
+    rc, _, err = mb("pull", "heal:1", "-o", str(tmp_path / "good"), "--progress", "quiet")
+    assert rc == 0 and (tmp_path / "good" / "model.bin").read_bytes() == data

@@ -13,7 +13,10 @@ We do not reuse oras-py's lookup (``oras.auth``): it ignores ``$DOCKER_CONFIG``,
 versions are missed), and logs a helper's stderr, which we prefer not to show.
 
 Bearer tokens are fetched per the ``WWW-Authenticate`` challenge (realm, service, scope) and
-cached per set of scopes until they expire. A secret never reaches a log or an exception:
+cached per set of scopes until they expire. The token service is no more trusted than the
+registry: its answer is read within a size limit, a realm that is not an HTTP URL, an answer
+that is not a JSON object or a token that is not a string fit for a header is an
+:class:`AuthError` (one line), never a crash. A secret never reaches a log or an exception:
 :meth:`Auth.mask` replaces every secret this object knows with ``***`` and every message the
 registry client raises passes through it.
 """
@@ -22,12 +25,13 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,8 @@ from modelbuild.errors import EXIT_BUILD_FAILED, ModelbuildError
 
 DOCKER_HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io")
 HELPER_TIMEOUT = 30
+TOKEN_MAX = 1 << 20  # bytes of a token answer read when the caller gives no reader of its own
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what an Authorization header can carry
 
 
 class AuthError(ModelbuildError):
@@ -212,11 +218,15 @@ class Auth:
         return None
 
     def answer(self, session: requests.Session, host: str, www_authenticate: str, scopes: Iterable[str],
-               *, verify: bool | str, timeout: Any) -> str:
+               *, verify: bool | str, timeout: Any,
+               read_body: Callable[[requests.Response], bytes] | None = None) -> str:
         """Answer a 401 challenge: the Authorization header to retry with.
 
         Raises :class:`AuthError` (masked) where we have no credentials for a basic
-        challenge or the token service refuses us.
+        challenge, the token service refuses us or answers something that is not a token;
+        :class:`TokenServiceUnavailable` for what is worth retrying. *read_body* reads the
+        token service's answer within the caller's limits (the registry client's are size,
+        stall and rate); it may raise either error, or a ``requests`` one (retried).
         """
         scheme, params = parse_challenge(www_authenticate)
         creds = self.credentials(host)
@@ -227,7 +237,9 @@ class Auth:
             self.scheme = "basic"
             return creds.basic_header()
         if scheme != "bearer" or "realm" not in params:
-            raise AuthError(f"{host} asks for an unsupported authentication scheme {scheme!r}")
+            raise AuthError(f"{host} asks for an unsupported authentication scheme {_shown(scheme)!r}")
+        if not re.match(r"https?://[^/?#\s]", params["realm"]):
+            raise AuthError(f"{host} names a token service at {_shown(params['realm'])!r}, which is not an HTTP URL")
         asked = tuple(sorted(set(scopes)))
         wanted = set(asked)
         if params.get("scope"):
@@ -238,24 +250,26 @@ class Auth:
             query.append(("service", params["service"]))
         headers = {"Authorization": creds.basic_header()} if creds else {}
         try:
-            resp = session.get(params["realm"], params=query, headers=headers, verify=verify, timeout=timeout)
-        except requests.RequestException as exc:
+            # Streamed and not redirected: requests would read a redirect's body, or this
+            # one, whole, however large; read_body reads it within limits.
+            resp = session.get(params["realm"], params=query, headers=headers, verify=verify, timeout=timeout,
+                               stream=True, allow_redirects=False)
+            try:
+                if resp.status_code == 429 or resp.status_code >= 500:
+                    raise TokenServiceUnavailable(f"the token service of {host} answered {resp.status_code}")
+                if resp.status_code in (401, 403):
+                    who = f"as {creds.username!r}" if creds else "anonymously"
+                    raise AuthError(f"the token service of {host} refused access {who} to {_shown(' '.join(key))}",
+                                    hint="check the credentials in the docker config" if creds else
+                                    f"log in with `docker login {host}` or set DOCKER_CONFIG")
+                if resp.status_code != 200:
+                    raise AuthError(f"the token service of {host} answered {resp.status_code} without a token")
+                raw = read_body(resp) if read_body else _read_token_body(resp, host)
+            finally:
+                resp.close()
+        except (requests.RequestException, ValueError) as exc:
             raise TokenServiceUnavailable(f"cannot reach the token service of {host} ({type(exc).__name__})") from None
-        if resp.status_code == 429 or resp.status_code >= 500:
-            raise TokenServiceUnavailable(f"the token service of {host} answered {resp.status_code}")
-        if resp.status_code in (401, 403):
-            who = f"as {creds.username!r}" if creds else "anonymously"
-            raise AuthError(f"the token service of {host} refused access {who} to {' '.join(key)}",
-                            hint="check the credentials in the docker config" if creds else
-                            f"log in with `docker login {host}` or set DOCKER_CONFIG")
-        try:
-            body = resp.json()
-            value = body.get("token") or body.get("access_token")
-            ttl = float(body.get("expires_in") or 60)
-        except (ValueError, AttributeError, TypeError):
-            value, ttl = None, 0.0
-        if resp.status_code != 200 or not value:
-            raise AuthError(f"the token service of {host} answered {resp.status_code} without a token")
+        value, ttl = _parse_token(raw, host)
         with self._lock:
             self._secrets.add(value)
             # Renew a little early so a token never expires in the middle of a request.
@@ -264,6 +278,49 @@ class Auth:
             self.scheme = "bearer"
             self.challenge = params
         return "Bearer " + value
+
+
+def _read_token_body(resp: requests.Response, host: str) -> bytes:
+    """At most ``TOKEN_MAX`` bytes of a token answer (for callers that give no reader)."""
+    data = resp.raw.read(TOKEN_MAX + 1, decode_content=True)
+    if len(data) > TOKEN_MAX:
+        raise AuthError(f"the token service of {host} answered with more than {TOKEN_MAX} bytes")
+    return data
+
+
+def _parse_token(raw: bytes, host: str) -> tuple[str, float]:
+    """The token and its lifetime in seconds from a token service's JSON answer; anything
+    else is an :class:`AuthError` naming the service. A token must be visible ASCII: it goes
+    into a header, where a newline would be a header of the service's choosing."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise AuthError(f"the token service of {host} answered something that is not JSON") from None
+    if not isinstance(body, dict):
+        raise AuthError(f"the token service of {host} answered JSON that is not an object")
+    value = body.get("token") or body.get("access_token")
+    if not value:
+        raise AuthError(f"the token service of {host} answered 200 without a token")
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise AuthError(f"the token service of {host} answered a token that is not a string of visible ASCII")
+    return value, _lifetime(body.get("expires_in"))
+
+
+def _lifetime(value: Any) -> float:
+    """Seconds from ``expires_in`` (a number, or a string of one); absent or nonsense is the
+    spec's default of 60."""
+    try:
+        seconds = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else 0.0
+    except (ValueError, OverflowError):
+        seconds = 0.0
+    return seconds if math.isfinite(seconds) and seconds > 0 else 60.0
+
+
+def _shown(text: str, width: int = 120) -> str:
+    """Text a server sent, fit for a one-line message: escaped if not printable, cut if long."""
+    if not text.isprintable():
+        text = ascii(text)[1:-1]
+    return text if len(text) <= width else f"{text[:width]}…"
 
 
 # -- login / logout ----------------------------------------------------------------------

@@ -31,6 +31,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from faultproxy import FaultProxy
+from hostile_registry import HostileRegistry
 
 from modelbuild.oci.registry import Registry
 
@@ -326,3 +327,12 @@ def helpers():
         user, password = USER, PASSWORD
 
     return H
+
+
+@pytest.fixture
+def hostile() -> Iterator[HostileRegistry]:
+    """A malicious registry on 127.0.0.1 (``tests/registry/hostile_registry.py``): scripted per
+    test with ``hostile.route(method, path, Answer(...))``, stopped at teardown."""
+    server = HostileRegistry()
+    yield server
+    server.stop()

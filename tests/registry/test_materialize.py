@@ -211,7 +211,7 @@ def temp_name_pairs(path: str, digest: str) -> list[str]:
     hexd = digest[7:]
     return [f"{path}.partial", f".{path}.partial", f".{path}.tmp1", f".modelbuild-partial/{hexd}",
             f".modelbuild-partial/{hexd}.partial", f".modelbuild-staging-abc/tree/{path}",
-            f".modelbuild-layer-{hexd}", f"{hexd}", f"blobs/00000", "tree/" + path]
+            f".modelbuild-layer-{hexd}", f"{hexd}", "blobs/00000", "tree/" + path]
 
 
 @pytest.mark.parametrize("index", range(10))

@@ -36,14 +36,21 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from modelbuild.digests import CHUNK, hex_of, is_digest
 from modelbuild.errors import BuildError, NotFoundError, StoreError
 from modelbuild.oci import mediatypes as mt
-from modelbuild.oci.verify import MAX_JSON, Descriptor, IntegrityError, parse_json_object, read_verified, shown
+from modelbuild.oci.verify import (  # ManifestParts is also imported from here by older callers
+    MAX_JSON,
+    Descriptor,
+    IntegrityError,
+    ManifestParts,
+    parse_json_object,
+    read_verified,
+    shown,
+)
 
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 MAX_INDEX = 64 << 20  # index.json lists every tag: far more than a manifest, still not endless
@@ -134,36 +141,6 @@ class BlobWriter:
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
         if exc_type is not None or self.digest is None:
             self.abort()
-
-
-@dataclass(frozen=True, slots=True)
-class ManifestParts:
-    """What a manifest or an index names, every descriptor validated: the one walker of a
-    document read from the store or a layout (children, config, layers)."""
-
-    manifests: tuple[Descriptor, ...]
-    config: Descriptor | None
-    layers: tuple[Descriptor, ...]
-
-    @classmethod
-    def parse(cls, doc: Mapping[str, Any], where: str) -> "ManifestParts":
-        config = doc.get("config")
-        return cls(_listed(doc, "manifests", where),
-                   None if config is None else Descriptor.parse(config, f"{where} config"),
-                   _listed(doc, "layers", where))
-
-    def blobs(self) -> tuple[Descriptor, ...]:
-        """Config and layers: the blobs that are not manifests."""
-        return ((self.config,) if self.config else ()) + self.layers
-
-
-def _listed(doc: Mapping[str, Any], key: str, where: str) -> tuple[Descriptor, ...]:
-    value = doc.get(key)
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise IntegrityError(f"{where}: {key!r} is not a list")
-    return tuple(Descriptor.parse(item, f"{where} {key}[{i}]") for i, item in enumerate(value))
 
 
 def tag_entry(ref: str, descriptor: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from typing import Any
 import requests
 
 from modelbuild.errors import EXIT_BUILD_FAILED, ModelbuildError
+from modelbuild.oci.verify import shown
 
 DOCKER_HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io")
 HELPER_TIMEOUT = 30
@@ -237,9 +238,9 @@ class Auth:
             self.scheme = "basic"
             return creds.basic_header()
         if scheme != "bearer" or "realm" not in params:
-            raise AuthError(f"{host} asks for an unsupported authentication scheme {_shown(scheme)!r}")
+            raise AuthError(f"{host} asks for an unsupported authentication scheme {shown(scheme)!r}")
         if not re.match(r"https?://[^/?#\s]", params["realm"]):
-            raise AuthError(f"{host} names a token service at {_shown(params['realm'])!r}, which is not an HTTP URL")
+            raise AuthError(f"{host} names a token service at {shown(params['realm'])!r}, which is not an HTTP URL")
         asked = tuple(sorted(set(scopes)))
         wanted = set(asked)
         if params.get("scope"):
@@ -259,7 +260,7 @@ class Auth:
                     raise TokenServiceUnavailable(f"the token service of {host} answered {resp.status_code}")
                 if resp.status_code in (401, 403):
                     who = f"as {creds.username!r}" if creds else "anonymously"
-                    raise AuthError(f"the token service of {host} refused access {who} to {_shown(' '.join(key))}",
+                    raise AuthError(f"the token service of {host} refused access {who} to {shown(' '.join(key))}",
                                     hint="check the credentials in the docker config" if creds else
                                     f"log in with `docker login {host}` or set DOCKER_CONFIG")
                 if resp.status_code != 200:
@@ -314,13 +315,6 @@ def _lifetime(value: Any) -> float:
     except (ValueError, OverflowError):
         seconds = 0.0
     return seconds if math.isfinite(seconds) and seconds > 0 else 60.0
-
-
-def _shown(text: str, width: int = 120) -> str:
-    """Text a server sent, fit for a one-line message: escaped if not printable, cut if long."""
-    if not text.isprintable():
-        text = ascii(text)[1:-1]
-    return text if len(text) <= width else f"{text[:width]}…"
 
 
 # -- login / logout ----------------------------------------------------------------------

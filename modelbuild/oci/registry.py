@@ -20,83 +20,61 @@ verify what it downloads, and has no cross-repository mount. Credentials come fr
   the error is a :class:`RegistryError` naming the registry, repository and operation,
   secrets masked.
 
-A registry is not trusted to be well-behaved (the "hostile registry" review): every wait is
-bounded by :class:`Limits` (each settable by an environment variable, see ``docs/registry.md``).
-A body kept in memory (manifest, error, token answer) is read up to the manifest limit and no
-further, whatever its transfer encoding claims; each transfer attempt is abandoned when nothing
-moves for the stall timeout (a watchdog cuts the socket, so a peer dripping header or chunk
-framing bytes is cut too) or when less than the minimum rate moves over the rate window; a
-blob whose ``Content-Length`` disagrees with its descriptor is refused before any byte is
-read; anything that should be JSON and is not ends in a one-line :class:`RegistryError`.
+A registry is not trusted to be well-behaved (the "hostile registry" review). Requests go
+through :class:`~modelbuild.oci.transport.Transport` (auth, redirects, bodies kept in memory
+read up to the manifest limit and no further, retries on a budget); every wait is bounded by
+:class:`~modelbuild.oci.pacing.Limits` (each settable by an environment variable, see
+``docs/registry.md``) and each transfer attempt is watched by :mod:`modelbuild.oci.pacing`
+(stall timeout, minimum rate, a watchdog for dripped framing). Here, a blob whose
+``Content-Length`` disagrees with its descriptor is refused before any byte is read, and a
+manifest is checked by the one validator, :class:`~modelbuild.oci.verify.ManifestParts`:
+anything that should be JSON and is not ends in a one-line :class:`RegistryError`.
 """
 
 from __future__ import annotations
 
-import email.utils
 import errno
 import fcntl
 import hashlib
-import json
-import math
 import os
-import random
 import re
-import socket
-import threading
-import time
-import warnings
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests
-import urllib3
-from requests.adapters import HTTPAdapter
 
 from modelbuild.digests import CHUNK, is_digest, sha256_bytes
-from modelbuild.errors import EXIT_BUILD_FAILED, BuildError, ModelbuildError, UsageError
+from modelbuild.errors import BuildError, UsageError
 from modelbuild.oci import mediatypes as mt
-from modelbuild.oci.auth import Auth, AuthError, TokenServiceUnavailable
+from modelbuild.oci.auth import Auth
+from modelbuild.oci.pacing import Budget, Limits, Retry, Slow, reader
 from modelbuild.oci.reference import Reference, parse_reference
+from modelbuild.oci.transport import (
+    TRANSIENT,
+    DigestMismatchError,
+    FileSlice,
+    RegistryAuthError,
+    RegistryError,
+    SizeMismatchError,
+    Source,
+    Transport,
+    error_detail,
+    header_int,
+)
+from modelbuild.oci.verify import IntegrityError, ManifestParts, parse_json_object, shown
 
 MiB = 1 << 20
 DEFAULT_CHUNK = 32 * MiB  # per PATCH: amortises a round trip, yet little to resend
 MONOLITHIC_MAX = 16 * MiB  # up to this, one PUT is cheaper than POST + PATCHes
-BODY_MAX = 4 * MiB  # manifests and error bodies: the spec's recommended manifest limit
-MAX_WAIT = 60.0
-MAX_REDIRECTS = 10
 PROGRESS = MiB  # an attempt that moved this much (or a quarter of what was left) made progress
-MAX_SIZE = (1 << 63) - 1  # the largest size a registry (Go's int64) can state
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
 DEFAULT_ACCEPT = (mt.OCI_MANIFEST, mt.OCI_INDEX, "application/vnd.docker.distribution.manifest.v2+json",
                   "application/vnd.docker.distribution.manifest.list.v2+json")
-_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-              requests.exceptions.ContentDecodingError)
-Source = str | Path | Callable[[], BinaryIO]
 Progress = Callable[[int], None]
 T = TypeVar("T")
-
-
-class RegistryError(ModelbuildError):
-    """A registry operation failed after its retries, or cannot succeed (404, denied)."""
-
-    exit_code = EXIT_BUILD_FAILED
-
-
-class RegistryAuthError(RegistryError):
-    """No credentials, or the registry refused them."""
-
-
-class DigestMismatchError(RegistryError):
-    """The bytes received do not have the digest asked for; nothing was kept."""
-
-
-class SizeMismatchError(DigestMismatchError):
-    """The registry announced a blob size other than its descriptor's: refused before reading."""
 
 
 def split_reference(text: str) -> tuple[str, str, Reference]:
@@ -109,102 +87,6 @@ def split_reference(text: str) -> tuple[str, str, Reference]:
     return host, path, parsed
 
 
-# -- limits -------------------------------------------------------------------------------
-_ENV = {  # Limits field → the environment variable that sets it
-    "max_manifest": "MODELBUILD_MAX_MANIFEST_BYTES",
-    "connect_timeout": "MODELBUILD_REGISTRY_CONNECT_TIMEOUT",
-    "read_timeout": "MODELBUILD_REGISTRY_READ_TIMEOUT",
-    "stall_timeout": "MODELBUILD_REGISTRY_STALL_TIMEOUT",
-    "min_rate": "MODELBUILD_REGISTRY_MIN_RATE",
-    "rate_window": "MODELBUILD_REGISTRY_RATE_WINDOW",
-    "retries": "MODELBUILD_REGISTRY_RETRIES",
-}
-_WHOLE = ("max_manifest", "retries")  # integers; the others are seconds or bytes/s
-_MAY_BE_ZERO = ("min_rate", "retries")  # 0 turns the rate check off / never retries
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """How much and how long the client puts up with from a registry.
-
-    The defaults let any usable link through (a 56 kbit/s modem moves 7 KiB/s, seven times
-    the minimum rate) while a registry that stalls or drips is given up on in minutes, not
-    never: :meth:`operation_bound` is the worst case (``docs/registry.md`` works it out).
-    """
-
-    max_manifest: int = BODY_MAX  # bytes of a body kept in memory: manifest, index, error, token
-    connect_timeout: float = 15.0  # seconds to set up TCP (and TLS)
-    read_timeout: float = 30.0  # seconds any single read from the registry may wait
-    stall_timeout: float = 60.0  # seconds an attempt may move no byte (watchdog-enforced)
-    min_rate: float = 1024.0  # bytes/s averaged over rate_window, below which an attempt is abandoned
-    rate_window: float = 30.0  # seconds the minimum rate is averaged over
-    retries: int = 5  # failed attempts retried before an operation fails
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
-        """The defaults, each replaced by its environment variable when set. A value that is
-        not a number of the right kind is a usage error naming the variable, not a crash
-        deep inside a transfer."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            text = environ.get(_ENV[f.name], "").strip()
-            if text:
-                values[f.name] = _parse_limit(f.name, text)
-        return cls(**values)
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not math.isfinite(value) or value < 0 or (value == 0 and f.name not in _MAY_BE_ZERO):
-                raise ValueError(f"Limits.{f.name} = {value!r} is out of range")
-
-    def attempt_bound(self) -> float:
-        """Seconds one attempt can last without moving ``min_rate``: connecting, the stall
-        timeout for the headers, the rate window, and the stall timeout for the chunk that
-        shows the window short (the watchdog cuts any wait longer than that)."""
-        return self.connect_timeout + self.rate_window + 2 * self.stall_timeout
-
-    def operation_bound(self, retries: int | None = None) -> float:
-        """Seconds an operation (one manifest, one blob) can take against a registry that
-        stalls or drips, before it fails: every attempt at its bound, every wait between
-        them as long as any wait may be (the stall timeout caps Retry-After and backoff)."""
-        retries = self.retries if retries is None else retries
-        return (retries + 1) * self.attempt_bound() + retries * min(self.stall_timeout, MAX_WAIT)
-
-
-def _parse_limit(name: str, text: str) -> int | float:
-    var = _ENV[name]
-    try:
-        value: int | float = int(text) if name in _WHOLE else float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0 or (value == 0 and name not in _MAY_BE_ZERO):
-        kind = "a whole number" if name in _WHOLE else "a number"
-        raise UsageError(f"{var}={_clip(text, 40)!r}: expected {kind} "
-                         f"{'of at least 0' if name in _MAY_BE_ZERO else 'above 0'}")
-    return value
-
-
-# -- pacing: every transfer attempt is watched --------------------------------------------
-class _Retry(Exception):
-    """One failed attempt worth retrying; *wait* is the server's Retry-After, if any; *hint*
-    says which setting to change when the failure is a limit that tripped."""
-
-    def __init__(self, detail: str, wait: float | None = None, hint: str | None = None) -> None:
-        super().__init__(detail)
-        self.detail, self.wait, self.hint = detail, wait, hint
-
-
-class _Slow(_Retry):
-    """An attempt abandoned for moving too slowly (a timeout, the stall timeout, the minimum
-    rate): whatever it moved, it never counts as progress, so a drip cannot go on forever."""
-
-
-class _TooLarge(Exception):
-    """A body kept in memory would pass the manifest limit."""
-
-
 class _WriteFailed(Exception):
     """Writing downloaded bytes failed (full disk, quota, I/O error): not worth retrying."""
 
@@ -213,213 +95,9 @@ class _WriteFailed(Exception):
         self.error = error
 
 
-class _Pace:
-    """The progress of one attempt (one request and its response body), as the read and
-    write loops report it: nothing for ``stall_timeout``, or less than ``min_rate`` over the
-    last ``rate_window``, raises :class:`_Slow`. The window slides: a mark of (time, bytes)
-    is kept every quarter window, and the rate is taken since the newest mark at least a
-    window old. Per chunk: one ``monotonic()`` and a few comparisons.
-
-    The registry's :class:`_Watchdog` reads ``last`` and cuts ``conn``'s socket when the
-    attempt stalls inside a read we do not control (header or chunk framing dripped)."""
-
-    __slots__ = ("limits", "wait", "last", "total", "marks", "conn", "done", "cut")
-
-    def __init__(self, limits: Limits, wait: float | None = None) -> None:
-        now = time.monotonic()
-        self.limits = limits
-        self.wait = wait if wait is not None else min(limits.read_timeout, limits.stall_timeout)  # per socket op
-        self.last = now
-        self.total = 0
-        self.marks: deque[tuple[float, int]] = deque([(now, 0)])
-        self.conn: Any = None  # the urllib3 connection carrying the attempt
-        self.done = False
-        self.cut = False
-
-    def moved(self, n: int) -> None:
-        now = time.monotonic()
-        limits = self.limits
-        if self.cut or now - self.last > limits.stall_timeout:
-            raise self.stalled(now)
-        self.total += n
-        if n:
-            self.last = now
-        marks = self.marks
-        if now - marks[-1][0] >= limits.rate_window / 4:
-            marks.append((now, self.total))
-            while len(marks) > 2 and now - marks[1][0] >= limits.rate_window:
-                marks.popleft()
-        since, then = marks[0]
-        if now - since >= limits.rate_window and self.total - then < limits.min_rate * (now - since):
-            raise _Slow(f"{self.total - then} bytes moved in {now - since:.1f} s, under the minimum rate of "
-                        f"{limits.min_rate:g} bytes/s", hint=f"set {_ENV['min_rate']} to lower it")
-
-    def stalled(self, now: float | None = None) -> _Slow:
-        idle = (time.monotonic() if now is None else now) - self.last
-        return _Slow(f"nothing moved for {idle:.1f} s, over the stall timeout of {self.limits.stall_timeout:g} s",
-                     hint=f"set {_ENV['stall_timeout']} to raise it")
-
-
-_current = threading.local()  # the _Pace of the request this thread is sending
-
-
-class _Watched:
-    """A urllib3 connection that tells the current attempt's :class:`_Pace` it carries it, so
-    the watchdog knows which socket to cut; and that sends with the read timeout (urllib3
-    sends a request body under the *connect* timeout, so a registry that stops reading an
-    upload would be reported as a connect timeout)."""
-
-    timeout: Any
-    sock: Any
-
-    def request(self, *args: Any, **kw: Any) -> Any:
-        pace = getattr(_current, "pace", None)
-        self.modelbuild_pace = pace
-        if pace is not None:
-            pace.conn = self
-            self.modelbuild_connect_timeout, self.timeout = self.timeout, pace.wait
-        return super().request(*args, **kw)  # type: ignore[misc]
-
-    def connect(self) -> None:
-        wait = self.timeout
-        self.timeout = getattr(self, "modelbuild_connect_timeout", wait)
-        super().connect()  # type: ignore[misc]
-        self.timeout = wait
-        self.sock.settimeout(wait)
-
-
-class _HTTPConnection(_Watched, urllib3.connection.HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
-    pass
-
-
-class _HTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-class _Adapter(HTTPAdapter):
-    """requests' adapter with watched connections (direct connections; a proxy's are not)."""
-
-    def init_poolmanager(self, *args: Any, **kw: Any) -> None:
-        super().init_poolmanager(*args, **kw)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
-
-
-class _Watchdog:
-    """Cuts the socket of an attempt that moved nothing for the stall timeout. A blocking read
-    returns whenever *a* byte arrives, so a peer dripping the bytes of a header line or of a
-    chunk-size line would hold http.client for hours with every read within its timeout; the
-    read loops cannot check what they never see. One daemon thread per registry, running
-    only while attempts are in flight."""
-
-    def __init__(self, stall: float) -> None:
-        self.tick = min(1.0, stall / 4)
-        self.paces: set[_Pace] = set()
-        self.lock = threading.Lock()
-        self.thread: threading.Thread | None = None
-
-    def watch(self, pace: _Pace) -> None:
-        with self.lock:
-            self.paces.add(pace)
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="registry-watchdog", daemon=True)
-                self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.tick)
-            now = time.monotonic()
-            with self.lock:
-                for pace in list(self.paces):
-                    conn = pace.conn
-                    if pace.done or (conn is not None and getattr(conn, "modelbuild_pace", None) is not pace):
-                        self.paces.discard(pace)  # over, or its connection carries another attempt now
-                    elif conn is not None and now - pace.last > pace.limits.stall_timeout:
-                        pace.cut = True
-                        self.paces.discard(pace)
-                        _cut(conn)
-                if not self.paces:
-                    self.thread = None
-                    return
-
-
-def _cut(conn: Any) -> None:
-    """Shut the socket down under the thread blocked on it: its read returns at once. The
-    plain socket's shutdown, also for TLS (SSLSocket.shutdown would drop the TLS state under
-    the reading thread)."""
-    sock = getattr(conn, "sock", None)
-    if sock is not None:
-        try:
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
-class _Budget:
-    """The failed attempts one operation has left. Every retry loop of an operation (a blob's
-    download; a blob's upload with its POST, PATCHes, status checks and final PUT) draws on
-    one budget, so a registry that fails everything ends it after ``retries + 1`` failed
-    attempts in all, never ``(retries + 1)²``; real progress gives the budget back."""
-
-    __slots__ = ("registry", "op", "repo", "failures")
-
-    def __init__(self, registry: Registry, op: str, repo: str) -> None:
-        self.registry, self.op, self.repo, self.failures = registry, op, repo, 0
-
-    def failed(self, exc: _Retry) -> None:
-        """Count a failed attempt and wait before the next; raises when none is left."""
-        self.failures += 1
-        if self.failures > self.registry.retries:
-            raise self.registry._fail(self.op, self.repo, f"{exc.detail}, after {self.failures} attempts",
-                                      hint=exc.hint) from None
-        self.registry._sleep(self.failures, exc.wait)
-
-    def progressed(self) -> None:
-        """Real progress (bytes past any reached before): the budget is whole again."""
-        self.failures = 0
-
-
-class _FileSlice:
-    """*length* bytes of a file from *offset*: a request body that streams, never loads. Each
-    read reports the block before it as sent to *pace* (http.client reads the next block once
-    the last one is on the wire), so an upload to a registry that reads slowly is abandoned."""
-
-    def __init__(self, source: Source, offset: int, length: int) -> None:
-        try:
-            self._file = open(source, "rb") if isinstance(source, (str, Path)) else source()  # noqa: SIM115
-            self._file.seek(offset)
-        except OSError as exc:
-            raise RegistryError(f"cannot read the blob to push from {source}: {exc.strerror or exc}") from None
-        self._left = length
-        self._handed = 0
-        self.pace: _Pace | None = None
-
-    def read(self, n: int = -1) -> bytes:
-        if self.pace is not None:
-            self.pace.moved(self._handed)
-        n = self._left if n is None or n < 0 else min(n, self._left)
-        data = self._file.read(n) if n else b""
-        if n and not data:
-            raise RegistryError("the file being pushed got shorter while it was read")
-        self._left -= len(data)
-        self._handed = len(data)
-        if not self._left:
-            self._file.close()
-        return data
-
-    def __len__(self) -> int:
-        return self._left
-
-
-class Registry:
-    """One registry host. Thread-safe: transfer threads share one instance (and its pool).
+class Registry(Transport):
+    """One registry host: its blobs and manifests, over a :class:`~modelbuild.oci.transport.Transport`.
+    Thread-safe: transfer threads share one instance (and its pool).
 
     *limits* default to :meth:`Limits.from_env`; *retries* and *timeout* (connect, read),
     when given, override theirs.
@@ -429,31 +107,9 @@ class Registry:
                  retries: int | None = None, backoff: float = 0.2, timeout: float | tuple[float, float] | None = None,
                  chunk_size: int = DEFAULT_CHUNK, monolithic_max: int = MONOLITHIC_MAX, pool_size: int = 16,
                  limits: Limits | None = None) -> None:
-        self.host = host
-        self.base = f"{'http' if plain_http else 'https'}://{host}"
-        self.verify = not insecure
-        if insecure:  # asked for: do not warn about it on every request
-            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
-        self.auth = auth or Auth()
-        self.limits = limits or Limits.from_env()
-        self.retries = self.limits.retries if retries is None else retries
-        # One socket wait lasts the read timeout, or the stall timeout where a user set that lower.
-        self._read_limit = "read_timeout" if self.limits.read_timeout <= self.limits.stall_timeout else "stall_timeout"
-        self.timeout = timeout if timeout is not None else (
-            self.limits.connect_timeout, getattr(self.limits, self._read_limit))
-        self.backoff = backoff
+        super().__init__(host, plain_http=plain_http, insecure=insecure, auth=auth, retries=retries, backoff=backoff,
+                         timeout=timeout, pool_size=pool_size, limits=limits)
         self.chunk_size, self.monolithic_max = chunk_size, monolithic_max
-        self.session = requests.Session()
-        adapter = _Adapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers["User-Agent"] = "modelbuild"
-        # Nothing compressed: a manifest's digest is of its bytes, and a gzip bomb is no risk.
-        self.session.headers["Accept-Encoding"] = "identity"
-        self._watchdog = _Watchdog(self.limits.stall_timeout)
-
-    def close(self) -> None:
-        self.session.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -461,199 +117,21 @@ class Registry:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- transport --------------------------------------------------------------------
-    def _fail(self, op: str, repo: str, detail: str, cls: type[RegistryError] = RegistryError,
-              hint: str | None = None) -> RegistryError:
-        where = f"repository {repo} on {self.host}" if repo else self.host
-        return cls(self.auth.mask(f"registry {self.host}: {op} ({where}) failed: {detail}"), hint=hint)
-
-    def _sleep(self, failures: int, wait: float | None = None) -> None:
-        """Back off before the next attempt; a Retry-After is honoured up to the stall timeout
-        (a registry asking for an hour is treated as stalled, not obeyed)."""
-        if wait is None:
-            wait = self.backoff * (2 ** (failures - 1)) * random.uniform(0.5, 1.5)
-        time.sleep(min(wait, MAX_WAIT, self.limits.stall_timeout))
-
-    def _timed_out(self, exc: Exception) -> _Slow:
-        if isinstance(exc, requests.exceptions.ConnectTimeout):
-            seconds = self.timeout[0] if isinstance(self.timeout, tuple) else self.timeout
-            return _Slow(f"no connection within {seconds:g} s (the connect timeout)",
-                         hint=f"set {_ENV['connect_timeout']} to raise it")
-        seconds = self.timeout[1] if isinstance(self.timeout, tuple) else self.timeout
-        name = self._read_limit.replace("_", " ")
-        return _Slow(f"nothing moved for {seconds:g} s (the {name})", hint=f"set {_ENV[self._read_limit]} to raise it")
-
-    def _watch(self) -> _Pace:
-        pace = _Pace(self.limits, self.timeout[1] if isinstance(self.timeout, tuple) else self.timeout)
-        self._watchdog.watch(pace)
-        return pace
-
-    def _exchange(self, method: str, url: str, headers: dict[str, str], body: Any, op: str, repo: str,
-                  pace: _Pace) -> requests.Response:
-        """One request and its response headers, following a GET's or HEAD's redirects
-        ourselves (at most ``MAX_REDIRECTS``; credentials only to the registry's own origin;
-        a redirect's body is never read: requests would read it whole, however large)."""
-        origin = urlsplit(url)[:2]
-        for _ in range(MAX_REDIRECTS + 1):
-            data = body() if callable(body) else body
-            if isinstance(data, _FileSlice):
-                data.pace = pace
-            _current.pace = pace
-            try:
-                resp = self.session.request(method, url, headers=headers, data=data, stream=True, verify=self.verify,
-                                            timeout=self.timeout, allow_redirects=False)
-            except requests.exceptions.SSLError as exc:
-                if pace.cut:
-                    raise pace.stalled() from None
-                raise self._fail(op, repo, f"TLS error ({type(exc).__name__})",
-                                 hint="for a registry without a valid certificate use insecure, without TLS plain-http") from None
-            except (requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout) as exc:
-                raise self._timed_out(exc) from None
-            except _TRANSIENT as exc:
-                if pace.cut:
-                    raise pace.stalled() from None
-                if _timed_out_sending(exc):
-                    raise self._timed_out(requests.exceptions.ReadTimeout()) from None
-                raise _Retry(f"connection error ({type(exc).__name__})") from None
-            except (requests.RequestException, ValueError) as exc:  # a URL or header no request can carry
-                raise self._fail(op, repo, f"cannot send the request: {type(exc).__name__}: {_clip(exc)}") from None
-            finally:
-                _current.pace = None
-            pace.last = time.monotonic()  # the headers came: progress
-            if method not in ("GET", "HEAD") or resp.status_code not in (301, 302, 303, 307, 308) \
-                    or "Location" not in resp.headers:
-                return resp
-            resp.close()
-            url = urljoin(url, resp.headers["Location"])
-            if urlsplit(url).scheme not in ("http", "https"):
-                raise self._fail(op, repo, f"redirected to {_clip(url)}, which is not an HTTP URL")
-            if urlsplit(url)[:2] != origin:
-                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-        raise self._fail(op, repo, f"more than {MAX_REDIRECTS} redirects")
-
-    def _send(self, method: str, url: str, *, op: str, repo: str, scopes: list[str],
-              headers: dict[str, str] | None = None, body: Callable[[], Any] | bytes | None = None,
-              stream: bool = False, pace: _Pace | None = None) -> requests.Response:
-        """One request, answering the registry's auth challenge once. Raises :class:`_Retry`
-        for what is worth retrying, returns any other response. Its body has been read (at
-        most the manifest limit), so a truncated one is retried here too, unless *stream*
-        and the status is 200 or 206: then the caller reads it, pacing it with *pace* (the
-        caller's, to mark done when it is through; else one of our own)."""
-        own = pace is None
-        pace = pace or self._watch()
-        try:
-            answered: str | None = None
-            while True:
-                h = dict(headers or {})
-                if authz := answered or self.auth.header(scopes):
-                    h["Authorization"] = authz
-                resp = self._exchange(method, url, h, body, op, repo, pace)
-                if resp.status_code != 401 or answered is not None or "WWW-Authenticate" not in resp.headers:
-                    break
-                resp.close()
-                answered = self._answer(resp.headers["WWW-Authenticate"], scopes, op, repo, pace)
-            if not stream or resp.status_code not in (200, 206):
-                self._read_whole(resp, op, repo, pace, strict=200 <= resp.status_code < 300)
-        finally:
-            if own:
-                pace.done = True
-        if resp.status_code == 401:
-            creds = self.auth.credentials(self.host)
-            detail = (f"the registry refused the credentials of user {creds.username!r}" if creds else
-                      "the registry requires credentials and none were found for it") + f" [{_error_detail(resp)}]"
-            raise self._fail(op, repo, detail, RegistryAuthError, hint=f"log in with `docker login {self.host}`")
-        if resp.status_code == 429 or (resp.status_code >= 500 and resp.status_code not in (501, 505)):
-            detail = _error_detail(resp)
-            resp.close()
-            raise _Retry(detail, _retry_after(resp.headers.get("Retry-After")))
-        return resp
-
-    def _answer(self, challenge: str, scopes: list[str], op: str, repo: str, pace: _Pace) -> str:
-        """The Authorization header answering *challenge*; the token answer is read like any
-        body kept in memory (bounded, paced, on a watched connection)."""
-        limit = self.limits.max_manifest
-
-        def read_token(resp: requests.Response) -> bytes:
-            try:
-                return _read_limited(resp, limit, pace)
-            except _TooLarge:
-                raise AuthError(f"the token service of {self.host} answered with more than {limit} bytes",
-                                hint=f"set {_ENV['max_manifest']} to raise the limit") from None
-            except _Slow as exc:
-                raise TokenServiceUnavailable(f"the token service of {self.host} is too slow: {exc.detail}",
-                                              hint=exc.hint) from None
-
-        _current.pace = pace
-        try:
-            return self.auth.answer(self.session, self.host, challenge, scopes, verify=self.verify,
-                                    timeout=self.timeout, read_body=read_token)
-        except TokenServiceUnavailable as exc:
-            raise _Retry(exc.message, hint=exc.hint) from None
-        except AuthError as exc:
-            raise self._fail(op, repo, exc.message, RegistryAuthError, exc.hint) from None
-        finally:
-            _current.pace = None
-            pace.last = time.monotonic()
-
-    def _read_whole(self, resp: requests.Response, op: str, repo: str, pace: _Pace, *, strict: bool) -> None:
-        """Read a body kept in memory into *resp* (``resp.content`` then works as usual).
-        Past the manifest limit a success (*strict*) is an error and an error's body is
-        dropped; the client stops at limit + 1 bytes whatever the transfer encoding."""
-        limit = self.limits.max_manifest
-        try:
-            data = _read_limited(resp, limit, pace)
-        except _TooLarge:
-            resp.close()
-            if strict:
-                raise self._fail(op, repo, f"the registry's answer is larger than {limit} bytes, the manifest limit",
-                                 hint=f"set {_ENV['max_manifest']} to raise it") from None
-            data = b""
-        except _Slow:
-            resp.close()
-            raise
-        except _TRANSIENT as exc:
-            resp.close()
-            if pace.cut:
-                raise pace.stalled() from None
-            if isinstance(exc, requests.exceptions.ReadTimeout):
-                raise self._timed_out(exc) from None
-            raise _Retry(f"connection error while reading the answer ({type(exc).__name__})") from None
-        resp._content = data  # what requests' own .content would hold, read within bounds
-        resp._content_consumed = True
-
-    def _request(self, method: str, url: str, *, op: str, repo: str, scopes: list[str],
-                 budget: _Budget | None = None, **kw: Any) -> requests.Response:
-        """:meth:`_send` with retries drawn on *budget* (a fresh one if none); raises
-        :class:`RegistryError` when it is spent."""
-        budget = budget or _Budget(self, op, repo)
-        while True:
-            try:
-                return self._send(method, url, op=op, repo=repo, scopes=scopes, **kw)
-            except _Retry as exc:
-                budget.failed(exc)
-
-    def _url(self, repo: str, kind: str, ref: str = "") -> str:
-        return f"{self.base}/v2/{repo}/{kind}/{ref}"
-
-    @staticmethod
-    def _scopes(repo: str, push: bool = False) -> list[str]:
-        return [f"repository:{repo}:{'pull,push' if push else 'pull'}"]
-
     # -- registry ---------------------------------------------------------------------
     def ping(self) -> None:
         """``GET /v2/``: the registry answers and takes our credentials (what ``login`` checks)."""
         resp = self._request("GET", f"{self.base}/v2/", op="ping", repo="", scopes=[])
         if resp.status_code != 200:
-            raise self._fail("ping", "", _error_detail(resp))
+            raise self._fail("ping", "", error_detail(resp))
 
     # -- blobs ------------------------------------------------------------------------
-    def has_blob(self, repo: str, digest: str, *, budget: _Budget | None = None) -> bool:
+    def has_blob(self, repo: str, digest: str, *, budget: Budget | None = None) -> bool:
         """HEAD the blob: True when the registry has it in *repo*."""
         op = f"check blob {digest}"
         resp = self._request("HEAD", self._url(repo, "blobs", digest), op=op, repo=repo, scopes=self._scopes(repo),
                              budget=budget)
         if resp.status_code not in (200, 404):
-            raise self._fail(op, repo, _error_detail(resp))
+            raise self._fail(op, repo, error_detail(resp))
         return resp.status_code == 200
 
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
@@ -663,7 +141,7 @@ class Registry:
         url = f"{self._url(repo, 'blobs', 'uploads/')}?{urlencode({'mount': digest, 'from': from_repo})}"
         resp = self._request("POST", url, op=op, repo=repo, scopes=self._scopes(repo, True) + self._scopes(from_repo))
         if resp.status_code not in (201, 202):
-            raise self._fail(op, repo, _error_detail(resp))
+            raise self._fail(op, repo, error_detail(resp))
         return resp.status_code == 201
 
     def push_blob(self, repo: str, digest: str, size: int, source: Source, *, mount_from: str | None = None,
@@ -686,7 +164,7 @@ class Registry:
         if mount_from and mount_from != repo and self.mount_blob(repo, digest, mount_from):
             return False
         op = f"push blob {digest}"
-        budget = _Budget(self, op, repo)
+        budget = self._budget(op, repo)
         restarts, reported = 0, [0]
 
         def advance(offset: int) -> None:  # progress in bytes, never counting a byte twice
@@ -703,7 +181,7 @@ class Registry:
                 self._complete(repo, digest, size, source, op, location, monolithic=size <= self.monolithic_max)
                 advance(size)
                 return True
-            except _Retry as exc:
+            except Retry as exc:
                 if self.has_blob(repo, digest, budget=budget):  # only the answer to the final PUT was lost
                     advance(size)
                     return True
@@ -713,11 +191,11 @@ class Registry:
                                      hint=exc.hint) from None
                 budget.failed(exc)
 
-    def _start_upload(self, repo: str, op: str, budget: _Budget) -> str:
+    def _start_upload(self, repo: str, op: str, budget: Budget) -> str:
         resp = self._request("POST", self._url(repo, "blobs", "uploads/"), op=op, repo=repo,
                              scopes=self._scopes(repo, True), budget=budget)
         if resp.status_code != 202 or "Location" not in resp.headers:
-            raise self._fail(op, repo, f"starting the upload: {_error_detail(resp)}")
+            raise self._fail(op, repo, f"starting the upload: {error_detail(resp)}")
         return self._location(resp.headers["Location"], self.base + "/", op, repo)
 
     def _location(self, value: str, base: str, op: str, repo: str) -> str:
@@ -725,7 +203,7 @@ class Registry:
         not as a crash inside requests."""
         url = urljoin(base, value)
         if urlsplit(url).scheme not in ("http", "https"):
-            raise self._fail(op, repo, f"the registry named an upload URL that is not HTTP: {_clip(url)}")
+            raise self._fail(op, repo, f"the registry named an upload URL that is not HTTP: {shown(url)}")
         return url
 
     def _complete(self, repo: str, digest: str, size: int, source: Source, op: str, location: str, *,
@@ -734,21 +212,21 @@ class Registry:
         url = location + ("&" if "?" in location else "?") + urlencode({"digest": digest})
         n = size if monolithic else 0
         resp = self._send("PUT", url, op=op, repo=repo, scopes=self._scopes(repo, True),
-                          body=(lambda: _FileSlice(source, 0, n)) if n else b"",
+                          body=(lambda: FileSlice(source, 0, n)) if n else b"",
                           headers={"Content-Type": "application/octet-stream", "Content-Length": str(n)})
-        detail = _error_detail(resp)
+        detail = error_detail(resp)
         if resp.status_code in (400, 404) and ("BLOB_UPLOAD" in detail or "DIGEST_INVALID" in detail):
-            raise _Retry(detail)  # the upload was lost or received wrong bytes: start again
+            raise Retry(detail)  # the upload was lost or received wrong bytes: start again
         if resp.status_code != 201:
             raise self._fail(op, repo, detail)
         got = resp.headers.get("Docker-Content-Digest")
         if got and got != digest:
-            raise self._fail(op, repo, f"the registry stored {_clip(got)}", DigestMismatchError)
+            raise self._fail(op, repo, f"the registry stored {shown(got)}", DigestMismatchError)
 
     def _push_chunks(self, repo: str, size: int, source: Source, op: str, location: str,
-                     advance: Callable[[int], None], budget: _Budget) -> str:
+                     advance: Callable[[int], None], budget: Budget) -> str:
         """PATCH the blob in chunks; after a failure ask the upload URL how much arrived.
-        Returns the upload URL for the final PUT; raises :class:`_Retry` to start over. A
+        Returns the upload URL for the final PUT; raises :class:`Retry` to start over. A
         chunk taking this upload further than ever gives the budget back; one that does not is
         a failure (a registry answering ``Range: 0-0`` forever would keep us uploading forever)."""
         offset = best = 0
@@ -759,23 +237,23 @@ class Registry:
                        "Content-Range": f"{offset}-{offset + n - 1}"}
             try:
                 resp = self._send("PATCH", location, op=op, repo=repo, scopes=scopes, headers=headers,
-                                  body=lambda start=start, n=n: _FileSlice(source, start, n))
-                if resp.status_code in (400, 404) and "BLOB_UPLOAD" in _error_detail(resp):
-                    raise _Retry(_error_detail(resp), 0)
+                                  body=lambda start=start, n=n: FileSlice(source, start, n))
+                if resp.status_code in (400, 404) and "BLOB_UPLOAD" in error_detail(resp):
+                    raise Retry(error_detail(resp), 0)
                 if resp.status_code == 416:
-                    raise _Retry("416 Range Not Satisfiable")
+                    raise Retry("416 Range Not Satisfiable")
                 if resp.status_code != 202:
-                    raise self._fail(op, repo, f"uploading bytes {offset}-{offset + n - 1}: {_error_detail(resp)}")
+                    raise self._fail(op, repo, f"uploading bytes {offset}-{offset + n - 1}: {error_detail(resp)}")
                 new = _range_end(resp.headers.get("Range"), offset + n)
                 if new > best:
                     budget.progressed()
                 else:
-                    budget.failed(_Retry("the registry acknowledged a chunk but no byte past what it had"))
-            except _Retry as exc:
+                    budget.failed(Retry("the registry acknowledged a chunk but no byte past what it had"))
+            except Retry as exc:
                 budget.failed(exc)
                 resp = self._request("GET", location, op=op, repo=repo, scopes=scopes, budget=budget)
                 if resp.status_code != 204:
-                    raise _Retry(f"resuming the upload: {_error_detail(resp)}", 0) from None
+                    raise Retry(f"resuming the upload: {error_detail(resp)}", 0) from None
                 new = _range_end(resp.headers.get("Range"), 0)
                 if new > best:
                     budget.progressed()
@@ -902,7 +380,7 @@ class Registry:
         what was left) and was not abandoned for slowness: a registry that sends one byte per
         connection, or the same prefix again and again, runs out of it."""
         op, url = f"pull blob {digest}", self._url(repo, "blobs", digest)
-        budget, best = _Budget(self, op, repo), offset
+        budget, best = self._budget(op, repo), offset
         while offset < size:
             headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
             pace = self._watch()
@@ -911,7 +389,7 @@ class Registry:
                                   stream=True, pace=pace)
                 try:
                     offset, hasher = self._start_body(resp, op, repo, digest, size, offset, hasher, rewind)
-                    read = _reader(resp, pace)
+                    read = reader(resp, pace)
                     while chunk := read(CHUNK):
                         if offset + len(chunk) > size:
                             raise self._fail(op, repo, f"blob {digest} is larger than the {size} bytes its "
@@ -923,14 +401,14 @@ class Registry:
                         if progress:
                             progress(len(chunk))
                     if offset < size:
-                        raise _Retry(f"the body ended at byte {offset} of {size}")
+                        raise Retry(f"the body ended at byte {offset} of {size}")
                 finally:
                     resp.close()
-            except (_Retry, *_TRANSIENT) as exc:
-                failure = exc if isinstance(exc, _Retry) else pace.stalled() if pace.cut else (
+            except (Retry, *TRANSIENT) as exc:
+                failure = exc if isinstance(exc, Retry) else pace.stalled() if pace.cut else (
                     self._timed_out(exc) if isinstance(exc, requests.exceptions.ReadTimeout) else
-                    _Retry(f"connection error ({type(exc).__name__})"))
-                if not isinstance(failure, _Slow) and offset >= best + max(1, min(PROGRESS, (size - best) // 4)):
+                    Retry(f"connection error ({type(exc).__name__})"))
+                if not isinstance(failure, Slow) and offset >= best + max(1, min(PROGRESS, (size - best) // 4)):
                     budget.progressed()
                 best = max(best, offset)
                 budget.failed(failure)
@@ -945,7 +423,7 @@ class Registry:
         sizes the registry announces must be the descriptor's: a lie is refused before any
         byte is read (a descriptor of 2**62 bytes costs one request, not a loop)."""
         if resp.status_code not in (200, 206):
-            raise self._fail(op, repo, _error_detail(resp))
+            raise self._fail(op, repo, error_detail(resp))
         start, total = _content_range(resp.headers.get("Content-Range"), offset) if resp.status_code == 206 else (0, None)
         if resp.status_code == 200 and offset:
             if rewind is None:
@@ -953,7 +431,7 @@ class Registry:
             hasher, offset = rewind(), 0
         elif start != offset:
             raise self._fail(op, repo, f"asked for bytes from {offset}, got others")
-        announced = _header_int(resp.headers.get("Content-Length"))
+        announced = header_int(resp.headers.get("Content-Length"))
         if (announced is not None and announced != size - offset) or (total is not None and total != size):
             said = total if total is not None and total != size else offset + (announced or 0)
             raise self._fail(op, repo, f"the registry says blob {digest} has {said} bytes, its descriptor says {size}",
@@ -965,7 +443,7 @@ class Registry:
         """A tag or a sha256 digest, nothing else: a child's digest comes from a registry's
         index, and one that is not a digest would be fetched as a tag, unverified."""
         if not (is_digest(ref) or _TAG.fullmatch(ref)):
-            raise self._fail(op, repo, f"{_clip(ref, 80)!r} is neither a tag nor a sha256 digest")
+            raise self._fail(op, repo, f"{shown(ref, 80)!r} is neither a tag nor a sha256 digest")
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
         """PUT these exact bytes (a manifest or an index) under a tag or digest; their digest."""
@@ -976,10 +454,10 @@ class Registry:
         resp = self._request("PUT", self._url(repo, "manifests", ref), op=op, repo=repo,
                              scopes=self._scopes(repo, True), headers={"Content-Type": media_type}, body=data)
         if resp.status_code != 201:
-            raise self._fail(op, repo, _error_detail(resp),
+            raise self._fail(op, repo, error_detail(resp),
                              hint="push its blobs and child manifests first" if resp.status_code == 400 else None)
         if (got := resp.headers.get("Docker-Content-Digest")) and got != digest:
-            raise self._fail(op, repo, f"the registry stored {_clip(got)}, not {digest}", DigestMismatchError)
+            raise self._fail(op, repo, f"the registry stored {shown(got)}, not {digest}", DigestMismatchError)
         return digest
 
     def get_manifest(self, repo: str, ref: str, accept: Iterable[str] = DEFAULT_ACCEPT) -> tuple[bytes, str, str]:
@@ -987,111 +465,42 @@ class Registry:
         asked for and the registry's ``Docker-Content-Digest``, and checked to be a JSON
         object whose fields have the types the image spec gives them (so no caller meets a
         list where a descriptor should be)."""
-        op = f"pull manifest {_clip(ref, 80)}"
+        op = f"pull manifest {shown(ref, 80)}"
         self._check_ref(op, repo, ref)
         resp = self._request("GET", self._url(repo, "manifests", ref), op=op, repo=repo, scopes=self._scopes(repo),
                              headers={"Accept": ", ".join(accept)})
         if resp.status_code != 200:
-            raise self._fail(op, repo, _error_detail(resp))
+            raise self._fail(op, repo, error_detail(resp))
         data = resp.content  # read by _send, within the manifest limit
         digest = sha256_bytes(data)
         for expected in (ref if is_digest(ref) else None, resp.headers.get("Docker-Content-Digest")):
             if expected and expected.startswith("sha256:") and expected != digest:
-                raise self._fail(op, repo, f"the manifest received has digest {digest}, not {_clip(expected)}",
+                raise self._fail(op, repo, f"the manifest received has digest {digest}, not {shown(expected)}",
                                  DigestMismatchError)
         try:
-            doc = json.loads(data)
-        except (ValueError, RecursionError) as exc:
-            raise self._fail(op, repo, f"manifest {digest} is not JSON ({_clip(exc, 80)})") from None
-        if problem := _manifest_problem(doc):
-            raise self._fail(op, repo, f"manifest {digest} {problem}")
-        media_type = _clip(resp.headers.get("Content-Type", "").split(";")[0].strip(), 200)
+            doc = parse_json_object(data, f"manifest {digest}")
+            ManifestParts.parse(doc, f"manifest {digest}")
+        except IntegrityError as exc:
+            raise self._fail(op, repo, exc.message) from None
+        media_type = shown(resp.headers.get("Content-Type", "").split(";")[0].strip(), 200)
         if media_type in ("", "application/json", "application/octet-stream"):
             media_type = doc.get("mediaType") or media_type
         return data, media_type, digest
 
     def head_manifest(self, repo: str, ref: str, accept: Iterable[str] = DEFAULT_ACCEPT) -> tuple[str, str, int] | None:
         """``(digest, media type, size)`` of a manifest, or None where there is none."""
-        op = f"check manifest {_clip(ref, 80)}"
+        op = f"check manifest {shown(ref, 80)}"
         self._check_ref(op, repo, ref)
         resp = self._request("HEAD", self._url(repo, "manifests", ref), op=op, repo=repo, scopes=self._scopes(repo),
                              headers={"Accept": ", ".join(accept)})
         if resp.status_code == 404:
             return None
         if resp.status_code != 200:
-            raise self._fail(op, repo, _error_detail(resp))
+            raise self._fail(op, repo, error_detail(resp))
         digest = resp.headers.get("Docker-Content-Digest") or (ref if is_digest(ref) else "")
         if digest and not is_digest(digest):
-            raise self._fail(op, repo, f"the registry answered a malformed digest {_clip(digest)}")
-        return digest, _clip(resp.headers.get("Content-Type", ""), 200), _header_int(resp.headers.get("Content-Length")) or 0
-
-
-def _error_detail(resp: requests.Response) -> str:
-    """``404 Not Found (MANIFEST_UNKNOWN: manifest unknown)`` from a registry error body; the
-    body is the registry's, so any JSON shape is tolerated and what is shown is clipped."""
-    text = f"{resp.status_code} {_clip(resp.reason or '', 80)}".strip()
-    try:
-        doc = json.loads(resp.content) if resp.content else None
-    except (ValueError, RecursionError, RuntimeError, requests.RequestException):
-        return text
-    errors = doc.get("errors") if isinstance(doc, dict) else None
-    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
-        text += f" ({_clip(errors[0].get('code', '?'), 60)}: {_clip(errors[0].get('message', ''), 200)})"
-    return text
-
-
-def _reader(resp: requests.Response, pace: _Pace) -> Callable[[int], bytes]:
-    """``read(n)``: the body as it arrives, up to *n* bytes a call. ``iter_content`` fills each
-    chunk before handing it over and loses the filled part when the connection drops;
-    ``read1`` hands over what came, so a resumed download asks only for the bytes really
-    missing. urllib3's errors become requests' (what the retry loops catch); any error or
-    end of body after the watchdog cut the socket is the stall it was."""
-    raw = resp.raw
-    read = getattr(raw, "read1", None) or raw.read
-
-    def read_some(n: int) -> bytes:
-        try:
-            chunk = read(n)
-        except urllib3.exceptions.ReadTimeoutError as exc:
-            if pace.cut:
-                raise pace.stalled() from None
-            raise requests.exceptions.ReadTimeout(exc) from None
-        except urllib3.exceptions.ProtocolError as exc:
-            if pace.cut:
-                raise pace.stalled() from None
-            raise requests.exceptions.ChunkedEncodingError(exc) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            if pace.cut:
-                raise pace.stalled() from None
-            raise requests.ConnectionError(exc) from None
-        if not chunk and pace.cut:
-            raise pace.stalled()
-        return chunk
-
-    return read_some
-
-
-def _read_limited(resp: requests.Response, limit: int, pace: _Pace) -> bytes:
-    """A body kept in memory, never past *limit* + 1 bytes whatever ``Content-Length`` or the
-    chunked encoding say (:class:`_TooLarge` then); paced like any transfer."""
-    announced = _header_int(resp.headers.get("Content-Length"))
-    if announced is not None and announced > limit and resp.request.method != "HEAD":  # a HEAD's is the GET's
-        raise _TooLarge
-    read = _reader(resp, pace)
-    buf = bytearray()
-    while chunk := read(min(CHUNK, limit + 1 - len(buf))):
-        pace.moved(len(chunk))
-        buf += chunk
-        if len(buf) > limit:
-            raise _TooLarge
-    return bytes(buf)
-
-
-def _timed_out_sending(exc: BaseException) -> bool:
-    """Whether a requests ConnectionError is a socket timeout while sending (urllib3 reports
-    it as a connection aborted by a ``TimeoutError``)."""
-    cause = exc.args[0] if exc.args else None
-    return any(isinstance(arg, TimeoutError) for arg in getattr(cause, "args", ()))
+            raise self._fail(op, repo, f"the registry answered a malformed digest {shown(digest)}")
+        return digest, shown(resp.headers.get("Content-Type", ""), 200), header_int(resp.headers.get("Content-Length")) or 0
 
 
 def _write_all(fh: Any, data: bytes) -> None:
@@ -1110,92 +519,6 @@ def _write_error(exc: OSError, what: str, *, resumable: bool = False) -> BuildEr
         return BuildError(f"{full} while writing {what}", hint=f"free some space and {again}")
     return BuildError(f"cannot write {what}: {exc.strerror or exc}", hint=again if resumable else None)
 
-
-def _clip(value: object, width: int = 120) -> str:
-    """Text a registry sent, fit for a one-line message: escaped when it holds anything not
-    printable (a newline, a terminal escape), cut when long."""
-    text = str(value)
-    if not text.isprintable():
-        text = ascii(text)[1:-1]
-    return text if len(text) <= width else f"{text[:width]}… ({len(text)} characters)"
-
-
-def _header_int(value: str | None) -> int | None:
-    """A non-negative integer header (``Content-Length``), or None where it is absent or not one."""
-    if value is None or not value.strip().isdigit():
-        return None
-    return int(value.strip())
-
-
-def _json_kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number")
-
-
-def _descriptor_problem(desc: Any) -> str | None:
-    """What makes *desc* unusable as a content descriptor, or None."""
-    if not isinstance(desc, dict):
-        return f"is {_json_kind(desc)}, not a descriptor object"
-    if not isinstance(desc.get("digest"), str):
-        return "has no digest string"
-    size = desc.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
-        return f"has a size that is not an integer from 0 to {MAX_SIZE}"
-    if not isinstance(desc.get("mediaType", ""), str):
-        return "has a mediaType that is not a string"
-    if not isinstance(desc.get("platform", {}), dict):
-        return "has a platform that is not an object"
-    return _annotations_problem(desc.get("annotations"))
-
-
-def _annotations_problem(annotations: Any) -> str | None:
-    if annotations is None:
-        return None
-    if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
-        return "has annotations that are not an object of strings"
-    return None
-
-
-def _manifest_problem(doc: Any) -> str | None:
-    """What makes *doc* unusable as an image manifest or index (a field of the wrong JSON
-    type), or None: what callers index into is checked here, once."""
-    if not isinstance(doc, dict):
-        return f"is {_json_kind(doc)}, not a JSON object"
-    for key in ("mediaType", "artifactType"):
-        if not isinstance(doc.get(key, ""), str):
-            return f"has a {key} that is not a string"
-    version = doc.get("schemaVersion", 2)
-    if not isinstance(version, int) or isinstance(version, bool):
-        return "has a schemaVersion that is not an integer"
-    for key in ("config", "subject"):
-        if doc.get(key) is not None and (problem := _descriptor_problem(doc[key])):
-            return f"has a {key} that {problem}"
-    for key in ("layers", "manifests"):
-        items = doc.get(key)
-        if items is None:
-            continue
-        if not isinstance(items, list):
-            return f"has {key} that is {_json_kind(items)}, not a list"
-        for i, desc in enumerate(items):
-            if problem := _descriptor_problem(desc):
-                return f"has {key}[{i}] that {problem}"
-    if problem := _annotations_problem(doc.get("annotations")):
-        return problem
-    return None
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, OverflowError):
-            return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _range_end(header: str | None, default: int) -> int:
@@ -1237,3 +560,7 @@ def transfer_all(tasks: Iterable[Callable[[], T]], jobs: int) -> list[T]:
             if f.done() and not f.cancelled() and (exc := f.exception()) is not None:
                 raise exc
         return [f.result() for f in futures]
+
+
+__all__ = ["DEFAULT_ACCEPT", "DigestMismatchError", "Limits", "Registry", "RegistryAuthError", "RegistryError",
+           "SizeMismatchError", "Source", "split_reference", "transfer_all"]

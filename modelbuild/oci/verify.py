@@ -61,22 +61,86 @@ class Descriptor:
 
     @classmethod
     def parse(cls, obj: object, where: str) -> Descriptor:
-        """Validate a descriptor from untrusted JSON; *where* names it in the error."""
+        """Validate a descriptor from untrusted JSON; *where* names it in the error. Every
+        field is checked for its JSON type before the digest for its form, so the error
+        names the field that is wrong, not merely the first one."""
         if not isinstance(obj, dict):
             raise IntegrityError(f"{where}: a descriptor is not a JSON object ({shown(json.dumps(obj)[:80])})")
         digest, size, media = obj.get("digest"), obj.get("size"), obj.get("mediaType", "")
-        if not isinstance(digest, str) or not is_digest(digest):
+        if not isinstance(digest, str):
             raise IntegrityError(f"{where}: descriptor digest {shown(json.dumps(digest)[:80])} is not a sha256 digest")
+        named = f"{where}: descriptor of {shown(digest, 80)}"
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= _MAX_SIZE:
-            raise IntegrityError(f"{where}: descriptor of {digest} has size {shown(json.dumps(size)[:40])}, "
-                                 "not a byte count")
+            raise IntegrityError(f"{named} has size {shown(json.dumps(size)[:40])}, not a byte count")
         if not isinstance(media, str):
-            raise IntegrityError(f"{where}: descriptor of {digest} has a media type that is not a string")
-        annotations = obj.get("annotations") or {}
-        if not isinstance(annotations, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()):
-            raise IntegrityError(f"{where}: descriptor of {digest} has annotations that are not strings")
+            raise IntegrityError(f"{named} has a media type that is not a string")
+        if not isinstance(obj.get("platform", {}), dict):
+            raise IntegrityError(f"{named} has a platform that is not a JSON object")
+        annotations = _annotations(obj.get("annotations"), f"{named} has annotations that are not strings")
+        if not is_digest(digest):
+            raise IntegrityError(f"{where}: descriptor digest {shown(json.dumps(digest)[:80])} is not a sha256 digest")
         return cls(media, digest, size, annotations, obj)
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestParts:
+    """What a manifest or an index names, every descriptor validated: the one validator and
+    walker of a document from a registry, the store or a layout (children, config, layers).
+    Every field a caller indexes into is checked here, once, so no caller meets a list where
+    a descriptor should be."""
+
+    manifests: tuple[Descriptor, ...]
+    config: Descriptor | None
+    layers: tuple[Descriptor, ...]
+
+    @classmethod
+    def parse(cls, doc: object, where: str) -> ManifestParts:
+        """Validate a manifest or index from untrusted JSON; *where* names it in the error.
+        Checked: a JSON object; ``mediaType`` and ``artifactType`` strings; ``schemaVersion``
+        an integer; ``config`` and ``subject`` descriptors; ``manifests`` and ``layers`` lists
+        of descriptors (each with any ``platform`` an object); annotations strings."""
+        if not isinstance(doc, dict):
+            raise IntegrityError(f"{where} is {json_kind(doc)}, not a JSON object")
+        for key in ("mediaType", "artifactType"):
+            if not isinstance(doc.get(key, ""), str):
+                raise IntegrityError(f"{where}: its {key} is not a string")
+        version = doc.get("schemaVersion", 2)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise IntegrityError(f"{where}: its schemaVersion is not an integer")
+        config = None if doc.get("config") is None else Descriptor.parse(doc["config"], f"{where} config")
+        if doc.get("subject") is not None:
+            Descriptor.parse(doc["subject"], f"{where} subject")
+        manifests, layers = _listed(doc, "manifests", where), _listed(doc, "layers", where)
+        _annotations(doc.get("annotations"), f"{where}: its annotations are not an object of strings")
+        return cls(manifests, config, layers)
+
+    def blobs(self) -> tuple[Descriptor, ...]:
+        """Config and layers: the blobs that are not manifests."""
+        return ((self.config,) if self.config else ()) + self.layers
+
+
+def _listed(doc: Mapping[str, Any], key: str, where: str) -> tuple[Descriptor, ...]:
+    value = doc.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise IntegrityError(f"{where}: {key!r} is {json_kind(value)}, not a list")
+    return tuple(Descriptor.parse(item, f"{where} {key}[{i}]") for i, item in enumerate(value))
+
+
+def _annotations(value: object, problem: str) -> Mapping[str, str]:
+    """Annotations as the spec has them (absent, or an object of strings), else *problem*."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise IntegrityError(problem)
+    return value
+
+
+def json_kind(value: object) -> str:
+    """What JSON type *value* is, for a message: ``"a list"``, ``"null"``…"""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
 
 
 class Verifier:
@@ -135,7 +199,7 @@ def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:
         raise IntegrityError(f"{what} is not valid JSON ({shown(exc, 80)})") from None
     if not isinstance(doc, dict):
-        raise IntegrityError(f"{what} is not a JSON object")
+        raise IntegrityError(f"{what} is {json_kind(doc)}, not a JSON object")
     return doc
 
 
@@ -215,5 +279,5 @@ def _write_error(exc: OSError, verifier: Verifier) -> BuildError:
     return BuildError(f"cannot copy {verifier.what} ({verifier.digest}): {exc.strerror}")
 
 
-__all__ = ["Descriptor", "IntegrityError", "MAX_JSON", "Verifier", "copy_verified", "parse_json_object",
-           "read_verified", "shown"]
+__all__ = ["Descriptor", "IntegrityError", "MAX_JSON", "ManifestParts", "Verifier", "copy_verified", "json_kind",
+           "parse_json_object", "read_verified", "shown"]

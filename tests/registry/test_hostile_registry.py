@@ -185,9 +185,9 @@ def test_cli_refuses_a_chunked_50_mb_manifest(hostile, tmp_path):
 
 # -- manifests: not what JSON they should be -----------------------------------------------
 @pytest.mark.parametrize("body, says", [
-    (b"not json at all", "not JSON"),
-    (b"\xff\xfe\x00garbage", "not JSON"),
-    (b"[" * 200_000 + b"]" * 200_000, "not JSON"),
+    (b"not json at all", "not valid JSON"),
+    (b"\xff\xfe\x00garbage", "not valid JSON"),
+    (b"[" * 200_000 + b"]" * 200_000, "not valid JSON"),
     (b"[1, 2]", "not a JSON object"),
     (b'"a string"', "not a JSON object"),
     (b'{"layers": "w.bin"}', "layers"),

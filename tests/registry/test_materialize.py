@@ -374,7 +374,7 @@ def test_nothing_is_written_through_a_link_the_artifact_made(mb, publish, tmp_pa
     assert files_in(out) == {}
 
 
-@pytest.mark.parametrize("name", ["evil\nname.bin", "esc\x1b[31m.bin", "nul\x00.bin", "a" * 300, "x/" * 2100,
+@pytest.mark.parametrize("name", ["evil\nname.bin", "esc\x1b[31m.bin", "nul\x00.bin", "a" * 300, "a/" * 2499 + "a",
                                   ".modelbuild-staging-x/y"])
 def test_names_an_artifact_cannot_carry_are_refused_and_printed_escaped(mb, tmp_path, name):
     art = Artifact().raw(name, b"data")

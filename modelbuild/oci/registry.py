@@ -176,6 +176,7 @@ class Registry(Transport):
         while True:
             try:
                 location = self._start_upload(repo, op, budget)
+                budget.progressed()  # a step done; the starts are counted below, so this is finite
                 if size > self.monolithic_max:
                     location = self._push_chunks(repo, size, source, op, location, advance, budget)
                 self._complete(repo, digest, size, source, op, location, monolithic=size <= self.monolithic_max)

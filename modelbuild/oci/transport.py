@@ -304,24 +304,13 @@ class Transport:
     def _request(self, method: str, url: str, *, op: str, repo: str, scopes: list[str],
                  budget: Budget | None = None, **kw: Any) -> requests.Response:
         """:meth:`_send` with retries drawn on *budget* (a fresh one if none); raises
-        :class:`RegistryError` when it is spent.
-
-        A request answered in full (not a streamed body) is a step of the protocol done, and
-        gives the budget back: a flaky link that fails a request now and then still gets
-        through an upload's POST, PATCHes and PUT. A streamed download is judged by the bytes
-        it brings instead (:meth:`Registry._download`), so one byte per connection is not
-        progress; and an upload starts afresh at most ``retries`` times, so the steps that
-        can give the budget back are finite."""
+        :class:`RegistryError` when it is spent."""
         budget = budget or self._budget(op, repo)
         while True:
             try:
-                resp = self._send(method, url, op=op, repo=repo, scopes=scopes, **kw)
+                return self._send(method, url, op=op, repo=repo, scopes=scopes, **kw)
             except Retry as exc:
                 budget.failed(exc)
-                continue
-            if not kw.get("stream"):
-                budget.progressed()
-            return resp
 
     def _url(self, repo: str, kind: str, ref: str = "") -> str:
         return f"{self.base}/v2/{repo}/{kind}/{ref}"

@@ -450,7 +450,7 @@ def test_rounds_through_a_very_bad_network_end_well_or_clearly(registry, proxy, 
             assert pull.json()["digest"] == built["digest"]
             ok += 1
         for rel, data in _tree(out).items() if out.exists() else []:
-            if not rel.endswith(".partial") and not Path(rel).name.startswith(".modelbuild"):
+            if not rel.startswith(".modelbuild-partial/"):  # a failed pull keeps what it can resume
                 assert data == want[rel], rel
     print(f"{ok}/5 rounds complete; faults: {dict(proxy.faults)}")
     assert ok >= 3

@@ -20,6 +20,10 @@ class Run:
     out: str
     err: str
 
+    def __iter__(self):
+        """``rc, out, err = run``."""
+        return iter((self.rc, self.out, self.err))
+
     def json(self):
         return json.loads(self.out)
 
@@ -53,3 +57,19 @@ def safetensors_blob(payload: bytes, name: str = "weight") -> bytes:
                         separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)
     return len(header).to_bytes(8, "little") + header + payload
+
+
+def error_line(run: Run, code: int) -> str:
+    """The one error of a failed command: exit *code*, no traceback, no bug report, no
+    terminal escape. A build's quiet progress also shows each failed step's error as one
+    ``#N ERROR: …`` line (two steps can fail at once, as when the disk fills)."""
+    import re
+
+    assert run.rc == code, (run.rc, run.err)
+    assert "internal error" not in run.err and "Traceback" not in run.err, run.err
+    assert "\x1b" not in run.err
+    lines = [line for line in run.err.splitlines() if line.strip()]
+    final = [line for line in lines if line.startswith("modelbuild: error: ")]
+    assert len(final) == 1, run.err
+    assert all(re.fullmatch(r"#\d+ ERROR: .+", line) for line in lines if line != final[0]), run.err
+    return final[0]

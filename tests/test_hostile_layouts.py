@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from support import Run
+from support import error_line
 
-from modelbuild.cli import main
 
 REF = "org.opencontainers.image.ref.name"
 EVIL = "evil\nname\x1b[31m"
@@ -24,29 +23,10 @@ CONFIG = {"descriptor": {"name": "tiny"}, "config": {"format": "safetensors"},
 
 
 # -- helpers ------------------------------------------------------------------------------
-@pytest.fixture
-def mb(capsys, monkeypatch, home):
-    """``mb(*args)``: the CLI run in this process (fast), with its own MODELBUILD_HOME."""
-    monkeypatch.setenv("MODELBUILD_HOME", str(home))
-    monkeypatch.delenv("MODELBUILD_DEBUG", raising=False)
-
-    def run(*args: str) -> Run:
-        capsys.readouterr()
-        rc = main(list(args))
-        out, err = capsys.readouterr()
-        return Run(rc, out, err)
-
-    return run
 
 
-def error_line(run: Run, code: int) -> str:
-    """The one line a failed command wrote: exit *code*, no traceback, no bug report."""
-    assert run.rc == code, (run.rc, run.err)
-    assert "internal error" not in run.err and "Traceback" not in run.err, run.err
-    lines = [line for line in run.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("modelbuild: error: "), run.err
-    assert "\x1b" not in run.err
-    return lines[0]
+
+
 
 
 def _sha(data: bytes) -> str:

@@ -18,7 +18,6 @@ import gc
 import importlib.util
 import json
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -28,9 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from support import REPO, Run, safetensors_blob, write_model_dir
+from support import REPO, Run, error_line, safetensors_blob, write_model_dir
 
-from modelbuild.cli import main
 from modelbuild.store import Store
 
 FILES = {
@@ -43,20 +41,7 @@ TAG = "hard:latest"
 
 
 # -- helpers ------------------------------------------------------------------------------
-@pytest.fixture
-def mb(capsys, monkeypatch, home, tmp_path):
-    """``mb(*args)``: the CLI run in this process (fast), with its own MODELBUILD_HOME."""
-    monkeypatch.setenv("MODELBUILD_HOME", str(home))
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
-    monkeypatch.delenv("MODELBUILD_DEBUG", raising=False)
 
-    def run(*args: str) -> Run:
-        capsys.readouterr()
-        rc = main(list(args))
-        out, err = capsys.readouterr()
-        return Run(rc, out, err)
-
-    return run
 
 
 @pytest.fixture
@@ -76,18 +61,7 @@ def built(mb, ctx: Path, *extra: str) -> dict:
     return run.json()
 
 
-def error_line(run: Run, code: int) -> str:
-    """The one error of a failed command: exit *code*, no traceback, no bug report. A build's
-    quiet progress shows a failed step's error as ``#N ERROR: …``: the same line, not another."""
-    assert run.rc == code, (run.rc, run.err)
-    assert "internal error" not in run.err and "Traceback" not in run.err, run.err
-    lines = [line for line in run.err.splitlines() if line.strip()]
-    final = [line for line in lines if line.startswith("modelbuild: error: ")]
-    assert len(final) == 1, run.err
-    message = final[0].removeprefix("modelbuild: error: ")
-    assert all(re.fullmatch(r"#\d+ ERROR: (.*)", line) and line.split(" ERROR: ", 1)[1] == message
-               for line in lines if line != final[0]), run.err
-    return final[0]
+
 
 
 def tags(home: Path) -> dict[str, str]:

@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 from support import write_model_dir
 
-from modelbuild import cli as mb_cli
 from modelbuild.oci import mediatypes as mt
 from modelbuild.oci.registry import Registry
 
@@ -150,20 +149,7 @@ def bomb(codec: str, expanded: int) -> tuple[bytes, str]:
     return b"".join(out), "sha256:" + diff.hexdigest()
 
 
-# -- running the CLI in-process ------------------------------------------------------------------
-@pytest.fixture
-def mb(home, capsys, monkeypatch):
-    monkeypatch.setenv("MODELBUILD_HOME", str(home))
-    monkeypatch.delenv("MODELBUILD_DEBUG", raising=False)
-
-    def run(*args: str):
-        rc = mb_cli.main(list(args))
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return run
-
-
+# -- running the CLI in-process (the ``mb`` fixture of tests/conftest.py) ---------------------------
 def one_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("modelbuild: error") or ": error" in line
              or line.startswith("modelbuild:")]
@@ -282,7 +268,7 @@ def test_a_corrupted_store_blob_is_not_handed_out(mb, home, tmp_path):
     data = os.urandom(2 * MiB)
     ref = Artifact().raw("model.bin", data).to_layout(tmp_path / "layout")
     out = tmp_path / "first"
-    assert mb(*pull_args("layout", ref, out))[0] == 0
+    assert mb(*pull_args("layout", ref, out)).rc == 0
     ctx = write_model_dir(tmp_path / "ctx", {"model.bin": data})
     (ctx / "Modelfile").write_text("NAME corrupt\nMODEL model.bin\n")
     rc, _, err = mb("build", "-f", str(ctx / "Modelfile"), "-t", "corrupt:1", "--progress", "quiet")
@@ -424,7 +410,7 @@ def test_the_expansion_limit_can_be_raised(mb, tmp_path, monkeypatch):
     blob, diff_id = bomb("gzip", 80 * MiB)
     art = Artifact().compressed("data", blob, "gzip", declared=None, diff_id=diff_id)
     ref = art.to_layout(tmp_path / "layout")
-    assert mb(*pull_args("layout", ref, tmp_path / "refused"))[0] == 1
+    assert mb(*pull_args("layout", ref, tmp_path / "refused")).rc == 1
     monkeypatch.setenv("MODELBUILD_MAX_EXPANSION_RATIO", "100000")
     rc, _, err = mb(*pull_args("layout", ref, tmp_path / "out"))
     assert rc == 0, err
@@ -538,7 +524,7 @@ def test_a_store_blob_found_corrupt_by_pull_is_removed_and_comes_back_with_a_reb
     data = os.urandom(MiB)
     ctx = write_model_dir(tmp_path / "ctx", {"model.bin": data})
     (ctx / "Modelfile").write_text("NAME heal\nMODEL model.bin\n")
-    assert mb("build", "-f", str(ctx / "Modelfile"), "-t", "heal:1", "--progress", "quiet")[0] == 0
+    assert mb("build", "-f", str(ctx / "Modelfile"), "-t", "heal:1", "--progress", "quiet").rc == 0
     blob = home / "store" / "blobs" / "sha256" / sha(data)[7:]
     blob.chmod(0o644)
     with open(blob, "r+b") as fh:

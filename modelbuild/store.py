@@ -47,6 +47,7 @@ from modelbuild.oci.verify import (  # ManifestParts is also imported from here 
     Descriptor,
     IntegrityError,
     ManifestParts,
+    fsync_enabled,
     parse_json_object,
     read_verified,
     shown,
@@ -69,8 +70,6 @@ _REASONS = {
 }
 
 
-def _fsync_enabled() -> bool:
-    return os.environ.get("MODELBUILD_FSYNC", "1") != "0"
 
 
 def os_failure(exc: OSError, doing: str, path: str | Path) -> StoreError:
@@ -121,7 +120,7 @@ class BlobWriter:
         damaged copy already under the digest is replaced."""
         with store_io("write a blob into the store", self.temp):
             self.file.flush()
-            if _fsync_enabled():
+            if fsync_enabled():
                 os.fsync(self.file.fileno())
             self.file.close()
         digest = "sha256:" + self.hasher.hexdigest()
@@ -334,7 +333,7 @@ class Store:
         hasher = hashlib.sha256()
         size = _copy_stream(path, hasher.update, progress)
         digest = "sha256:" + hasher.hexdigest()
-        if _fsync_enabled():
+        if fsync_enabled():
             with store_io("write a blob into the store", path):
                 fd = os.open(path, os.O_RDONLY)
                 try:
@@ -610,7 +609,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            if _fsync_enabled():
+            if fsync_enabled():
                 os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)

@@ -38,8 +38,8 @@ from modelbuild.digests import CHUNK
 from modelbuild.errors import BuildError, UsageError
 from modelbuild.limits import env_int
 from modelbuild.oci.layerplan import Layer, PathTree, diff_ids, file_mode, layer_path, plan
-from modelbuild.oci.untar import EXPANSION_VAR, create_exclusive, fsync_enabled, make_parents, unpack, write_error
-from modelbuild.oci.verify import Descriptor, IntegrityError, Verifier, copy_verified, shown
+from modelbuild.oci.untar import EXPANSION_VAR, create_exclusive, make_parents, unpack, write_error
+from modelbuild.oci.verify import Descriptor, IntegrityError, Verifier, copy_verified, fsync_enabled, shown
 
 Progress = Callable[[int], None]
 STAGING_PREFIX = ap.RESERVED_PREFIX + "staging-"

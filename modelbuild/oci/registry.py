@@ -64,7 +64,7 @@ from modelbuild.oci.transport import (
     error_detail,
     header_int,
 )
-from modelbuild.oci.verify import IntegrityError, ManifestParts, parse_json_object, shown
+from modelbuild.oci.verify import IntegrityError, ManifestParts, fsync_enabled, parse_json_object, shown
 
 MiB = 1 << 20
 DEFAULT_CHUNK = 32 * MiB  # per PATCH: amortises a round trip, yet little to resend
@@ -359,7 +359,7 @@ class Registry(Transport):
             except _WriteFailed as exc:  # the file holds a sound prefix: kept, a later pull resumes
                 raise _write_error(exc.error, str(partial), resumable=True) from None
             try:
-                if os.environ.get("MODELBUILD_FSYNC", "1") != "0":
+                if fsync_enabled():
                     os.fsync(fh.fileno())
             except OSError as exc:  # the kernel may have dropped the pages it could not write
                 partial.unlink(missing_ok=True)

@@ -22,13 +22,9 @@ from modelbuild.digests import CHUNK
 from modelbuild.errors import BuildError
 from modelbuild.limits import raise_hint
 from modelbuild.oci.layerplan import Layer, PathTree
-from modelbuild.oci.verify import IntegrityError, shown
+from modelbuild.oci.verify import IntegrityError, fsync_enabled, shown
 
 EXPANSION_VAR = "MODELBUILD_MAX_EXPANSION_RATIO"
-
-
-def fsync_enabled() -> bool:
-    return os.environ.get("MODELBUILD_FSYNC", "1") != "0"
 
 
 def create_exclusive(path: Path, mode: int = 0o600) -> int:
@@ -179,4 +175,4 @@ def _write_member(tf: tarfile.TarFile, member: tarfile.TarInfo, target: Path, wh
         os.close(fd)
 
 
-__all__ = ["EXPANSION_VAR", "create_exclusive", "fsync_enabled", "make_parents", "unpack", "write_error"]
+__all__ = ["EXPANSION_VAR", "create_exclusive", "make_parents", "unpack", "write_error"]

@@ -203,6 +203,12 @@ def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
+def fsync_enabled() -> bool:
+    """Whether writes are ``fsync``'d before they are renamed into place (``MODELBUILD_FSYNC=0``
+    trades crash safety for speed on slow disks); the one reading of that setting."""
+    return os.environ.get("MODELBUILD_FSYNC", "1") != "0"
+
+
 def copy_verified(src: str | Path, dst_fd: int, digest: str, size: int, *, what: str = "blob",
                   progress: Progress | None = None) -> None:
     """Copy blob *src* into the open (read-write), empty file *dst_fd*, checking it against *digest*/*size*.
@@ -279,5 +285,5 @@ def _write_error(exc: OSError, verifier: Verifier) -> BuildError:
     return BuildError(f"cannot copy {verifier.what} ({verifier.digest}): {exc.strerror}")
 
 
-__all__ = ["Descriptor", "IntegrityError", "MAX_JSON", "ManifestParts", "Verifier", "copy_verified", "json_kind",
+__all__ = ["Descriptor", "IntegrityError", "MAX_JSON", "ManifestParts", "Verifier", "copy_verified", "fsync_enabled", "json_kind",
            "parse_json_object", "read_verified", "shown"]

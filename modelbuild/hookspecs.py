@@ -28,6 +28,26 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
+# -- setting up the plugin manager ----------------------------------------------------
+
+
+@hookspec(historic=True)
+def modelbuild_addhooks(pluginmanager: "pluggy.PluginManager") -> None:
+    """Add hookspecs of a plugin's own, for other plugins to implement (pytest's
+    ``pytest_addhooks``).
+
+    Call ``pluginmanager.add_hookspecs(module_or_class)``. The hook is historic: a plugin
+    registered at any time is called once, as it is registered, so its hookspecs exist
+    before ``check_pending`` runs. A plugin that fills a registry from its own hook reads it
+    at run time with ``plugins.extension(hook_name, what)`` (the
+    :class:`modelbuild.api.PluginLookup` a transform context carries): the HF → GGUF
+    converter declares ``modelbuild_register_architectures`` this way.
+
+    Parameters: ``pluginmanager``, the :class:`pluggy.PluginManager` of this invocation.
+    Return value: ignored.  Since: 1.0.
+    """
+
+
 # -- reading the build file ---------------------------------------------------------
 
 
@@ -184,30 +204,6 @@ def modelbuild_register_converters(registry: "Registry") -> None:
     (``outtype`` always set), and the return value the complete new set. Raise
     :class:`~modelbuild.weights.FormatError` for input it cannot convert (an unsupported
     architecture, naming the supported ones; a missing tokenizer; a missing shard).
-
-    Return value: ignored.  Since: 0.3.
-    """
-
-
-@hookspec
-def modelbuild_register_architectures(registry: "Registry") -> None:
-    """Add model architectures to the Hugging Face → GGUF converter.
-
-    Call ``registry.add(adapter)``. An adapter has a unique ``name`` (e.g. ``"mistral"``),
-    ``gguf_arch`` (the GGUF ``general.architecture`` it writes, e.g. ``"llama"``; empty
-    means ``name``), a ``version`` (enters the key of every conversion), a ``summary`` and
-    ``hf_architectures`` (the ``config.json`` ``architectures`` entries it handles, e.g.
-    ``("LlamaForCausalLM",)``), and the methods the converter calls::
-
-        block_count(config) -> int
-        hparams(config) -> list[tuple[str, Any]]         # full GGUF keys; "{arch}" is replaced
-        tensor_name(hf_name, n_blocks) -> str | None     # None: skip; KeyError: unknown tensor
-        transform(hf_name, array, config) -> array       # e.g. llama's q/k permutation
-        check(config, shapes) -> None                    # raise ShapeMismatch for a contradiction
-        extra_tensors(config) -> list[tuple[str, ndarray]]
-
-    ``plugins/hf_to_gguf/adapters.py`` has the base class (:class:`ArchitectureAdapter`) with
-    defaults for all but ``tensor_name``. Adding an architecture is one small plugin.
 
     Return value: ignored.  Since: 0.3.
     """

@@ -2,14 +2,23 @@
 
 Core code calls hooks only through :class:`PluginHost`, so every call site is visible to a
 type checker, and a misspelled hook implementation fails loudly (``check_pending``).
+
+Hooks are called through pluggy (``pm.hook.NAME(registry=…)``), so ``tryfirst``/``trylast``,
+wrappers (``wrapper=True``, old-style ``hookwrapper=True``) and ``firstresult`` behave as in
+pytest. Which plugin registered a registry entry is still known: while a register hook runs,
+:meth:`Registry.add` finds its caller on the stack, the frame of one of the hook's
+implementations (:func:`fill_registry`), and records that implementation's plugin name; the
+same walk over a traceback names the plugin whose hook raised.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any, Generic, Iterable, Iterator, TypeVar
+from types import CodeType, FrameType, TracebackType
+from typing import Any, Callable, Generic, Iterable, Iterator, Protocol, TypeVar
 
 import pluggy
 
@@ -27,18 +36,18 @@ class Registry(Generic[T]):
         self.what = what
         self._items: dict[str, T] = {}
         self._owners: dict[str, str] = {}
-        self._current_plugin = "?"
+        self._attribute: Callable[[FrameType | None], str] | None = None
 
     def add(self, item: T) -> None:
+        """Add *item* under its ``name``, owned by the plugin whose hook implementation calls this."""
+        owner = self._attribute(sys._getframe(1)) if self._attribute is not None else "?"
         name = getattr(item, "name", None)
         if not isinstance(name, str) or not name:
-            raise PluginError(f"plugin {self._current_plugin} registered a {self.what} without a name")
+            raise PluginError(f"plugin {owner} registered a {self.what} without a name")
         if name in self._items:
-            raise PluginError(
-                f"{self.what} {name!r} is registered by both {self._owners[name]} and {self._current_plugin}"
-            )
+            raise PluginError(f"{self.what} {name!r} is registered by both {self._owners[name]} and {owner}")
         self._items[name] = item
-        self._owners[name] = self._current_plugin
+        self._owners[name] = owner
 
     def get(self, name: str) -> T:
         try:
@@ -76,6 +85,15 @@ class SourceRegistry(Registry[Any]):
         )
 
 
+class PluginLookup(Protocol):
+    """What a plugin may ask of the plugin manager at run time (a transform context's
+    ``plugins``): the registry of a hook it declared itself, and a plugin's version."""
+
+    def extension(self, hook_name: str, what: str) -> "Registry[Any]": ...
+
+    def plugin_version(self, plugin_name: str) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class PluginInfo:
     name: str
@@ -96,7 +114,6 @@ class PluginHost:
         self.quantizers: Registry[Any] = Registry("quantizer")
         self.shard_strategies: Registry[Any] = Registry("shard strategy")
         self.converters: Registry[Any] = Registry("converter")
-        self.architectures: Registry[Any] = Registry("architecture")
         self.targets: Registry[Any] = Registry("target")
         self._fill(self.frontends, "modelbuild_register_frontends")
         self._fill(self.sources, "modelbuild_register_sources")
@@ -105,7 +122,7 @@ class PluginHost:
         self._fill(self.quantizers, "modelbuild_register_quantizers")
         self._fill(self.shard_strategies, "modelbuild_register_shard_strategies")
         self._fill(self.converters, "modelbuild_register_converters")
-        self._fill(self.architectures, "modelbuild_register_architectures")
+        self._extensions: dict[str, Registry[Any]] = {}
         self._fill(self.targets, "modelbuild_register_targets")
 
     def format_for_path(self, path: str) -> Any | None:
@@ -130,31 +147,28 @@ class PluginHost:
     def quant_types(self, fmt: str | None = None) -> list[str]:
         return sorted({t for q in self.quantizers if fmt is None or q.format == fmt for t in q.types})
 
+    def extension(self, hook_name: str, what: str) -> Registry[Any]:
+        """The registry a plugin's own ``modelbuild_register_*`` hook fills (a hookspec it
+        added in ``modelbuild_addhooks``), filled on first use and kept for this build; an
+        empty registry when no plugin declared the hook."""
+        registry = self._extensions.get(hook_name)
+        if registry is None:
+            registry = Registry(what)
+            hook = getattr(self.pm.hook, hook_name, None)
+            if hook is not None and hook.has_spec():
+                fill_registry(hook, registry)
+            self._extensions[hook_name] = registry
+        return registry
+
     def _fill(self, registry: Registry[Any], hook_name: str) -> None:
-        hook = getattr(self.pm.hook, hook_name)
-        for impl in hook.get_hookimpls():  # registration order
-            registry._current_plugin = impl.plugin_name
-            try:
-                impl.function(registry=registry)
-            except (PluginError, ModelfileError, UsageError):
-                raise
-            except Exception as exc:  # a plugin bug: name the plugin
-                raise PluginError(f"plugin {impl.plugin_name} failed in {hook_name}: {exc!r}") from exc
+        fill_registry(getattr(self.pm.hook, hook_name), registry)
 
     def plugin_version(self, plugin_name: str) -> str:
         """The version of the distribution that provides *plugin_name* (enters cache keys)."""
-        return self._versions().get(plugin_name, ("", "0"))[1]
+        return plugin_version(self.pm, plugin_name)
 
     def _versions(self) -> dict[str, tuple[str, str]]:
-        cached = getattr(self, "_version_cache", None)
-        if cached is None:
-            cached = {}
-            for plugin, dist in self.pm.list_plugin_distinfo():
-                name = self.pm.get_name(plugin)
-                if name is not None:
-                    cached[name] = (dist.project_name, dist.version)
-            self._version_cache = cached
-        return cached
+        return _distributions(self.pm)
 
     def infos(self) -> list[PluginInfo]:
         provides: dict[str, list[str]] = {}
@@ -166,7 +180,7 @@ class PluginHost:
             ("quantizer", self.quantizers),
             ("shard", self.shard_strategies),
             ("converter", self.converters),
-            ("architecture", self.architectures),
+            *((reg.what, reg) for reg in self._extensions.values()),
             ("target", self.targets),
         ):
             for name in registry.names():
@@ -179,25 +193,142 @@ class PluginHost:
         return sorted(out, key=lambda p: p.name)
 
 
+def fill_registry(hook: pluggy.HookCaller, registry: Registry[Any]) -> None:
+    """Call a ``modelbuild_register_*`` hook through pluggy, so that its implementations run
+    in pluggy's order (``tryfirst`` first, wrappers around the rest), recording which plugin
+    added each entry. A plugin's own registries (an extension hook it declared with
+    ``modelbuild_addhooks``) are filled the same way.
+
+    A plugin bug inside the hook (anything but a modelbuild error) is a :class:`PluginError`
+    naming the plugin whose implementation raised.
+    """
+    impls: dict[CodeType, list[Any]] = {}
+    for impl in hook.get_hookimpls():
+        code = getattr(impl.function, "__code__", None)
+        if code is not None:
+            impls.setdefault(code, []).append(impl)
+
+    def owner(frame: FrameType | None) -> str:
+        while frame is not None:
+            found = _impl_of(frame.f_code, frame.f_locals, impls)
+            if found is not None:
+                return found
+            frame = frame.f_back
+        return "?"
+
+    registry._attribute = owner
+    try:
+        hook(registry=registry)
+    except (PluginError, ModelfileError, UsageError):
+        raise
+    except Exception as exc:  # a plugin bug: name the plugin
+        culprit = _raiser(exc.__traceback__, impls)
+        raise PluginError(f"plugin {culprit} failed in {hook.name}: {exc!r}") from exc
+    finally:
+        registry._attribute = None
+
+
+def _impl_of(code: CodeType, local: dict[str, Any], impls: dict[CodeType, list[Any]]) -> str | None:
+    """The plugin name of the hook implementation running *code*, if it is one. Two plugin
+    instances of one class share code: the frame's ``self`` tells them apart."""
+    candidates = impls.get(code)
+    if not candidates:
+        return None
+    if len(candidates) > 1:
+        for impl in candidates:
+            if local.get("self") is impl.plugin:
+                return str(impl.plugin_name)
+    return str(candidates[0].plugin_name)
+
+
+def _raiser(tb: TracebackType | None, impls: dict[CodeType, list[Any]]) -> str:
+    """The plugin whose hook implementation is the innermost one in traceback *tb*."""
+    found = "?"
+    while tb is not None:
+        name = _impl_of(tb.tb_frame.f_code, tb.tb_frame.f_locals, impls)
+        found = name or found
+        tb = tb.tb_next
+    return found
+
+
+def plugin_version(pm: pluggy.PluginManager, plugin_name: str) -> str:
+    """The version of the distribution that provides the plugin named *plugin_name*; "0" for
+    a plugin registered directly (a test's). Enters the cache key of every step it does."""
+    return _distributions(pm).get(plugin_name, ("", "0"))[1]
+
+
+def _distributions(pm: pluggy.PluginManager) -> dict[str, tuple[str, str]]:
+    """Plugin name → (distribution, version) of the plugins loaded from entry points."""
+    out = {}
+    for plugin, dist in pm.list_plugin_distinfo():
+        name = pm.get_name(plugin)
+        if name is not None:
+            out[name] = (dist.project_name, dist.version)
+    return out
+
+
 def make_plugin_manager(extra_plugins: Iterable[object] = (), *, load_entrypoints: bool = True) -> PluginHost:
     """A fresh plugin manager: entry-point plugins, then *extra_plugins* (used by tests).
+
+    ``modelbuild_addhooks`` is called historically first, so every plugin, whenever it is
+    registered, may add hookspecs of its own (pytest's ``pytest_addhooks``). Then
+    :meth:`pluggy.PluginManager.check_pending` makes a hook implementation no hookspec
+    declares (a misspelled name) an error naming the plugin.
 
     ``MODELBUILD_DISABLE_PLUGINS=name,name`` blocks named entry-point plugins, for
     isolating a misbehaving third-party plugin.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    pm.hook.modelbuild_addhooks.call_historic(kwargs={"pluginmanager": pm})
     for name in filter(None, os.environ.get("MODELBUILD_DISABLE_PLUGINS", "").split(",")):
         pm.set_blocked(name.strip())
-    if load_entrypoints:
-        try:
+    try:
+        if load_entrypoints:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        except Exception as exc:
-            raise PluginError(f"loading a plugin failed: {exc!r}") from exc
-    for plugin in extra_plugins:
-        pm.register(plugin)
+        for plugin in extra_plugins:
+            pm.register(plugin, _readable_name(pm, plugin))
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {_plugin_name(pm, exc.plugin)} is invalid: {exc}") from exc
+    except (PluginError, ModelfileError, UsageError):
+        raise
+    except Exception as exc:
+        raise PluginError(f"loading a plugin failed: {exc!r}") from exc
+    _check_pending(pm)
+    return PluginHost(pm)
+
+
+def _check_pending(pm: pluggy.PluginManager) -> None:
+    """pluggy's ``check_pending``, worded for a plugin author: which plugin implements which
+    unknown hook, and the closest hook that exists."""
+    known = [name for name in dir(pm.hook) if name.startswith(hookspecs.PROJECT + "_")
+             and getattr(pm.hook, name).has_spec()]
+    for name in sorted(dir(pm.hook)):
+        caller = getattr(pm.hook, name)
+        if not isinstance(caller, pluggy.HookCaller) or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.optionalhook:
+                continue
+            close = difflib.get_close_matches(name, known, n=1)
+            raise PluginError(f"plugin {impl.plugin_name} implements unknown hook {name}",
+                              hint=f"did you mean {close[0]}?" if close else "see modelbuild.hookspecs")
     try:
         pm.check_pending()
-    except pluggy.PluginValidationError as exc:
+    except pluggy.PluginValidationError as exc:  # what the loop above does not word
         raise PluginError(str(exc)) from exc
-    return PluginHost(pm)
+
+
+def _readable_name(pm: pluggy.PluginManager, plugin: object) -> str:
+    """A name for a plugin registered directly (a test's): its module or class name, not
+    pluggy's default ``id()``, so messages can name it."""
+    base = getattr(plugin, "__name__", None) or type(plugin).__name__
+    name, n = base, 1
+    while pm.has_plugin(name) or pm.is_blocked(name):
+        n += 1
+        name = f"{base}#{n}"
+    return name
+
+
+def _plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
+    return pm.get_name(plugin) or getattr(plugin, "__name__", None) or type(plugin).__name__

@@ -86,13 +86,13 @@ class TransformContext:
         advance: Callable[[int], None] | None = None,
         set_total: Callable[[int], None] | None = None,
         log: Callable[[str], None] | None = None,
-        architectures: Any = None,
+        plugins: Any = None,
     ) -> None:
         self.workdir = workdir
         self.jobs = max(1, jobs)
-        # the architecture adapters plugins registered (modelbuild_register_architectures),
-        # for converters; a registry with get(name), names() and iteration
-        self.architectures = architectures
+        # the plugin host (modelbuild.api.PluginLookup): a plugin's own extension registries
+        # (``plugins.extension(hook_name, what)``, e.g. hf-to-gguf's architecture adapters)
+        self.plugins = plugins
         self._advance = advance or (lambda n: None)
         self._set_total = set_total or (lambda n: None)
         self._log = log or (lambda m: None)

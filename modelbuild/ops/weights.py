@@ -69,10 +69,10 @@ class TransformOp(Op):
         definition = {**step.definition(),
                       "implementation": plugin_identity(self._registry(step, env), step.params["plugin"], env),
                       "files": identity(model_set(inputs))}
-        if step.params["action"] == "convert":
-            # a converter's output also depends on the architecture adapters it consults
-            definition["architectures"] = [plugin_identity(env.host.architectures, name, env)
-                                           for name in env.host.architectures.names()]
+        plugin = self._registry(step, env).get(step.params["plugin"])
+        extras = getattr(plugin, "key_extras", None)
+        if extras is not None:  # what else the output depends on (hf-to-gguf: the adapter it uses)
+            definition["uses"] = extras(weight_files(model_set(inputs)), env.host)
         return key_of(definition)
 
     def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
@@ -102,7 +102,7 @@ class TransformOp(Op):
         env = ctx.env
         workdir = Path(tempfile.mkdtemp(dir=env.store.ingest_dir, prefix="transform-"))
         tctx = TransformContext(workdir, jobs=env.jobs, advance=ctx.advance, set_total=ctx.set_total, log=ctx.log,
-                                architectures=env.host.architectures)
+                                plugins=env.host)
         try:
             if p["action"] == "quantize":
                 produced = plugin.quantize(files, p["arg"], dict(p["options"]), tctx)

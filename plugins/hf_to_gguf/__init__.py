@@ -85,9 +85,10 @@ false) and then ``tokenizer_config.json``; the chat template from
 of named templates becomes ``tokenizer.chat_template.NAME`` keys, as gguf-py writes them).
 
 **Architectures** are adapters (:class:`ArchitectureAdapter`), registered through the
-``modelbuild_register_architectures`` hook; the converter finds them in
-``ctx.architectures`` (the registry the hook filled) by ``config.json``'s
-``architectures[0]``. Built in: ``llama`` (LlamaForCausalLM), ``mistral``
+``modelbuild_register_architectures`` hook, which this plugin declares itself
+(:mod:`.hookspecs`, added in ``modelbuild_addhooks``); the converter finds them in
+``ctx.plugins.extension("modelbuild_register_architectures", …)`` by ``config.json``'s
+``architectures[0]``, and keys a conversion on the one adapter it uses. Built in: ``llama`` (LlamaForCausalLM), ``mistral``
 (MistralForCausalLM, written as GGUF architecture ``llama`` as llama.cpp does) and
 ``qwen2`` (Qwen2ForCausalLM).
 
@@ -145,6 +146,13 @@ __all__ = [
 
 
 # -- registration ------------------------------------------------------------------------------
+
+
+@hookimpl
+def modelbuild_addhooks(pluginmanager: Any) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 @hookimpl

@@ -20,6 +20,7 @@ from .tokenizer import Vocab, read_vocab
 OUTTYPES = ("f16", "f32", "bf16", "q8_0")
 OUTPUT_NAME = "model.gguf"
 OPTIONS = ("outtype", "name", "pre")
+ARCHITECTURES_HOOK = ("modelbuild_register_architectures", "architecture")
 CHUNK_ELEMENTS = 4 << 20  # elements converted at a time (16 MiB of float32)
 
 _INDEX_SUFFIX = ".safetensors.index.json"
@@ -78,6 +79,30 @@ class HfToGguf:
     target_format = "gguf"
     outtypes = OUTTYPES
 
+    @staticmethod
+    def _architectures(plugins: Any) -> Any:
+        """The adapters plugins registered through this plugin's own hook."""
+        if plugins is None:
+            raise UsageError("hf-to-gguf needs the plugin lookup (ctx.plugins) to find its architecture adapters; "
+                             "this modelbuild does not pass it")
+        return plugins.extension(*ARCHITECTURES_HOOK)
+
+    def key_extras(self, files: list[WeightFile], plugins: Any) -> dict[str, Any]:
+        """The architecture adapter this conversion uses, its version and its plugin's: the
+        output depends on that adapter alone, so installing another architecture plugin
+        re-converts nothing, and upgrading this one re-converts only its models."""
+        registry = self._architectures(plugins)
+        try:
+            directory, _, _ = self._weights(files)
+            path = posixpath.join(directory, "config.json") if directory else "config.json"
+            cfg = next(f for f in files if f.path == path)
+            adapter = self._adapter(_json_object(cfg), registry, cfg.path)
+        except (FormatError, StopIteration):
+            return {"architecture": None}  # the conversion fails, and nothing is cached
+        owner = registry.owner(adapter.name)
+        return {"architecture": {"name": adapter.name, "version": str(adapter.version), "plugin": owner,
+                                 "plugin_version": plugins.plugin_version(owner)}}
+
     def convert(self, files: list[WeightFile], options: dict[str, Any],
                 ctx: TransformContext) -> list[WeightFile | Output]:
         outtype = str(options.get("outtype") or OUTTYPES[0]).lower()
@@ -87,10 +112,7 @@ class HfToGguf:
         if unknown:
             raise UsageError(f"hf-to-gguf has no option --{unknown[0]}",
                              hint="its options: --outtype=" + "|".join(OUTTYPES) + ", --name=TEXT, --pre=NAME")
-        registry = getattr(ctx, "architectures", None)
-        if registry is None:
-            raise UsageError("hf-to-gguf needs the architecture registry (ctx.architectures); this modelbuild "
-                             "does not pass it")
+        registry = self._architectures(getattr(ctx, "plugins", None))
 
         directory, weights, index = self._weights(files)
         ignored = [f for f in files if f.path.endswith(".safetensors") and f not in weights]

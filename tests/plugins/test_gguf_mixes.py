@@ -372,7 +372,7 @@ def test_mixes_on_the_converted_tiny_checkpoint_match_llama_cpp(tmp_path, arch, 
                         "model" if p.suffix == ".safetensors" else "config")
              for p in sorted(src.iterdir()) if p.is_file()]
     host = plugin_host()
-    ctx = TransformContext(tmp_path / "work", jobs=2, architectures=host.architectures)
+    ctx = TransformContext(tmp_path / "work", jobs=2, plugins=host)
     out = host.converters.get("hf-to-gguf").convert(files, {"outtype": "f32"}, ctx)
     gguf_out = next(o for o in out if o.path.endswith(".gguf"))
     f32 = tmp_path / "tiny-f32.gguf"

@@ -83,9 +83,7 @@ HOST = plugin_host()
 def context(tmp: Path, *, jobs: int = 1, host: Any = HOST, logs: list[str] | None = None) -> TransformContext:
     work = tmp / f"work-{len(list(tmp.glob('work-*')))}"
     work.mkdir(parents=True)
-    ctx = TransformContext(work, jobs=jobs, log=(logs.append if logs is not None else None))
-    ctx.architectures = host.architectures  # what the core passes (see the report on TransformContext)
-    return ctx
+    return TransformContext(work, jobs=jobs, log=(logs.append if logs is not None else None), plugins=host)
 
 
 def convert(directory: Path, tmp: Path, *, files: list[WeightFile] | None = None, host: Any = HOST,
@@ -175,8 +173,10 @@ def test_registered_through_entry_points():
     converter = HOST.converters.get("hf-to-gguf")
     assert (converter.source_format, converter.target_format) == ("safetensors", "gguf")
     assert converter.outtypes == ("f16", "f32", "bf16", "q8_0")
-    assert {"llama", "mistral", "qwen2"} <= set(HOST.architectures.names())
-    mistral = HOST.architectures.get("mistral")
+    architectures = HOST.extension("modelbuild_register_architectures", "architecture")
+    assert {"llama", "mistral", "qwen2"} <= set(architectures.names())
+    assert architectures.owner("llama") == "hf-gguf"
+    mistral = architectures.get("mistral")
     assert mistral.arch == "llama" and mistral.hf_architectures == ("MistralForCausalLM",)
     assert HOST.converter_for("safetensors", "gguf") is converter
 
@@ -634,7 +634,7 @@ def test_options_and_context(tmp_path):
     with pytest.raises(UsageError, match="no option --keep"):
         converter.convert(model_set(src), {"outtype": "f16", "keep": ["x"]}, context(tmp_path))
     bare = TransformContext(tmp_path / "bare")
-    with pytest.raises(UsageError, match="ctx.architectures"):
+    with pytest.raises(UsageError, match="ctx.plugins"):
         converter.convert(model_set(src), {"outtype": "f16"}, bare)
     _, path = convert(src, tmp_path, name="tiny test")
     assert kv(reader(path), "general.name") == "tiny test"

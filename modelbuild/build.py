@@ -89,6 +89,7 @@ def prepare(
 ) -> tuple[Any, Any, Any]:
     """Everything up to the graph: plugins, frontend, tags, options, plan. Reads no weights."""
     from modelbuild.frontend import load_description
+    from modelbuild.frontend.resolve import resolve
     from modelbuild.oci.reference import parse_reference, reference_from_name
     from modelbuild.planner import BuildOptions, plan
     from modelbuild.plugins import make_plugin_manager
@@ -108,9 +109,8 @@ def prepare(
         outputs=tuple(parse_output(o) for o in outputs),
         created=created,
         epoch=epoch,
-        extra={"platforms": list(platforms)} if platforms else {},
     )
-    return host, desc, plan(desc, options, host)
+    return host, desc, plan(resolve(desc, host, platforms=platforms), options)
 
 
 def _with_warning(desc: Any, warning: str) -> Any:
@@ -122,17 +122,14 @@ def _with_warning(desc: Any, warning: str) -> Any:
 def _variants(store: Any, graph: Any, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Digest, config and layers of each manifest the build wrote, read back verified."""
     variants = []
-    for sid in graph.steps:
-        if sid.startswith("manifest"):
-            stage = sid.partition(":")[2] or None
-            suffix = f":{stage}" if stage else ""
-            manifest, config = results[sid]["descriptor"], results[f"config{suffix}"]["descriptor"]
-            variants.append({
-                "stage": stage,
-                "digest": manifest["digest"],
-                "config": store.read_json(config["digest"], config["size"]),
-                "layers": store.read_json(manifest["digest"], manifest["size"]).get("layers", []),
-            })
+    for v in graph.variants:
+        manifest, config = results[v.manifest]["descriptor"], results[v.config]["descriptor"]
+        variants.append({
+            "stage": v.stage,
+            "digest": manifest["digest"],
+            "config": store.read_json(config["digest"], config["size"]),
+            "layers": store.read_json(manifest["digest"], manifest["size"]).get("layers", []),
+        })
     return variants
 
 
@@ -197,9 +194,8 @@ def build(
         cache.close()
         emitter.close()
     top = results["export"]["descriptor"]
-    warnings = list(desc.warnings) + [w for sid, r in results.items() if sid.startswith("config")
-                                      for w in r.get("warnings", [])]
-    single = "index" not in graph.steps
+    warnings = list(desc.warnings) + [w for v in graph.variants for w in results[v.config].get("warnings", [])]
+    single = graph.variants[0].stage is None
     return BuildResult(
         digest=top["digest"],
         descriptor=top,

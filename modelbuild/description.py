@@ -1,8 +1,14 @@
-"""The build description: what a frontend hands the planner.
+"""The build description: what a frontend produces, and its resolved form the planner takes.
 
 It is plain data, independent of any frontend syntax (meson's "build model"): the planner
 never sees Modelfile text, and a frontend never sees steps. Spans ride along only so later
 stages can point a user at the line that asked for something; they never enter a cache key.
+
+A frontend plugin returns a :class:`BuildDescription` (files found, variables expanded,
+sizes and constraints parsed). :func:`modelbuild.frontend.resolve.resolve` checks it
+against the installed plugins and returns a :class:`ResolvedBuild`: every transform with the
+plugin that will do it and its options typed, every stage with its target platform and
+index entry. The planner only plans: it raises no Modelfile error and parses nothing.
 """
 
 from __future__ import annotations
@@ -10,9 +16,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from modelbuild.errors import Span
+
+if TYPE_CHECKING:
+    from modelbuild.targets import Constraint
 
 
 class FileKind(str, enum.Enum):
@@ -54,6 +63,8 @@ class TransformSpec:
     arg: str  # the quant type, or the shard size as written
     options: tuple[tuple[str, Any], ...] = ()
     origin: Span | None = None
+    max_bytes: int | None = None  # SHARD: the size, parsed by the frontend
+    option_spans: tuple[tuple[str, Span], ...] = field(default=(), compare=False)  # where each option was written
 
     @property
     def directive(self) -> str:
@@ -67,7 +78,7 @@ class StageSpec:
     name: str
     target: str
     variant: str | None
-    constraints: tuple[str, ...]
+    constraints: tuple["Constraint", ...]
     transforms: tuple[TransformSpec, ...] = ()
     origin: Span | None = None
 
@@ -87,3 +98,46 @@ class BuildDescription:
     stages: tuple[StageSpec, ...] = ()
     source_file: str = "Modelfile"
     warnings: tuple[str, ...] = ()
+
+
+# -- resolved: what the planner takes ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Transform:
+    """A weight transform with the plugin that will do it chosen and its options checked."""
+
+    action: str  # "convert", "quantize", "shard" or "merge"
+    arg: str  # the quant type or target format; the shard size as written
+    plugin: str  # the registry name of the converter, quantizer or shard strategy
+    owner: str  # the plugin that registered it (its version enters the step's key)
+    options: tuple[tuple[str, Any], ...] = ()  # typed from the plugin's declarations, sorted
+    max_bytes: int | None = None  # SHARD
+    origin: Span | None = None
+
+    @property
+    def label(self) -> str:
+        """What progress output calls the step."""
+        return {"convert": f"convert to {self.arg}", "merge": "merge shards",
+                "shard": f"shard {self.arg}"}.get(self.action, f"quantize {self.arg}")
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One manifest to build: the implicit single one (``stage`` None), or a TARGET stage's."""
+
+    stage: str | None  # the stage's name: shown, tagged (TAG-STAGE) and annotated, never keyed
+    platform: str | None  # the target platform and constraints: what a stage's steps are keyed by
+    chain: tuple[Transform, ...] = ()  # the stage's own transforms, after the shared ones
+    index_platform: Mapping[str, str] = field(default_factory=dict)  # the index entry's OCI platform
+    index_annotations: Mapping[str, str] = field(default_factory=dict)  # and its annotations
+
+
+@dataclass(frozen=True)
+class ResolvedBuild:
+    """A build description checked against the installed plugins, ready to plan."""
+
+    description: BuildDescription
+    model_set: tuple[FileSpec, ...]  # the files weight transforms and the metadata reader work on
+    shared: tuple[Transform, ...]  # before the first TARGET
+    variants: tuple[Variant, ...]  # generic (CPU) ones first

@@ -3,7 +3,8 @@
 A :class:`Step` is frozen data: an op name, the plugin that provides it, its parameters as
 canonical JSON, and the target platform. A step's cache key is computed later, by the op,
 from this definition plus its inputs' *content* digests (BuildKit's Merkle DAG): the label
-shown in progress output and the Modelfile line that asked for it never enter a key.
+shown in progress output, the stage's name and the Modelfile line that asked for it never
+enter a key.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class Step:
     label: str
     params_json: bytes = b"{}"
     plugin: str = "modelbuild"
-    platform: str | None = None
+    platform: str | None = None  # the stage's target platform and constraints: keyed
+    stage: str | None = None  # the stage's name: shown, never keyed
 
     @staticmethod
     def make(id: str, op: str, label: str, params: dict[str, Any] | None = None, **kw: Any) -> "Step":
@@ -40,6 +42,15 @@ class Step:
     def definition(self) -> dict[str, Any]:
         """What identifies the step's work, without its inputs (they are added by the op)."""
         return {"op": self.op, "plugin": self.plugin, "platform": self.platform, "params": self.params}
+
+
+@dataclass(frozen=True, slots=True)
+class VariantSteps:
+    """Where one variant's config and manifest come from in the graph."""
+
+    stage: str | None  # None: the single variant of a build without TARGET stages
+    config: str  # step id
+    manifest: str  # step id
 
 
 class BuildGraph:
@@ -56,6 +67,8 @@ class BuildGraph:
         self.steps: dict[str, Step] = {}
         self.deps: dict[str, list[str]] = {}
         self._dependents: dict[str, list[str]] = {}
+        self.variants: list[VariantSteps] = []  # in index order (generic first)
+        self.top = ""  # the step whose descriptor the build produces: the manifest, or the index
 
     def add(self, step: Step, deps: list[Step] | None = None) -> Step:
         if step.id in self.steps:
@@ -126,6 +139,7 @@ class BuildGraph:
                     "label": self.step(sid).label,
                     "plugin": self.step(sid).plugin,
                     "platform": self.step(sid).platform,
+                    "stage": self.step(sid).stage,
                     "params": self.step(sid).params,
                     "deps": [number[d] for d in self.deps[sid]],
                 }

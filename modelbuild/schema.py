@@ -10,6 +10,11 @@ from typing import Any
 
 from modelbuild.errors import BuildError
 
+# Common spellings of ModelPack precisions: the Modelfile suggests the ModelPack name, and a
+# config value written either way agrees with what the weights say.
+PRECISION_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "f16": "float16", "f32": "float32",
+                     "fp8": "float8_e4m3", "fp64": "float64"}
+
 
 @lru_cache(maxsize=1)
 def _validator() -> Any:

@@ -88,5 +88,3 @@ KNOWN_PRECISIONS = {
     "float64", "float32", "float16", "bfloat16", "float8_e4m3", "float8_e5m2", "float4_e2m1",
     "int64", "int32", "int16", "int8", "int4", "uint64", "uint32", "uint16", "uint8", "uint4", "bool",
 }
-PRECISION_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "f16": "float16", "f32": "float32",
-                     "fp8": "float8_e4m3", "fp64": "float64"}

@@ -25,9 +25,9 @@ from modelbuild.frontend.directives import (
     DIRECTIVES,
     KNOWN_PRECISIONS,
     MODALITIES,
-    PRECISION_ALIASES,
     Directive,
 )
+from modelbuild.schema import PRECISION_ALIASES
 
 if TYPE_CHECKING:
     from modelbuild.plugins import Registry
@@ -364,7 +364,7 @@ class _Interpreter:
             from modelbuild.targets import ConstraintError, parse_constraint
 
             try:
-                constraints.append(str(parse_constraint(text)))
+                constraints.append(parse_constraint(text))
             except ConstraintError as exc:
                 raise ModelfileError.at(word.span, str(exc)) from None
         other = self.stage_names.get(name)
@@ -387,14 +387,15 @@ class _Interpreter:
             from modelbuild.weights import parse_size
 
             try:
-                parse_size(arg)
+                max_bytes = parse_size(arg)
             except ValueError as exc:
                 raise ModelfileError.at(first.span, str(exc), hint="or SHARD none to merge shards") from None
             except OverflowError:  # parse_size turns the digits into a float: 400 nines are infinity
                 raise ModelfileError.at(first.span, f"shard size {syntax.shown(arg)} is too large") from None
-            self._add_transform(TransformSpec("shard", arg, (), ins.span))
+            self._add_transform(TransformSpec("shard", arg, (), ins.span, max_bytes=max_bytes))
             return
         options: dict[str, Any] = {}
+        spans: dict[str, Span] = {}
         for word in rest:
             text = self.expand(word)
             key, eq, value = text.removeprefix("--").partition("=")
@@ -407,8 +408,10 @@ class _Interpreter:
                 raise ModelfileError.at(word.span, f"option --{syntax.clip(key)} is given twice")
             else:
                 options[key] = value
+            spans.setdefault(key, word.span)
         action = "convert" if d.name == "CONVERT" else "quantize"
-        self._add_transform(TransformSpec(action, arg.lower(), tuple(sorted(options.items())), ins.span))
+        self._add_transform(TransformSpec(action, arg.lower(), tuple(sorted(options.items())), ins.span,
+                                          option_spans=tuple(sorted(spans.items()))))
 
     def _add_transform(self, t: TransformSpec) -> None:
         """Before the first TARGET a transform is shared by every stage; after, it is the stage's."""

@@ -93,7 +93,7 @@ def build_config(params: dict[str, Any], derived: dict[str, Any],
 def _agrees(name: str, explicit: str, found: str) -> bool:
     """Whether an explicit value says the same as the derived one, allowing common spellings."""
     if name == "precision":
-        from modelbuild.frontend.directives import PRECISION_ALIASES
+        from modelbuild.schema import PRECISION_ALIASES
 
         norm = {PRECISION_ALIASES.get(p.strip().lower(), p.strip().lower()) for p in explicit.split(",")}
         return norm == set(found.split(","))

@@ -110,9 +110,7 @@ class TransformOp(Op):
                 options = {"outtype": plugin.outtypes[0], **dict(p["options"])}
                 produced = plugin.convert(files, options, tctx)
             elif p["action"] == "shard":
-                from modelbuild.weights import parse_size
-
-                produced = plugin.shard(files, parse_size(p["arg"]), tctx)
+                produced = plugin.shard(files, p["max_bytes"], tctx)
             else:
                 produced = plugin.merge(files, tctx)
             known = {(f.path, f.digest): f for f in files}
@@ -147,8 +145,12 @@ class DescribeOp(Op):
     name = "describe"
 
     def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
-        formats = [plugin_identity(env.host.formats, name, env) for name in env.host.formats.names()]
-        return key_of({**step.definition(), "formats": formats, "files": identity(model_set(inputs))})
+        # only the formats this model set's files have: another format plugin changes nothing
+        files = model_set(inputs)
+        consulted = sorted({h.name for f in files if f["kind"] == "model"
+                            and (h := env.host.format_for_path(f["path"])) is not None})
+        formats = [plugin_identity(env.host.formats, name, env) for name in consulted]
+        return key_of({**step.definition(), "formats": formats, "files": identity(files)})
 
     def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
         env = ctx.env

@@ -1,5 +1,11 @@
 """The local store: an OCI image layout of content-addressed blobs, and its tags.
 
+:class:`Store` is the one writer of the store: every blob goes in through one of its
+methods (a :class:`BlobWriter`, :meth:`~Store.ingest_file`, :meth:`~Store.adopt`,
+:meth:`~Store.download`, :meth:`~Store.link_from`), every tag through
+:class:`~modelbuild.storage.tags.TagIndex` (``index.json``). Nothing outside it names a
+path under ``blobs/`` to write to.
+
 Every blob is written to ``ingest/`` first, hashed on the way in, fsync'd, and renamed into
 ``blobs/sha256/<hex>``: a killed build leaves at worst a temp file in ``ingest/`` (which
 ``prune`` removes), never a half-written blob under its digest. Blobs are made read-only so
@@ -15,83 +21,44 @@ write permission bit (root ignores permission bits, so a writable blob is one so
 rewrote). A blob found damaged either way is removed, so the next build rebuilds it and the
 next pull fetches it again; ``prune --verify`` re-hashes everything.
 
-``index.json`` holds the tags (``org.opencontainers.image.ref.name``); it is rewritten
-atomically under an exclusive ``flock``, so concurrent builds never lose each other's tags.
 Builds hold ``gc.lock`` shared while they run; ``prune`` takes it exclusively, so it never
-collects blobs a running build has written but not yet tagged.
-
-Every failure of the file system under the store (read-only, full, permission denied, a
-path that is a file) is a :class:`StoreError` naming the file, raised here, where the store
-is touched: commands never catch ``OSError`` themselves.
+collects blobs a running build has written but not yet tagged. File-system failures are
+:class:`StoreError` lines naming the file (:mod:`modelbuild.storage.files`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
+import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from modelbuild.digests import CHUNK, hex_of, is_digest
+from modelbuild.digests import hex_of, is_digest
 from modelbuild.errors import BuildError, NotFoundError, StoreError
-from modelbuild.oci import mediatypes as mt
-from modelbuild.oci.verify import (  # ManifestParts is also imported from here by older callers
+from modelbuild.oci.verify import (
     MAX_JSON,
     Descriptor,
     IntegrityError,
-    ManifestParts,
     fsync_enabled,
+    kernel_copy,
     parse_json_object,
     read_verified,
     shown,
 )
+from modelbuild.oci.walk import walk
+from modelbuild.storage.files import atomic_write, copy_stream, flock, os_failure, read_bounded, store_io
+from modelbuild.storage.tags import TagIndex
 
-REF_ANNOTATION = "org.opencontainers.image.ref.name"
-MAX_INDEX = 64 << 20  # index.json lists every tag: far more than a manifest, still not endless
 Progress = Callable[[int], None]
 Report = Callable[[str], None]
-
-_REASONS = {
-    errno.ENOSPC: "no space left on device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.ENOTDIR: "a part of the path is not a directory",
-    errno.EEXIST: "a file is in the way",
-    errno.EISDIR: "is a directory",
-}
-
-
-
-
-def os_failure(exc: OSError, doing: str, path: str | Path) -> StoreError:
-    """The one line a failed file-system call under the store becomes: the file it concerned,
-    what modelbuild was doing, and the reason in words (``ENOSPC``, ``EROFS``, …)."""
-    reason = _REASONS.get(exc.errno or 0) or (exc.strerror or str(exc)).lower()
-    return StoreError(f"{shown(exc.filename or path, 240)}: cannot {doing}: {reason}")
-
-
-@contextlib.contextmanager
-def store_io(doing: str, path: str | Path, *, exact: bool = False) -> Iterator[None]:
-    """Run a file-system call on the store; an ``OSError`` becomes :func:`os_failure`, naming
-    the file the error names, or always *path* when *exact* (a temp file's name says nothing).
-
-    Wrap only the call itself, never a ``yield`` to caller code: that code's own errors are
-    its own."""
-    try:
-        yield
-    except OSError as exc:
-        if exact:
-            exc.filename = None
-        raise os_failure(exc, doing, path) from None
+Fetch = Callable[[Path, Path], None]
 
 
 class BlobWriter:
@@ -142,18 +109,7 @@ class BlobWriter:
             self.abort()
 
 
-def tag_entry(ref: str, descriptor: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``index.json`` entry that tags *descriptor* as *ref*."""
-    entry = dict(descriptor)
-    entry["annotations"] = {**(descriptor.get("annotations") or {}), REF_ANNOTATION: ref}
-    return entry
-
-
-def ref_of(entry: Mapping[str, Any]) -> str | None:
-    return (entry.get("annotations") or {}).get(REF_ANNOTATION)
-
-
-class Store:
+class Store(TagIndex):
     """An OCI image layout used as modelbuild's local store (*owned*), or an OCI layout read
     or written by modelbuild (not owned: it is the user's, so nothing in it is ever removed
     and its blobs' modes are theirs)."""
@@ -176,7 +132,7 @@ class Store:
         ``oci-layout`` file must say it is one."""
         marker = root / "oci-layout"
         try:
-            data = _read_bounded(marker, 4096)
+            data = read_bounded(marker, 4096)
         except FileNotFoundError:
             raise NotFoundError(f"{shown(root)}: not an OCI image layout (it has no oci-layout file)") from None
         except OSError as exc:
@@ -198,7 +154,7 @@ class Store:
             (self.root / "locks").mkdir(exist_ok=True)
             layout = self.root / "oci-layout"
             if not layout.exists():
-                _atomic_write(layout, json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
+                atomic_write(layout, json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
         with store_io(f"write to {self.kind}", self.ingest_dir, exact=True):
             # a read-only or full store says so now, not after a download or a conversion
             fd, probe = tempfile.mkstemp(dir=self.ingest_dir, prefix="probe-")
@@ -318,20 +274,48 @@ class Store:
         return "rebuild it, or pull it again" if self.owned else None
 
     def ingest_file(self, path: str | Path, progress: Progress | None = None) -> tuple[str, int, bool]:
-        """Copy a file into the store, hashing it in the same pass: each byte read once.
+        """Copy a file into the store, hashing it in the same pass: each byte read once
+        (the kernel's copy, :func:`~modelbuild.oci.verify.kernel_copy`, where it can).
 
         Returns the digest, the size, and whether the blob is new to the store.
         """
         with self.writer() as w:
-            if not _kernel_copy(path, w, progress):
-                _copy_stream(path, w.write, progress)
+            if not self._kernel_ingest(path, w, progress):
+                copy_stream(path, w.write, progress)
             return w.commit(), w.size, w.created
+
+    def _kernel_ingest(self, path: str | Path, w: BlobWriter, progress: Progress | None) -> bool:
+        """*path* into *w* by :func:`~modelbuild.oci.verify.kernel_copy`, hashing the copy (so
+        the digest names the bytes stored, even if the source changes meanwhile); False,
+        having written nothing, where the kernel cannot."""
+        with store_io("write a blob into the store", w.temp):
+            w.file.flush()
+        try:
+            src_fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise BuildError(f"cannot read {path}: {exc.strerror}") from None
+
+        def failed(exc: OSError) -> Exception:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                return os_failure(exc, "write a blob into the store", w.temp)
+            return BuildError(f"cannot copy {path}: {exc.strerror}")
+
+        try:
+            copied = kernel_copy(src_fd, w.file.fileno(), w.hasher.update, progress=progress, failed=failed,
+                                 short=f"short read from the store while ingesting {path}")
+        finally:
+            os.close(src_fd)
+        if copied is None:
+            return False
+        w.size = copied
+        w.file.seek(copied)
+        return True
 
     def adopt(self, path: str | Path, progress: Progress | None = None) -> tuple[str, int, bool]:
         """Move a finished file (written under ``ingest/``) into the store: hash it, fsync
         it, rename it under its digest. No copy. Returns digest, size, and whether it is new."""
         hasher = hashlib.sha256()
-        size = _copy_stream(path, hasher.update, progress)
+        size = copy_stream(path, hasher.update, progress)
         digest = "sha256:" + hasher.hexdigest()
         if fsync_enabled():
             with store_io("write a blob into the store", path):
@@ -342,118 +326,74 @@ class Store:
                     os.close(fd)
         return digest, size, self._install(Path(path), digest, size)
 
+    def download(self, digest: str, size: int, fetch: Fetch) -> bool:
+        """Put a blob into the store by *fetch(dest, partial)*, which leaves at *dest* a file
+        it has verified against *digest* and *size*, resuming from *partial* (kept under
+        ``partial/`` across a kill, named by the digest). The store installs it under its
+        digest like any other blob. Two downloads of one blob take turns: the second finds
+        it stored and fetches nothing. Returns whether the blob is new."""
+        hexd = hex_of(digest)
+        with store_io(f"write to {self.kind}", self.partial_dir):
+            self.partial_dir.mkdir(parents=True, exist_ok=True)
+        with flock(self.root / "locks" / f"blob-{hexd}.lock", exclusive=True):
+            if self.check_blob(digest, size):
+                return False
+            dest = self.ingest_dir / f"pull-{hexd}"
+            fetch(dest, self.partial_dir / hexd)
+            return self._install(dest, digest, size)
+
+    def link_from(self, source: Store, digest: str, size: int) -> bool:
+        """Put *source*'s blob here unless it is here already (with *size* bytes): hard-linked
+        where both are on one file system (blobs are immutable), else copied by the kernel
+        (``shutil.copyfile``), atomically either way; no byte passes through Python, so the
+        caller gives it :meth:`check_blob` first. Returns whether anything was written."""
+        dst = self.blob_path(digest)
+        try:
+            if dst.is_file() and dst.stat().st_size == size:
+                return False
+        except OSError:
+            pass
+        tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+        try:
+            try:
+                os.link(source.blob_path(digest), tmp)
+            except OSError:
+                shutil.copyfile(source.blob_path(digest), tmp)
+            os.replace(tmp, dst)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise BuildError(f"cannot write {shown(dst)}: {exc.strerror}") from None
+        return True
+
+    def tidy(self) -> None:
+        """Remove the store's bookkeeping (``ingest/``, ``locks/``, ``partial/`` where empty,
+        the index lock) from an OCI layout modelbuild wrote: a standalone layout has no use
+        for it."""
+        for extra in ("ingest", "locks", "partial"):
+            with contextlib.suppress(OSError):
+                (self.root / extra).rmdir()
+        try:
+            (self.root / "index.json.lock").unlink(missing_ok=True)
+        except OSError as exc:
+            raise os_failure(exc, "tidy the OCI layout", self.root) from None
+
     def _install(self, temp: Path, digest: str, size: int) -> bool:
-        """Rename the finished file *temp* to the blob *digest*, read-only, unless a sound copy
-        is there already (then *temp* goes). Returns whether the blob is new."""
+        """Rename the finished file *temp* to the blob *digest*, read-only in the store (a
+        layout's blobs get the usual mode), unless a sound copy is there already (then
+        *temp* goes). Returns whether the blob is new."""
         final = self.blob_path(digest)
         with store_io("write a blob into the store", final):
             if self.check_blob(digest, size):
                 temp.unlink(missing_ok=True)
                 return False
-            os.chmod(temp, 0o444)
+            os.chmod(temp, 0o444 if self.owned else 0o644)
             os.replace(temp, final)
         return True
-
-    # -- tags -------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _index_lock(self) -> Iterator[None]:
-        with _flock(self.root / "index.json.lock", exclusive=True):
-            yield
-
-    def manifests(self) -> list[dict[str, Any]]:
-        """The entries of ``index.json``, each a validated descriptor; a damaged file is an
-        error naming it (an empty store has none)."""
-        try:
-            data = _read_bounded(self.index_path, MAX_INDEX)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise os_failure(exc, "read the index", self.index_path) from None
-        where = shown(self.index_path)
-        doc = parse_json_object(data, where)
-        entries = doc.get("manifests")
-        if not isinstance(entries, list):
-            raise IntegrityError(f"{where}: has no 'manifests' list")
-        out = []
-        for i, item in enumerate(entries):
-            descriptor = Descriptor.parse(item, f"{where} manifests[{i}]")
-            entry = dict(descriptor.raw)
-            entry.pop("annotations", None)
-            if descriptor.annotations:
-                entry["annotations"] = dict(descriptor.annotations)
-            out.append(entry)
-        return out
-
-    def tags(self) -> dict[str, dict[str, Any]]:
-        return {ref: m for m in self.manifests() if (ref := ref_of(m)) is not None}
-
-    def tag(self, ref: str, descriptor: Mapping[str, Any]) -> bool:
-        """Point *ref* at *descriptor*; return False when it already did."""
-        return self.set_tags([(ref, descriptor)])
-
-    def set_tags(self, tags: Sequence[tuple[str, Mapping[str, Any]]]) -> bool:
-        """Point each ref at its descriptor in one rewrite of ``index.json``: a reader (or a
-        failure) sees all of them moved or none. Returns False when nothing changed."""
-        if not tags:
-            return False
-        with self._index_lock():
-            entries = self.manifests()
-            wanted = {ref: tag_entry(ref, descriptor) for ref, descriptor in tags}
-            if all(entry in entries for entry in wanted.values()):
-                return False
-            kept = [m for m in entries if ref_of(m) not in wanted]
-            kept.extend(wanted.values())
-            kept.sort(key=lambda m: (ref_of(m) or "", m["digest"]))
-            self._write_index(kept)
-            return True
-
-    def untag(self, ref: str) -> dict[str, Any] | None:
-        if ref not in self.tags():
-            ref = _normalised(ref)
-        with self._index_lock():
-            entries = self.manifests()
-            gone = [m for m in entries if ref_of(m) == ref]
-            if not gone:
-                return None
-            self._write_index([m for m in entries if m not in gone])
-            return gone[0]
-
-    def add_untagged(self, descriptor: Mapping[str, Any]) -> bool:
-        """List *descriptor* in ``index.json`` without a tag (an ``--output`` layout of an
-        untagged build); False when it is there already."""
-        with self._index_lock():
-            entries = self.manifests()
-            if any(m["digest"] == descriptor["digest"] for m in entries):
-                return False
-            self._write_index([*entries, dict(descriptor)])
-            return True
-
-    def _write_index(self, entries: list[dict[str, Any]]) -> None:
-        with store_io("write the index", self.index_path, exact=True):
-            _atomic_write(self.index_path, _index_bytes(entries))
-
-    def resolve(self, ref: str) -> dict[str, Any]:
-        """A tag or a manifest digest → its descriptor."""
-        if is_digest(ref):
-            if not self.has_blob(ref):
-                raise NotFoundError(f"{ref} is not in {shown(self.root)}")
-            data = self.read_blob(ref)
-            doc = parse_json_object(data, f"blob {ref} in {shown(self.root)}")
-            media = doc.get("mediaType")
-            return {"mediaType": media if isinstance(media, str) else mt.OCI_MANIFEST, "digest": ref,
-                    "size": len(data)}
-        tags = self.tags()
-        if ref in tags:
-            return tags[ref]
-        normalised = _normalised(ref)
-        if normalised in tags:
-            return tags[normalised]
-        raise NotFoundError(f"no such model: {shown(ref)}", hint="`modelbuild ls` lists what is stored")
 
     # -- maintenance ------------------------------------------------------------------
     @contextlib.contextmanager
     def gc_lock(self, exclusive: bool) -> Iterator[None]:
-        with _flock(self.root / "gc.lock", exclusive=exclusive):
+        with flock(self.root / "gc.lock", exclusive=exclusive):
             yield
 
     def all_blobs(self) -> list[str]:
@@ -464,160 +404,18 @@ class Store:
 
     def reachable(self, *, heal: bool = True) -> set[str]:
         """Every blob reachable from a tag: manifests, indexes, configs, layers. A manifest
-        that is missing or damaged contributes only itself (and is removed, if *heal*)."""
+        that is missing or damaged contributes only itself (and is removed, if *heal*). No
+        depth bound: what is kept must be everything a tag names."""
         seen: set[str] = set()
-        stack = [(m["digest"], m["size"]) for m in self.manifests()]
-        while stack:
-            digest, size = stack.pop()
-            if digest in seen:
-                continue
-            seen.add(digest)
-            try:
-                parts = ManifestParts.parse(self.read_json(digest, size, heal=heal), f"manifest {digest}")
-            except (StoreError, IntegrityError):
-                continue
-            stack.extend((m.digest, m.size) for m in parts.manifests)
-            seen.update(b.digest for b in parts.blobs())
-        return seen
+        blobs: set[str] = set()
+        for i, entry in enumerate(self.manifests()):
+            root = Descriptor.parse(entry, f"{shown(self.index_path)} manifests[{i}]")
+            for node in walk(root, lambda d: self.read_blob(d.digest, d.size, heal=heal), max_depth=None,
+                             tolerate=(StoreError, IntegrityError), seen=seen):
+                blobs.update(b.digest for b in node.parts.blobs())
+        return seen | blobs
 
     def verify_blob(self, digest: str) -> bool:
         hasher = hashlib.sha256()
-        _copy_stream(self.blob_path(digest), hasher.update, None)
+        copy_stream(self.blob_path(digest), hasher.update, None)
         return "sha256:" + hasher.hexdigest() == digest
-
-
-@contextlib.contextmanager
-def _flock(path: Path, *, exclusive: bool) -> Iterator[None]:
-    """An ``flock`` on *path*, created if need be. An existing lock file of a read-only store
-    is opened read-only (``flock`` does not care), so reading commands still work there."""
-    with store_io("lock the store", path):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not path.exists():
-                raise
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        with store_io("lock the store", path):
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)  # drops the lock
-
-
-def _read_bounded(path: Path, limit: int) -> bytes:
-    """A small file read whole, refusing more than *limit* bytes (a hostile layout's index
-    may be endless)."""
-    with open(path, "rb") as fh:
-        data = fh.read(limit + 1)
-    if len(data) > limit:
-        raise IntegrityError(f"{shown(path)} is larger than {limit} bytes")
-    return data
-
-
-KERNEL_CHUNK = 64 << 20
-
-
-def _kernel_copy(path: str | Path, w: BlobWriter, progress: Progress | None) -> bool:
-    """Copy *path* into the blob being written with ``copy_file_range`` (no byte passes
-    through Python), hashing each chunk from the *copy* while it is hot in the page cache.
-
-    Hashing the copy, not the source, means the digest always names the bytes stored, even
-    if the source changes meanwhile. Returns False, having written nothing, where the
-    kernel cannot do it (other file systems, old kernels); the caller then streams.
-    """
-    if not hasattr(os, "copy_file_range"):
-        return False
-    with store_io("write a blob into the store", w.temp):
-        w.file.flush()
-    out_fd = w.file.fileno()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    try:
-        src_fd = os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise BuildError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        offset = 0
-        while True:
-            try:
-                n = os.copy_file_range(src_fd, out_fd, KERNEL_CHUNK, offset, offset)
-            except OSError as exc:
-                if offset == 0 and exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                    return False
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                    raise os_failure(exc, "write a blob into the store", w.temp) from None
-                raise BuildError(f"cannot copy {path}: {exc.strerror}") from None
-            if n == 0:
-                break
-            end = offset + n
-            while offset < end:
-                got = os.preadv(out_fd, [view[: min(CHUNK, end - offset)]], offset)
-                if got <= 0:
-                    raise BuildError(f"short read from the store while ingesting {path}")
-                w.hasher.update(view[:got])
-                offset += got
-                if progress is not None:
-                    progress(got)
-        w.size = offset
-        w.file.seek(offset)
-        return True
-    finally:
-        os.close(src_fd)
-
-
-def _normalised(ref: str) -> str:
-    """``name`` → ``name:latest``, as a user typing a bare name means."""
-    from modelbuild.errors import UsageError
-    from modelbuild.oci.reference import parse_reference
-
-    try:
-        return str(parse_reference(ref))
-    except UsageError:
-        return ref
-
-
-def _copy_stream(path: str | Path, sink: Callable[[memoryview], Any], progress: Progress | None) -> int:
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    total = 0
-    try:
-        with open(path, "rb", buffering=0) as src:
-            while True:
-                n = src.readinto(buf)
-                if not n:
-                    break
-                sink(view[:n])
-                total += n
-                if progress is not None:
-                    progress(n)
-    except OSError as exc:
-        raise BuildError(f"cannot read {path}: {exc.strerror}") from None
-    return total
-
-
-def _index_bytes(manifests: list[dict[str, Any]]) -> bytes:
-    return json.dumps(
-        {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests}, indent=2
-    ).encode() + b"\n"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write *data* to *path* so a reader sees the old or the new file, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if fsync_enabled():
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-atomic_write = _atomic_write
-copy_stream = _copy_stream

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     cache_to: list = []
     cache_from: list = []
     if args.cache_to or args.cache_from:
-        from modelbuild.remote_cache import parse_cache_specs
+        from modelbuild.cache import parse_cache_specs
 
         transport = {"plain_http": bool(getattr(args, "plain_http", False)),
                      "insecure": bool(getattr(args, "insecure", False))}
@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace, result: object) -> list[dict]:
     """Push the tags that name a registry, straight from the store (nothing is copied)."""
     from modelbuild.home import home_dir
-    from modelbuild.oci.transfer import DEFAULT_JOBS, names_registry, push_refs
+    from modelbuild.oci.push import push_refs
+    from modelbuild.oci.transfer import DEFAULT_JOBS, names_registry
     from modelbuild.progress import Emitter, make_renderer
     from modelbuild.store import Store
 

@@ -56,7 +56,7 @@ def _open(ref: str, home_override: str | None) -> tuple[Any, dict[str, Any], str
 def describe(store: Any, descriptor: dict[str, Any]) -> dict[str, Any]:
     """Manifest and config, read verified; the config only when the manifest names one."""
     from modelbuild.oci.verify import shown
-    from modelbuild.store import ManifestParts
+    from modelbuild.oci.verify import ManifestParts
 
     manifest = store.read_json(descriptor["digest"], descriptor.get("size"))
     parts = ManifestParts.parse(manifest, f"manifest {descriptor['digest']} in {shown(store.root)}")

@@ -22,7 +22,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def _entry(store: Any, ref: str, desc: dict[str, Any]) -> dict[str, Any]:
     """One row: the total size of the artifact and the name its config gives it."""
     from modelbuild.errors import ModelbuildError
-    from modelbuild.store import ManifestParts
+    from modelbuild.oci.verify import ManifestParts
 
     size, name = desc["size"], ""
     try:

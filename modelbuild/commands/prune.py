@@ -23,7 +23,7 @@ def prune(store: Any, home: Path, *, verify: bool = False, dry_run: bool = False
     """Delete what no tag reaches (and, with *verify*, every blob whose bytes do not match
     its digest). A store that cannot be written (read-only, permission) is a
     :class:`StoreError` naming the file, never a half-done prune reported as a bug."""
-    from modelbuild.store import store_io
+    from modelbuild.storage.files import store_io
 
     report: dict[str, Any] = {"blobs": 0, "deleted": 0, "freed": 0, "verified": 0, "corrupt": [], "missing": [],
                               "temp_files": 0}

@@ -63,14 +63,8 @@ def run(args: argparse.Namespace) -> int:
 def _run_remote(args: argparse.Namespace) -> int:
     from modelbuild.commands._common import print_json
     from modelbuild.home import home_dir
-    from modelbuild.oci.transfer import (
-        DEFAULT_JOBS,
-        login_hint,
-        open_registry,
-        pull_artifact,
-        pull_to_dir,
-        remote_ref,
-    )
+    from modelbuild.oci.pull import pull_artifact, pull_to_dir
+    from modelbuild.oci.transfer import DEFAULT_JOBS, login_hint, open_registry, remote_ref
     from modelbuild.progress import Emitter, make_renderer
     from modelbuild.store import Store
 

@@ -35,14 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from modelbuild.commands._common import human_size, print_json
     from modelbuild.commands.inspect import _open
     from modelbuild.errors import UsageError
-    from modelbuild.oci.transfer import (
-        DEFAULT_JOBS,
-        login_hint,
-        names_registry,
-        open_registry,
-        push_artifact,
-        remote_ref,
-    )
+    from modelbuild.oci.push import push_artifact
+    from modelbuild.oci.transfer import DEFAULT_JOBS, login_hint, names_registry, open_registry, remote_ref
     from modelbuild.progress import Emitter, make_renderer
 
     if args.jobs is not None and args.jobs < 1:

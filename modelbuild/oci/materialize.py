@@ -170,9 +170,9 @@ class Outcome:
 def materialize(source: BlobSource, manifest: dict[str, Any], config: dict[str, Any] | None, dest: Path, *,
                 jobs: int = 4, steps: Any = None) -> Outcome:
     """Write the files of *manifest* from *source* into *dest*; see the module docstring."""
-    from modelbuild.oci.transfer import _Steps
+    from modelbuild.oci.transfer import Steps
 
-    steps = _Steps.of(steps)
+    steps = Steps.of(steps)
     where = source.where
     layers, warnings = plan(manifest, config, where)
     ratio = env_int(EXPANSION_VAR, DEFAULT_RATIO)

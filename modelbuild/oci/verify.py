@@ -9,8 +9,9 @@ a descriptor (digest and size). Nothing is trusted until it matches both:
 * :func:`read_verified` reads a small blob (a manifest, an index, a config) whole, bounded by a
   size limit, and checks it;
 * :func:`copy_verified` copies a large blob into a file the caller created, with the kernel's
-  ``copy_file_range``, hashing the *copy* while it is hot in the page cache, so the bytes
-  checked are the bytes written: each byte is read once;
+  ``copy_file_range`` (:func:`kernel_copy`, which the store's ingest uses too), hashing the
+  *copy* while it is hot in the page cache, so the bytes checked are the bytes written: each
+  byte is read once;
 * :class:`Descriptor` is a descriptor parsed from untrusted JSON: a valid digest, a size that is
   a non-negative integer, string annotations; anything else is an :class:`IntegrityError`
   naming where it came from.
@@ -226,7 +227,10 @@ def copy_verified(src: str | Path, dst_fd: int, digest: str, size: int, *, what:
     except OSError as exc:
         raise IntegrityError(f"{what}: cannot read {digest}: {exc.strerror}") from None
     try:
-        if not _kernel_copy(src_fd, dst_fd, verifier, progress):
+        copied = kernel_copy(src_fd, dst_fd, verifier.update, size=size, progress=progress,
+                             failed=lambda exc: _write_error(exc, verifier),
+                             short=f"{what}: short read back while copying {digest}")
+        if copied is None:
             _stream_copy(src_fd, dst_fd, verifier, progress)
         if os.pread(src_fd, 1, size):
             verifier.update(b"\0")  # one byte past the declared size: raises
@@ -235,32 +239,45 @@ def copy_verified(src: str | Path, dst_fd: int, digest: str, size: int, *, what:
     verifier.check()
 
 
-def _kernel_copy(src_fd: int, dst_fd: int, verifier: Verifier, progress: Progress | None) -> bool:
+def kernel_copy(src_fd: int, dst_fd: int, sink: Callable[[memoryview], Any], *, size: int | None = None,
+                progress: Progress | None = None, failed: Callable[[OSError], Exception], short: str) -> int | None:
+    """Copy *src_fd* into *dst_fd* (both from offset 0) with ``copy_file_range``, no byte
+    through Python, feeding *sink* each chunk read back from the *copy* while it is hot in
+    the page cache: what *sink* hashes is what was written, even if the source changes
+    meanwhile. At most *size* bytes (None: to the source's end).
+
+    The one kernel copy: :func:`copy_verified` checks a blob with it, the store hashes a
+    file on its way in with it (:meth:`modelbuild.store.Store.ingest_file`). Returns the
+    bytes copied, *dst_fd* positioned after them; or None, having written nothing, where
+    the kernel cannot (another file system, an old kernel): the caller then streams. A
+    failing copy raises *failed(exc)*; a short read back, a :class:`BuildError` saying *short*.
+    """
     if not hasattr(os, "copy_file_range"):
-        return False
+        return None
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     offset = 0
-    while offset < verifier.size:
+    while size is None or offset < size:
+        want = _KERNEL_CHUNK if size is None else min(_KERNEL_CHUNK, size - offset)
         try:
-            n = os.copy_file_range(src_fd, dst_fd, min(_KERNEL_CHUNK, verifier.size - offset), offset, offset)
+            n = os.copy_file_range(src_fd, dst_fd, want, offset, offset)
         except OSError as exc:
             if offset == 0 and exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                return False
-            raise _write_error(exc, verifier) from None
+                return None
+            raise failed(exc) from None
         if n == 0:
             break
         end = offset + n
         while offset < end:
             got = os.preadv(dst_fd, [view[: min(CHUNK, end - offset)]], offset)
             if got <= 0:
-                raise BuildError(f"{verifier.what}: short read back while copying {verifier.digest}")
-            verifier.update(view[:got])
+                raise BuildError(short)
+            sink(view[:got])
             offset += got
             if progress is not None:
                 progress(got)
     os.lseek(dst_fd, offset, os.SEEK_SET)
-    return True
+    return offset
 
 
 def _stream_copy(src_fd: int, dst_fd: int, verifier: Verifier, progress: Progress | None) -> None:
@@ -285,5 +302,5 @@ def _write_error(exc: OSError, verifier: Verifier) -> BuildError:
     return BuildError(f"cannot copy {verifier.what} ({verifier.digest}): {exc.strerror}")
 
 
-__all__ = ["Descriptor", "IntegrityError", "MAX_JSON", "ManifestParts", "Verifier", "copy_verified", "fsync_enabled", "json_kind",
-           "parse_json_object", "read_verified", "shown"]
+__all__ = ["Descriptor", "IntegrityError", "MAX_JSON", "ManifestParts", "Verifier", "copy_verified", "fsync_enabled",
+           "json_kind", "kernel_copy", "parse_json_object", "read_verified", "shown"]

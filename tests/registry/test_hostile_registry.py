@@ -28,7 +28,7 @@ from hostile_registry import Answer, HostileRegistry, json_answer
 
 from modelbuild.errors import BuildError, UsageError
 from modelbuild.oci import mediatypes as mt
-from modelbuild.oci import registry as registry_module
+from modelbuild.oci import download as registry_module
 from modelbuild.oci.reference import parse_reference
 from modelbuild.oci.registry import (
     Limits,

@@ -1,4 +1,4 @@
-"""The build cache: step keys → results, and file stat → content digest.
+"""The build cache's step index: step keys → results, and file stat → content digest.
 
 Both live in one diskcache (SQLite) database, so every entry is written in a transaction:
 a killed build leaves the old entry or the new one, never half of one. Values are small JSON
@@ -20,7 +20,7 @@ from typing import Any
 
 from modelbuild.errors import StoreError
 from modelbuild.oci.verify import shown
-from modelbuild.store import os_failure
+from modelbuild.storage.files import os_failure
 
 
 class BuildCache:

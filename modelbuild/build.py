@@ -119,16 +119,16 @@ def _with_warning(desc: Any, warning: str) -> Any:
     return dataclasses.replace(desc, warnings=(*desc.warnings, warning))
 
 
-def _variants(store: Any, graph: Any, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _variants(store: Any, graph: Any, results: dict[str, Any]) -> list[dict[str, Any]]:
     """Digest, config and layers of each manifest the build wrote, read back verified."""
     variants = []
     for v in graph.variants:
-        manifest, config = results[v.manifest]["descriptor"], results[v.config]["descriptor"]
+        manifest, config = results[v.manifest].descriptor, results[v.config].descriptor
         variants.append({
             "stage": v.stage,
-            "digest": manifest["digest"],
-            "config": store.read_json(config["digest"], config["size"]),
-            "layers": store.read_json(manifest["digest"], manifest["size"]).get("layers", []),
+            "digest": manifest.digest,
+            "config": store.read_json(config.digest, config.size),
+            "layers": store.read_json(manifest.digest, manifest.size).get("layers", []),
         })
     return variants
 
@@ -159,7 +159,7 @@ def build(
     from modelbuild.store import Store
 
     if cache_to or cache_from:  # the cache machinery is imported only by builds that use it
-        from modelbuild.remote_cache import CacheExporter, CacheImporter, parse_cache_spec
+        from modelbuild.cache import CacheExporter, CacheImporter, parse_cache_spec
 
         cache_to = [parse_cache_spec(c, direction="to") if isinstance(c, str) else c for c in cache_to]
         cache_from = [parse_cache_spec(c, direction="from") if isinstance(c, str) else c for c in cache_from]
@@ -182,24 +182,25 @@ def build(
                     importer.load()
                 solver = Solver(graph, env, jobs=jobs, remote=importer)
                 results = solver.solve()
+                exported = results[graph.export]
                 if cache_to:
                     CacheExporter(cache_to, env, first_number=number + len(cache_from), importer=importer,
-                                  mount_from=results["export"]["tags"]).export(solver.keyed)
+                                  mount_from=list(exported.tags)).export(solver.keyed)
                 variants = _variants(store, graph, results)
-                store.set_tags(results["export"]["tag_entries"])  # last: the build has succeeded
+                store.set_tags(exported.tag_entries)  # last: the build has succeeded
         finally:
             if importer is not None:
                 importer.close()
     finally:
         cache.close()
         emitter.close()
-    top = results["export"]["descriptor"]
-    warnings = list(desc.warnings) + [w for v in graph.variants for w in results[v.config].get("warnings", [])]
+    top = exported.descriptor.to_oci()
+    warnings = list(desc.warnings) + [w for v in graph.variants for w in results[v.config].warnings]
     single = graph.variants[0].stage is None
     return BuildResult(
         digest=top["digest"],
         descriptor=top,
-        tags=list(results["export"]["tags"]),
+        tags=list(exported.tags),
         layers=variants[0]["layers"] if single else [],
         config=variants[0]["config"] if single else {},
         stats=env.stats.as_dict(),

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     import networkx as nx
 
 
+# Enters every key: bumped when the stored form of a result changes, so that a step index
+# or cache record written by an older modelbuild is never decoded as the new form.
+RESULT_FORM = 2
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     id: str
@@ -41,7 +46,8 @@ class Step:
 
     def definition(self) -> dict[str, Any]:
         """What identifies the step's work, without its inputs (they are added by the op)."""
-        return {"op": self.op, "plugin": self.plugin, "platform": self.platform, "params": self.params}
+        return {"op": self.op, "plugin": self.plugin, "platform": self.platform, "params": self.params,
+                "form": RESULT_FORM}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,7 @@ class BuildGraph:
         self._dependents: dict[str, list[str]] = {}
         self.variants: list[VariantSteps] = []  # in index order (generic first)
         self.top = ""  # the step whose descriptor the build produces: the manifest, or the index
+        self.export = ""  # the last step: layouts written, tags to set
 
     def add(self, step: Step, deps: list[Step] | None = None) -> Step:
         if step.id in self.steps:

@@ -105,12 +105,12 @@ def plan(resolved: ResolvedBuild, options: BuildOptions) -> BuildGraph:
         )
     graph.top = top.id
     export_label = "export " + (", ".join(options.tags) if options.tags else "(untagged)")
-    graph.add(
+    graph.export = graph.add(
         Step.make("export", "export", export_label,
                   {"tags": list(options.tags), "outputs": list(options.outputs),
                    "stages": [v.stage for v in variants if v.stage]}),
         [top, *(manifests if top not in manifests else [])],
-    )
+    ).id
     return graph
 
 

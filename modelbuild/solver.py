@@ -42,14 +42,15 @@ class Solver:
         self.ops = ops or CORE_OPS
         self.remote = None if env.no_cache else remote
         self.number = {sid: i + 1 for i, sid in enumerate(graph.order)}
-        self.results: dict[str, dict[str, Any]] = {}
-        self.keyed: dict[str, tuple[Op, str, dict[str, Any]]] = {}  # step id → (op, key, result)
+        self.results: dict[str, Any] = {}  # step id → typed result (modelbuild.results)
+        self.keyed: dict[str, tuple[Op, str, dict[str, Any]]] = {}  # step id → (op, key, stored result)
 
-    def solve(self) -> dict[str, dict[str, Any]]:
-        self._preload_for_fork()
+    def solve(self) -> dict[str, Any]:
+        """Every step's typed result, by step id."""
+        self._declare_worker_modules()
         if self.remote is None:
             return self._solve()
-        from modelbuild.remote_cache import StaleImport
+        from modelbuild.cache import StaleImport
 
         while True:
             try:
@@ -59,32 +60,35 @@ class Solver:
                 self.results, self.keyed = {}, {}
                 self.env.stats.resolve_again()
 
-    def _preload_for_fork(self) -> None:
-        """Import the extension modules weight transforms use before any step thread starts.
+    def _declare_worker_modules(self) -> None:
+        """Declare the modules the steps' worker processes import, before any step runs.
 
-        Transform plugins fork worker processes. A child forked while another thread of
-        this process is inside ``dlopen`` inherits the loader's lock held and hangs the
-        moment it loads an extension itself; with numpy and friends already loaded here,
-        single-threaded, no worker needs to.
+        Transform plugins start their workers from one forkserver per process
+        (:mod:`modelbuild.workers`), which imports its preload list once, when the first
+        transform starts it. An op whose steps use workers says which modules through
+        ``worker_modules(step, env)`` (a transform: its plugin's ``worker_modules``).
         """
-        if not any(self.graph.step(sid).op == "transform" for sid in self.graph.order):
-            return
-        import importlib
+        declared: list[str] = []
+        for sid in self.graph.order:
+            step = self.graph.step(sid)
+            modules = getattr(self.ops.get(step.op), "worker_modules", None)
+            if modules is not None:
+                declared.extend(modules(step, self.env))
+        if declared:
+            from modelbuild import workers
 
-        for name in ("numpy", "ml_dtypes", "gguf.quants"):
-            try:
-                importlib.import_module(name)
-            except ImportError:
-                pass
+            workers.declare(declared)
 
-    def _solve(self) -> dict[str, dict[str, Any]]:
+    def _solve(self) -> dict[str, Any]:
         remaining = {sid: len(self.graph.deps[sid]) for sid in self.graph.order}
         ready = [sid for sid in self.graph.order if remaining[sid] == 0]
-        running: dict[Future[dict[str, Any]], str] = {}
+        running: dict[Future[Any], str] = {}
         failure: BaseException | None = None
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="step") as pool:
             while ready or running:
-                while ready and failure is None:
+                # submit no more than the pool runs at once, so that a failure stops what is
+                # not started yet rather than leaving it queued in the pool
+                while ready and failure is None and len(running) < self.jobs:
                     sid = ready.pop(0)
                     running[pool.submit(self._run_step, sid)] = sid
                 if not running:
@@ -106,7 +110,7 @@ class Solver:
             raise failure
         return self.results
 
-    def _run_step(self, sid: str) -> dict[str, Any]:
+    def _run_step(self, sid: str) -> Any:
         step = self.graph.step(sid)
         number = self.number[sid]
         op = self.ops[step.op]
@@ -116,7 +120,7 @@ class Solver:
         try:
             result = self._execute(op, step, number, inputs, started)
             result = op.finalize(result, inputs, self.env)
-            for warning in result.get("warnings", ()):
+            for warning in getattr(result, "warnings", ()):
                 self.env.emitter.warn(warning)
             return result
         except ModelbuildError as exc:
@@ -126,20 +130,25 @@ class Solver:
             emit(Event("error", number, step.label, message=str(exc)))
             raise BuildError(f"{step.label}: {exc.strerror or exc}") from exc
 
-    def _execute(self, op: Op, step: Any, number: int, inputs: list[dict[str, Any]], started: float) -> dict[str, Any]:
-        """The step's result: from the cache when its key hits, else by running it."""
+    def _execute(self, op: Op, step: Any, number: int, inputs: list[Any], started: float) -> Any:
+        """The step's result: from the cache when its key hits, else by running it.
+
+        Results are typed in flight and JSON at rest: a hit is decoded, a new result is
+        stored as ``to_json()``, and ``keyed`` keeps the stored form for ``--cache-to``.
+        """
         emit = self.env.emitter.emit
         key = op.key(step, inputs, self.env)
         if key is not None:
             hit, note = self._lookup(op, key), None
             if hit is None and self.remote is not None:
-                hit, note = self.remote.lookup(op, key, step, number) or (None, None)
+                stored, note = self.remote.lookup(op, key, step, number) or (None, None)
+                hit = (op.decode(stored), stored) if stored is not None else None
             if hit is not None:
-                self.keyed[step.id] = (op, key, hit)
-                self._cached(number, step.label, hit)
+                self.keyed[step.id] = (op, key, hit[1])
+                self._cached(number, step.label)
                 if note:
                     emit(Event("log", number, step.label, message=note))
-                return hit
+                return hit[0]
             emit(Event("start", number, step.label))
             with self.env.locks.hold(key):
                 hit = self._lookup(op, key)
@@ -147,22 +156,22 @@ class Solver:
                     emit(Event("log", number, step.label, message="done by a concurrent build"))
                     emit(Event("done", number, step.label, duration=time.monotonic() - started))
                     self.env.stats.add(steps_cached=1)
-                    self.keyed[step.id] = (op, key, hit)
-                    return hit
+                    self.keyed[step.id] = (op, key, hit[1])
+                    return hit[0]
                 self._materialize(inputs)
                 outcome = op.run(step, inputs, StepContext(self.env, number, step))
-                self.env.cache.set_step(key, outcome.result)
-            self.keyed[step.id] = (op, key, outcome.result)
+                stored = outcome.result.to_json()
+                self.env.cache.set_step(key, stored)
+            self.keyed[step.id] = (op, key, stored)
             self._done(number, step, started)
             return outcome.result
         self._materialize(inputs)
         outcome = self._run_unkeyed(op, step, inputs, number)
-        if outcome.cached:
-            return self._cached(number, step.label, outcome.result, announce=False)
-        self._done(number, step, started)
+        if not outcome.cached:
+            self._done(number, step, started)
         return outcome.result
 
-    def _run_unkeyed(self, op: Op, step: Any, inputs: list[dict[str, Any]], number: int) -> Outcome:
+    def _run_unkeyed(self, op: Op, step: Any, inputs: list[Any], number: int) -> Outcome:
         """Run a step that has no key; announce it only once it turns out to do work."""
         ctx = _LazyStartContext(self.env, number, step)
         outcome = op.run(step, inputs, ctx)
@@ -173,24 +182,27 @@ class Solver:
             self.env.stats.add(steps_cached=1)
         return outcome
 
-    def _materialize(self, inputs: list[dict[str, Any]]) -> None:
+    def _materialize(self, inputs: list[Any]) -> None:
         """Fetch the imported blobs the inputs reference, before a step reads them."""
         if self.remote is not None:
-            self.remote.materialize(inputs)
+            self.remote.materialize([i.to_json() for i in inputs])
 
-    def _lookup(self, op: Op, key: str) -> dict[str, Any] | None:
+    def _lookup(self, op: Op, key: str) -> tuple[Any, dict[str, Any]] | None:
+        """(typed result, stored form) from the local step index, if its blobs are sound;
+        an entry that does not decode (a damaged index) is a miss."""
         if self.env.no_cache:
             return None
-        hit = self.env.cache.get_step(key)
-        if hit is not None and op.valid(hit, self.env):
-            return hit
-        return None
+        stored = self.env.cache.get_step(key)
+        if stored is None or not op.valid(stored, self.env):
+            return None
+        try:
+            return op.decode(stored), stored
+        except ValueError:
+            return None
 
-    def _cached(self, number: int, label: str, result: dict[str, Any], announce: bool = True) -> dict[str, Any]:
-        if announce:
-            self.env.emitter.emit(Event("cached", number, label))
-            self.env.stats.add(steps_cached=1)
-        return result
+    def _cached(self, number: int, label: str) -> None:
+        self.env.emitter.emit(Event("cached", number, label))
+        self.env.stats.add(steps_cached=1)
 
     def _done(self, number: int, step: Any, started: float) -> None:
         self.env.stats.add(steps_run=1, executed=step.id)

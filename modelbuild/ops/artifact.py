@@ -1,4 +1,10 @@
-"""Ops that finish the artifact: the ModelPack config, the manifest, and the export."""
+"""Ops that finish the artifact: the ModelPack config, the manifest, the index and the export.
+
+Each takes typed inputs (:mod:`modelbuild.results`) and returns one: the config step a
+:class:`ConfigBlob` (with the format and quantization the index annotates), the manifest step
+a :class:`ManifestBlob` carrying its config, so the index step writes its entries from its
+inputs alone and reads nothing back from the store.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from modelbuild.digests import canonical_json, key_of
-from modelbuild.errors import BuildError, ModelbuildError
+from modelbuild.errors import ModelbuildError
 from modelbuild.graph import Step
 from modelbuild.oci import mediatypes as mt
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
-from modelbuild.store import ManifestParts
+from modelbuild.results import ConfigBlob, Descriptor, Exported, IndexBlob, Layer, LayerSet, ManifestBlob, Metadata
 
 # Config fields a build derives from the weights; a value the Modelfile sets wins.
 DERIVED_FIELDS = ("architecture", "format", "paramSize", "precision", "quantization")
@@ -18,22 +24,15 @@ MODELFILE_NAMES = {"architecture": "ARCH", "format": "FORMAT", "paramSize": "PAR
                    "quantization": "QUANTIZATION", "family": "FAMILY"}
 
 
-def all_layers(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def all_layers(inputs: list[Any]) -> list[Layer]:
     """Every layer of the layer-producing inputs, in lexicographic path order."""
-    layers = [layer for i in inputs for layer in i.get("layers", [])]
-    return sorted(layers, key=lambda layer: layer["descriptor"]["annotations"][mt.ANNOTATION_FILEPATH])
+    return sorted((layer for i in inputs if isinstance(i, LayerSet) for layer in i.layers), key=lambda la: la.path)
 
 
 class _DescriptorOp(Op):
-    """An op whose result is one blob of the artifact, named by ``result["descriptor"]``."""
+    """An op whose result is one blob of the artifact, named by its ``descriptor``."""
 
     exported = True
-
-    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
-        return env.blob_ok(result["descriptor"]["digest"], result["descriptor"]["size"])
-
-    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{k: result["descriptor"][k] for k in ("digest", "size", "mediaType")}]
 
 
 class ConfigOp(_DescriptorOp):
@@ -43,22 +42,25 @@ class ConfigOp(_DescriptorOp):
     """
 
     name = "config"
+    result_type = ConfigBlob
 
-    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
-        derived, *rest = inputs
-        return key_of({**step.definition(), "derived": derived["derived"],
-                       "diffIds": [layer["diffId"] for layer in all_layers(rest)]})
+    def key(self, step: Step, inputs: list[Any], env: ExecEnv) -> str | None:
+        metadata: Metadata = inputs[0]
+        return key_of({**step.definition(), "derived": dict(metadata.derived),
+                       "diffIds": [layer.diff_id for layer in all_layers(inputs[1:])]})
 
-    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+    def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
         from modelbuild.schema import validate_config
 
-        derived, *rest = inputs
-        doc, warnings = build_config(step.params, derived["derived"], [layer["diffId"] for layer in all_layers(rest)])
+        metadata: Metadata = inputs[0]
+        doc, warnings = build_config(step.params, dict(metadata.derived),
+                                     [layer.diff_id for layer in all_layers(inputs[1:])])
         validate_config(doc)
         data = canonical_json(doc)
         digest = ctx.env.store.put_bytes(data)
-        return Outcome({"descriptor": {"mediaType": mt.MODEL_CONFIG, "digest": digest, "size": len(data)},
-                        "warnings": warnings})
+        config = doc["config"]
+        return Outcome(ConfigBlob(Descriptor(mt.MODEL_CONFIG, digest, len(data)), config.get("format") or None,
+                                  config.get("quantization") or None, tuple(warnings)))
 
 
 def build_config(params: dict[str, Any], derived: dict[str, Any],
@@ -106,20 +108,21 @@ class ManifestOp(_DescriptorOp):
     """Write the OCI image manifest that makes the files a ModelPack artifact."""
 
     name = "manifest"
+    result_type = ManifestBlob
 
-    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
-        config, *rest = inputs
-        return key_of({**step.definition(), "config": config["descriptor"],
-                       "layers": [layer["descriptor"] for layer in all_layers(rest)]})
+    def key(self, step: Step, inputs: list[Any], env: ExecEnv) -> str | None:
+        config: ConfigBlob = inputs[0]
+        return key_of({**step.definition(), "config": config.descriptor.to_oci(),
+                       "layers": [layer.descriptor.to_oci() for layer in all_layers(inputs[1:])]})
 
-    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
-        config, *rest = inputs
+    def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
+        config: ConfigBlob = inputs[0]
         manifest: dict[str, Any] = {
             "schemaVersion": 2,
             "mediaType": mt.OCI_MANIFEST,
             "artifactType": mt.MODEL_ARTIFACT,
-            "config": config["descriptor"],
-            "layers": [layer["descriptor"] for layer in all_layers(rest)],
+            "config": config.descriptor.to_oci(),
+            "layers": [layer.descriptor.to_oci() for layer in all_layers(inputs[1:])],
         }
         annotations = dict(step.params["labels"])
         if step.params.get("created"):
@@ -128,44 +131,32 @@ class ManifestOp(_DescriptorOp):
             manifest["annotations"] = dict(sorted(annotations.items()))
         data = canonical_json(manifest)
         digest = ctx.env.store.put_bytes(data)
-        return Outcome(
-            {
-                "descriptor": {
-                    "mediaType": mt.OCI_MANIFEST,
-                    "artifactType": mt.MODEL_ARTIFACT,
-                    "digest": digest,
-                    "size": len(data),
-                }
-            }
-        )
+        return Outcome(ManifestBlob(Descriptor(mt.OCI_MANIFEST, digest, len(data), mt.MODEL_ARTIFACT), config))
 
 
 class IndexOp(_DescriptorOp):
     """Write the OCI image index of a multi-platform build: one entry per TARGET stage,
     generic (CPU) entries first, each with its platform and accelerator annotations
-    (docs/spec/multi-platform.md)."""
+    (docs/spec/multi-platform.md), and the format and quantization its config states."""
 
     name = "index"
+    result_type = IndexBlob
 
-    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
-        return key_of({**step.definition(), "manifests": [i["descriptor"] for i in inputs]})
+    def key(self, step: Step, inputs: list[Any], env: ExecEnv) -> str | None:
+        # what the entries annotate from each manifest's config is part of the index's content
+        return key_of({**step.definition(), "manifests": [m.descriptor.to_oci() for m in inputs],
+                       "annotated": [[m.config.format, m.config.quantization] for m in inputs]})
 
-    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+    def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
         from modelbuild.targets import ANN_FORMAT, ANN_QUANTIZATION
 
-        store = ctx.env.store
         entries = []
         for entry, manifest in zip(step.params["entries"], inputs, strict=True):
-            desc = dict(manifest["descriptor"])
             annotations = dict(entry["annotations"])
-            parts = ManifestParts.parse(store.read_json(desc["digest"], desc["size"]), f"manifest {desc['digest']}")
-            if parts.config is None:
-                raise BuildError(f"manifest {desc['digest']} has no config")
-            config = store.read_json(parts.config.digest, parts.config.size).get("config")
-            config = config if isinstance(config, dict) else {}
-            for key, field in ((ANN_FORMAT, "format"), (ANN_QUANTIZATION, "quantization")):
-                if config.get(field):
-                    annotations[key] = config[field]
+            for key, value in ((ANN_FORMAT, manifest.config.format), (ANN_QUANTIZATION, manifest.config.quantization)):
+                if value:
+                    annotations[key] = value
+            desc = manifest.descriptor.to_oci()
             desc["platform"] = entry["platform"]
             desc["annotations"] = dict(sorted(annotations.items()))
             entries.append(desc)
@@ -178,9 +169,8 @@ class IndexOp(_DescriptorOp):
         if step.params.get("created"):
             index["annotations"] = {mt.ANNOTATION_CREATED: step.params["created"]}
         data = canonical_json(index)
-        digest = store.put_bytes(data)
-        return Outcome({"descriptor": {"mediaType": mt.OCI_INDEX, "artifactType": mt.MODEL_ARTIFACT,
-                                       "digest": digest, "size": len(data)}})
+        digest = ctx.env.store.put_bytes(data)
+        return Outcome(IndexBlob(Descriptor(mt.OCI_INDEX, digest, len(data), mt.MODEL_ARTIFACT)))
 
 
 class ExportOp(Op):
@@ -189,18 +179,18 @@ class ExportOp(Op):
 
     The tags are not written here: :func:`modelbuild.build.build` writes them all at once
     (:meth:`Store.set_tags`) after every step, ``--output`` and ``--cache-to`` succeeded, so
-    a failed build leaves every tag as it was. ``result["tag_entries"]`` lists them."""
+    a failed build leaves every tag as it was. The result's ``tag_entries`` lists them."""
 
     name = "export"
 
-    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+    def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
         from modelbuild.oci.layout import export_layout
-        from modelbuild.store import tag_entry
+        from modelbuild.storage.tags import tag_entry
 
         top, *manifests = inputs
-        desc = top["descriptor"]
+        desc = top.descriptor.to_oci()
         entries = tag_entries(step.params["tags"], step.params.get("stages", []), desc,
-                              [m["descriptor"] for m in manifests])
+                              [m.descriptor.to_oci() for m in manifests])
         current = ctx.env.store.tags()
         changed = any(current.get(ref) != tag_entry(ref, d) for ref, d in entries)
         for output in step.params["outputs"]:
@@ -208,8 +198,7 @@ class ExportOp(Op):
                 raise ModelbuildError(f"unsupported output type {output['type']!r}")
             ref = step.params["tags"][0] if step.params["tags"] else None
             changed |= export_layout(ctx.env.store, desc, Path(output["dest"]), ref)
-        return Outcome({"descriptor": desc, "tags": [ref for ref, _ in entries], "tag_entries": entries},
-                       cached=not changed)
+        return Outcome(Exported(top.descriptor, tuple(ref for ref, _ in entries), tuple(entries)), cached=not changed)
 
 
 def tag_entries(tags: list[str], stages: list[str], top: dict[str, Any],

@@ -116,32 +116,54 @@ class StepContext:
 
 @dataclass
 class Outcome:
-    result: dict[str, Any]
+    result: Any  # a typed result (modelbuild.results)
     cached: bool = False
 
 
 class Op:
+    """What one kind of step does.
+
+    In flight, results are typed values (:mod:`modelbuild.results`): ``key``, ``run`` and
+    ``finalize`` receive and return them. At rest (the step index, ``--cache-to`` records) a
+    result is its JSON form: ``decode`` reads it back, and ``valid`` / ``blobs`` answer for
+    a stored result whether it is still usable and which store blobs it needs, before it is
+    used. A stored result that does not decode is a miss, never an error.
+    """
+
     name = ""
     # Whether the step's result is part of the artifact (layers, config, manifest, index):
     # ``--cache-to …,mode=min`` exports only these steps, ``mode=max`` every keyed step.
     exported = False
+    result_type: Any = None  # the results class whose from_json decodes a stored result
 
-    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
+    def key(self, step: Step, inputs: list[Any], env: ExecEnv) -> str | None:
         """The step's cache key, or None for a step that always runs (it is cheap)."""
         return None
 
-    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+    def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
         raise NotImplementedError
 
-    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
-        return True
+    def decode(self, stored: dict[str, Any]) -> Any:
+        """A stored result as its typed value; ValueError when it is not one."""
+        try:
+            return self.result_type.from_json(stored)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"not a stored {self.name} result ({exc!r})") from None
 
-    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
-        """The store blobs a (cached) result references, as ``{digest, size[, mediaType]}``:
+    def valid(self, stored: dict[str, Any], env: ExecEnv) -> bool:
+        """Whether a stored result may be used as it is: it decodes and every blob it names
+        is in the store and passes the cheap check (a damaged one is removed)."""
+        try:
+            result = self.decode(stored)
+        except ValueError:
+            return False
+        return all(env.blob_ok(b.digest, b.size) for b in result.blobs())
+
+    def blobs(self, stored: dict[str, Any]) -> list[dict[str, Any]]:
+        """The store blobs a stored result references, as ``{digest, size[, mediaType]}``:
         what a cache export must carry along with it, and an import must fetch."""
-        return []
+        return [b.to_json() for b in self.decode(stored).blobs()]
 
-    def finalize(self, result: dict[str, Any], inputs: list[dict[str, Any]], env: ExecEnv) -> dict[str, Any]:
+    def finalize(self, result: Any, inputs: list[Any], env: ExecEnv) -> Any:
         """Attach what a cached result cannot carry (paths on this machine); default: nothing."""
         return result
-

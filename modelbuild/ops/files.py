@@ -12,6 +12,7 @@ from modelbuild.digests import key_of
 from modelbuild.errors import BuildError
 from modelbuild.graph import Step
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
+from modelbuild.results import ContextRoot, FileDigest, TreeEntry
 from modelbuild.tarball import normalise_mode
 
 # A file modified less than this long before it was hashed is not put in the stat cache:
@@ -24,11 +25,11 @@ class SourceOp(Op):
 
     name = "source"
 
-    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+    def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
         root = step.params["root"]
         if not os.path.isdir(root):
             raise BuildError(f"build context {root} is gone")
-        return Outcome({"root": root}, cached=True)
+        return Outcome(ContextRoot(root), cached=True)
 
 
 class DigestOp(Op):
@@ -40,9 +41,9 @@ class DigestOp(Op):
 
     name = "digest"
 
-    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+    def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
         p = step.params
-        root = Path(inputs[0]["root"])
+        root = Path(inputs[0].root)
         try:
             if p["is_dir"]:
                 return self._directory(root, p["path"], ctx)
@@ -54,8 +55,8 @@ class DigestOp(Op):
         path = root / rel
         st = os.stat(path)
         digest, cached = self._digest(path, st, rel, ingest, ctx)
-        return Outcome({**self._result(path, st, digest), "path": rel, "kind": ctx.step.params.get("kind", "model")},
-                       cached=cached)
+        return Outcome(FileDigest(rel, ctx.step.params.get("kind", "model"), digest, st.st_size,
+                                  normalise_mode(st.st_mode), False, str(path)), cached=cached)
 
     def _digest(self, path: Path, st: os.stat_result, rel: str, ingest: bool, ctx: StepContext) -> tuple[str, bool]:
         """The file's digest and whether the stat cache knew it; hashes at most once."""
@@ -95,7 +96,7 @@ class DigestOp(Op):
         else:
             import hashlib
 
-            from modelbuild.store import copy_stream
+            from modelbuild.storage.files import copy_stream
 
             hasher = hashlib.sha256()
             size = copy_stream(path, hasher.update, ctx.advance)
@@ -115,16 +116,6 @@ class DigestOp(Op):
             env.cache.set_file_digest(st, digest)
         return digest
 
-    @staticmethod
-    def _result(path: Path, st: os.stat_result, digest: str) -> dict[str, Any]:
-        return {
-            "digest": digest,
-            "size": st.st_size,
-            "mode": normalise_mode(st.st_mode),
-            "is_dir": False,
-            "source": str(path),
-        }
-
     def _directory(self, root: Path, rel: str, ctx: StepContext) -> Outcome:
         tree = walk_tree(root, rel)
         all_cached = True
@@ -136,14 +127,8 @@ class DigestOp(Op):
             if f.kind == "file":
                 digest, cached = self._digest(Path(f.abspath), os.stat(f.abspath), name, False, ctx)
                 all_cached &= cached
-            members.append([name, f.kind, mode, f.size, digest, f.linkname, f.abspath])
-        tree_digest = key_of([m[:6] for m in members])
-        result = {
-            "digest": tree_digest,
-            "size": sum(m[3] for m in members),
-            "mode": 0o755,
-            "is_dir": True,
-            "members": members,
-            "path": rel,
-        }
-        return Outcome(result, cached=all_cached)
+            members.append(TreeEntry(name, f.kind, mode, f.size, digest, f.linkname, f.abspath))
+        # the key of what the tar layer holds: names, kinds, modes, sizes, digests, link targets
+        tree_digest = key_of([[m.name, m.kind, m.mode, m.size, m.digest, m.linkname] for m in members])
+        return Outcome(FileDigest(rel, ctx.step.params.get("kind", "model"), tree_digest, sum(m.size for m in members),
+                                  0o755, True, None, tuple(members)), cached=all_cached)

@@ -2,8 +2,8 @@
 
 ``layer`` packs one file or directory of the context. ``layerset`` packs every file of a
 transformed model set (whose files are only known once the transforms ran: sharding
-decides how many there are). Both use :func:`pack_layer`, and both return
-``{"layers": [{"descriptor": …, "diffId": …}, …]}``.
+decides how many there are). Both use :func:`pack_layer`, and both return a
+:class:`~modelbuild.results.LayerSet`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from modelbuild.errors import BuildError
 from modelbuild.graph import Step
 from modelbuild.oci import mediatypes as mt
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
+from modelbuild.results import Descriptor, FileDigest, FileSet, Layer, LayerSet, ModelFile
 from modelbuild.tarball import Member
 
 
@@ -33,23 +34,25 @@ def codec_identity(codec_name: str, env: ExecEnv) -> dict[str, Any]:
             "plugin_version": env.host.plugin_version(owner)}
 
 
-def content_of(src: dict[str, Any]) -> dict[str, Any]:
+def content_of(src: FileDigest | ModelFile) -> dict[str, Any]:
     """The part of a file description that identifies its content (not where it lies)."""
-    return {k: src[k] for k in ("digest", "size", "mode", "is_dir")}
+    return {"digest": src.digest, "size": src.size, "mode": src.mode, "is_dir": isinstance(src, FileDigest)
+            and src.is_dir}
 
 
-def pack_layer(path: str, kind: str, src: dict[str, Any], codec_name: str, epoch: int,
-               ctx: StepContext) -> tuple[dict[str, Any], bool]:
-    """Encode *src* (a digest result) as the layer for *path*; return it and whether it was
-    already in the store (a raw file ingested while it was hashed)."""
+def pack_layer(path: str, kind: str, src: FileDigest | ModelFile, codec_name: str, epoch: int,
+               ctx: StepContext) -> tuple[Layer, bool]:
+    """Encode *src* (a context file or a model-set file) as the layer for *path*; return it
+    and whether it was already in the store (a raw file ingested while it was hashed)."""
     env = ctx.env
     codec = env.host.codecs.get(codec_name)
-    if src["is_dir"] and not codec.archive:
+    is_dir = isinstance(src, FileDigest) and src.is_dir
+    if is_dir and not codec.archive:
         raise BuildError(f"{path}: layer format {codec.name} cannot hold a directory")
-    if not codec.archive and env.blob_ok(src["digest"], src["size"]):
-        digest, size, diff_id, reused = src["digest"], src["size"], src["digest"], True
+    if not codec.archive and env.blob_ok(src.digest, src.size):
+        digest, size, diff_id, reused = src.digest, src.size, src.digest, True
     else:
-        ctx.set_total(src["size"])
+        ctx.set_total(src.size)
         with env.store.writer() as sink:
             diff_id = codec.encode(_members(path, src), sink, mtime=epoch, progress=ctx.advance)
             digest = sink.commit()
@@ -57,59 +60,40 @@ def pack_layer(path: str, kind: str, src: dict[str, Any], codec_name: str, epoch
         diff_id = diff_id or digest
         if sink.created:
             env.stats.add(bytes_written=size)
-        if not codec.archive and digest != src["digest"]:
+        if not codec.archive and digest != src.digest:
             raise BuildError(f"{path} changed during the build; build again")
         reused = False
     metadata = {
         "name": path.rsplit("/", 1)[-1],
-        "mode": src["mode"],
+        "mode": src.mode,
         "uid": 0,
         "gid": 0,
-        "size": 0 if src["is_dir"] else src["size"],
+        "size": 0 if is_dir else src.size,
         "mtime": rfc3339(epoch),
-        "typeflag": 5 if src["is_dir"] else 0,
+        "typeflag": 5 if is_dir else 0,
     }
-    descriptor = {
-        "mediaType": mt.layer_media_type(FileKind(kind).media_family, codec.media_suffix),
-        "digest": digest,
-        "size": size,
-        "annotations": {
-            mt.ANNOTATION_FILE_METADATA: json.dumps(metadata, separators=(",", ":"), ensure_ascii=False),
-            mt.ANNOTATION_FILEPATH: path,
-            mt.ANNOTATION_MEDIATYPE_UNTESTED: "false",
-            mt.ANNOTATION_TITLE: path,
-        },
+    annotations = {
+        mt.ANNOTATION_FILE_METADATA: json.dumps(metadata, separators=(",", ":"), ensure_ascii=False),
+        mt.ANNOTATION_FILEPATH: path,
+        mt.ANNOTATION_MEDIATYPE_UNTESTED: "false",
+        mt.ANNOTATION_TITLE: path,
     }
-    return {"descriptor": descriptor, "diffId": diff_id}, reused
+    media_type = mt.layer_media_type(FileKind(kind).media_family, codec.media_suffix)
+    return Layer(Descriptor(media_type, digest, size, annotations=annotations), diff_id), reused
 
 
-def _members(path: str, src: dict[str, Any]) -> list[Member]:
-    if not src["is_dir"]:
-        return [Member(path, "file", src["source"], src["mode"], src["size"])]
-    return [
-        Member(name, kind, abspath if kind == "file" else None, mode, size, linkname)
-        for name, kind, mode, size, _digest, linkname, abspath in src["members"]
-    ]
-
-
-def layers_valid(result: dict[str, Any], env: ExecEnv) -> bool:
-    return all(env.blob_ok(layer["descriptor"]["digest"], layer["descriptor"]["size"]) for layer in result["layers"])
-
-
-def layer_blobs(result: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{k: layer["descriptor"][k] for k in ("digest", "size", "mediaType")} for layer in result["layers"]]
+def _members(path: str, src: FileDigest | ModelFile) -> list[Member]:
+    if not (isinstance(src, FileDigest) and src.is_dir):
+        return [Member(path, "file", src.source, src.mode, src.size)]
+    return [Member(m.name, m.kind, m.abspath if m.kind == "file" else None, m.mode, m.size, m.linkname)
+            for m in src.members]
 
 
 class _LayersOp(Op):
-    """An op whose result is ``{"layers": […]}``: part of the artifact, valid while its blobs are stored."""
+    """An op whose result is a :class:`LayerSet`: part of the artifact, valid while its blobs are stored."""
 
     exported = True
-
-    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
-        return layers_valid(result, env)
-
-    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
-        return layer_blobs(result)
+    result_type = LayerSet
 
 
 class LayerOp(_LayersOp):
@@ -117,14 +101,14 @@ class LayerOp(_LayersOp):
 
     name = "layer"
 
-    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
+    def key(self, step: Step, inputs: list[Any], env: ExecEnv) -> str | None:
         return key_of({**step.definition(), "codec": codec_identity(step.params["codec"], env),
                        "input": content_of(inputs[0])})
 
-    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+    def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
         p = step.params
         layer, _ = pack_layer(p["path"], p["kind"], inputs[0], p["codec"], p["epoch"], ctx)
-        return Outcome({"layers": [layer]})
+        return Outcome(LayerSet((layer,)))
 
 
 class LayerSetOp(_LayersOp):
@@ -132,11 +116,13 @@ class LayerSetOp(_LayersOp):
 
     name = "layerset"
 
-    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
-        files = [{"path": f["path"], "kind": f["kind"], **content_of(f)} for f in inputs[0]["files"]]
+    def key(self, step: Step, inputs: list[Any], env: ExecEnv) -> str | None:
+        fileset: FileSet = inputs[0]
+        files = [{"path": f.path, "kind": f.kind, **content_of(f)} for f in fileset.files]
         return key_of({**step.definition(), "codec": codec_identity(step.params["codec"], env), "files": files})
 
-    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+    def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
         p = step.params
-        layers = [pack_layer(f["path"], f["kind"], f, p["codec"], p["epoch"], ctx)[0] for f in inputs[0]["files"]]
-        return Outcome({"layers": layers})
+        fileset: FileSet = inputs[0]
+        return Outcome(LayerSet(tuple(pack_layer(f.path, f.kind, f, p["codec"], p["epoch"], ctx)[0]
+                                      for f in fileset.files)))

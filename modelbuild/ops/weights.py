@@ -1,11 +1,10 @@
 """Ops on the model set: transform it with a plugin (quantize, shard, merge), and read
 from its headers the facts the config states (format, precision, parameter count, …).
 
-A model set travels between steps as ``{"files": [file, …]}``, each file a dict with
-``path``, ``kind``, ``digest``, ``size``, ``mode``, ``is_dir`` (always False) and ``origin``:
-``"input"`` (a file of the build context) or ``"blob"`` (a transform's output, in the store).
-``source``, where to read it now, is attached by ``finalize`` and never cached: a cached
-result stays valid when the context moves.
+A model set travels between steps as a :class:`~modelbuild.results.FileSet` of
+:class:`~modelbuild.results.ModelFile`, each an ``"input"`` (a file of the build context) or
+a ``"blob"`` (a transform's output, in the store). ``source``, where to read it now, is
+attached by ``finalize`` and never cached: a cached result stays valid when the context moves.
 """
 
 from __future__ import annotations
@@ -21,27 +20,29 @@ from modelbuild.digests import key_of
 from modelbuild.errors import BuildError, PluginError
 from modelbuild.graph import Step
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
+from modelbuild.results import FileDigest, FileSet, Metadata, ModelFile
 
 
 # Transforms run one at a time in a process: each already uses every core (ctx.jobs worker
-# processes), and plugins fork their workers: two pools forking from two threads at once
-# inherit each other's pipes and can hang each other's shutdown.
+# processes, started from modelbuild.workers' forkserver), so two at once would only share
+# the cores and double the memory. A CPU budget, not a correctness lock.
 _TRANSFORM_LOCK = threading.Lock()
 
 
-def model_set(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The files of a model set, from digest results or a previous transform's result."""
-    files: list[dict[str, Any]] = []
+def model_set(inputs: list[Any]) -> list[ModelFile]:
+    """The files of a model set, from digest results or a previous transform's result (the
+    build context alone, for a build without weights, is an empty set)."""
+    files: list[ModelFile] = []
     for i in inputs:
-        if "files" in i:
-            files.extend(i["files"])
-        elif "digest" in i:
-            files.append({**i, "origin": "input"})
-    return sorted(files, key=lambda f: f["path"])
+        if isinstance(i, FileSet):
+            files.extend(i.files)
+        elif isinstance(i, FileDigest):
+            files.append(ModelFile(i.path, i.kind, i.digest, i.size, "input", i.mode, i.source))
+    return sorted(files, key=lambda f: f.path)
 
 
-def identity(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: f[k] for k in ("path", "kind", "digest", "size")} for f in files]
+def identity(files: list[ModelFile]) -> list[dict[str, Any]]:
+    return [{"path": f.path, "kind": f.kind, "digest": f.digest, "size": f.size} for f in files]
 
 
 def plugin_identity(registry: Any, name: str, env: ExecEnv) -> dict[str, Any]:
@@ -50,22 +51,23 @@ def plugin_identity(registry: Any, name: str, env: ExecEnv) -> dict[str, Any]:
     return {"name": name, "version": obj.version, "plugin": owner, "plugin_version": env.host.plugin_version(owner)}
 
 
-def weight_files(files: list[dict[str, Any]]) -> list[Any]:
+def weight_files(files: list[ModelFile]) -> list[Any]:
     from modelbuild.weights import WeightFile
 
-    return [WeightFile(f["path"], f["source"], f["digest"], f["size"], f["kind"]) for f in files]
+    return [WeightFile(f.path, f.source or "", f.digest, f.size, f.kind) for f in files]
 
 
 class TransformOp(Op):
     """Run a quantizer or shard strategy plugin over the model set."""
 
     name = "transform"
+    result_type = FileSet
 
     def _registry(self, step: Step, env: ExecEnv) -> Any:
         return {"quantize": env.host.quantizers, "convert": env.host.converters}.get(
             step.params["action"], env.host.shard_strategies)
 
-    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
+    def key(self, step: Step, inputs: list[Any], env: ExecEnv) -> str | None:
         definition = {**step.definition(),
                       "implementation": plugin_identity(self._registry(step, env), step.params["plugin"], env),
                       "files": identity(model_set(inputs))}
@@ -75,21 +77,21 @@ class TransformOp(Op):
             definition["uses"] = extras(weight_files(model_set(inputs)), env.host)
         return key_of(definition)
 
-    def valid(self, result: dict[str, Any], env: ExecEnv) -> bool:
-        return all(env.blob_ok(f["digest"], f["size"]) for f in result["files"] if f["origin"] == "blob")
+    def worker_modules(self, step: Step, env: ExecEnv) -> tuple[str, ...]:
+        """What the plugin's worker processes import (its ``worker_modules``): the solver
+        declares them to the forkserver before any step runs, so it imports them once."""
+        return tuple(getattr(self._registry(step, env).get(step.params["plugin"]), "worker_modules", ()))
 
-    def blobs(self, result: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{"digest": f["digest"], "size": f["size"]} for f in result["files"] if f["origin"] == "blob"]
+    def finalize(self, result: FileSet, inputs: list[Any], env: ExecEnv) -> FileSet:
+        import dataclasses
 
-    def finalize(self, result: dict[str, Any], inputs: list[dict[str, Any]], env: ExecEnv) -> dict[str, Any]:
-        by_digest = {f["digest"]: f["source"] for f in model_set(inputs)}
-        files = []
-        for f in result["files"]:
-            source = str(env.store.blob_path(f["digest"])) if f["origin"] == "blob" else by_digest[f["digest"]]
-            files.append({**f, "source": source})
-        return {"files": files}
+        by_digest = {f.digest: f.source for f in model_set(inputs)}
+        return FileSet(tuple(
+            dataclasses.replace(f, source=str(env.store.blob_path(f.digest)) if f.origin == "blob"
+                                else by_digest[f.digest])
+            for f in result.files))
 
-    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+    def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
         p = step.params
         files = weight_files(model_set(inputs))
         plugin = self._registry(step, ctx.env).get(p["plugin"])
@@ -114,28 +116,27 @@ class TransformOp(Op):
             else:
                 produced = plugin.merge(files, tctx)
             known = {(f.path, f.digest): f for f in files}
-            out: dict[str, dict[str, Any]] = {}
+            out: dict[str, ModelFile] = {}
             for item in produced:
                 if isinstance(item, WeightFile):
                     if (item.path, item.digest) not in known:
                         raise PluginError(f"{p['plugin']} returned a file it was not given: {item.path}")
-                    entry = {"path": item.path, "kind": item.kind, "digest": item.digest, "size": item.size,
-                             "origin": "input"}
+                    entry = ModelFile(item.path, item.kind, item.digest, item.size, "input")
                 elif isinstance(item, Output):
                     digest, size, created = env.store.adopt(item.file)
                     if created:
                         env.stats.add(bytes_written=size)
-                    entry = {"path": item.path, "kind": item.kind, "digest": digest, "size": size, "origin": "blob"}
+                    entry = ModelFile(item.path, item.kind, digest, size, "blob")
                 else:
                     raise PluginError(f"{p['plugin']} returned {item!r}, not a WeightFile or an Output")
-                if entry["path"] in out:
-                    raise PluginError(f"{p['plugin']} returned two files named {entry['path']}")
-                out[entry["path"]] = {**entry, "mode": 0o644, "is_dir": False}
+                if entry.path in out:
+                    raise PluginError(f"{p['plugin']} returned two files named {entry.path}")
+                out[entry.path] = entry
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         if not out:
             raise BuildError(f"{step.label}: produced no files")
-        return Outcome({"files": [out[k] for k in sorted(out)]})
+        return Outcome(FileSet(tuple(out[k] for k in sorted(out))))
 
 
 class DescribeOp(Op):
@@ -143,26 +144,27 @@ class DescribeOp(Op):
     the model set's headers (never by loading weights), for the config."""
 
     name = "describe"
+    result_type = Metadata
 
-    def key(self, step: Step, inputs: list[dict[str, Any]], env: ExecEnv) -> str | None:
+    def key(self, step: Step, inputs: list[Any], env: ExecEnv) -> str | None:
         # only the formats this model set's files have: another format plugin changes nothing
         files = model_set(inputs)
-        consulted = sorted({h.name for f in files if f["kind"] == "model"
-                            and (h := env.host.format_for_path(f["path"])) is not None})
+        consulted = sorted({h.name for f in files if f.kind == "model"
+                            and (h := env.host.format_for_path(f.path)) is not None})
         formats = [plugin_identity(env.host.formats, name, env) for name in consulted]
         return key_of({**step.definition(), "formats": formats, "files": identity(files)})
 
-    def run(self, step: Step, inputs: list[dict[str, Any]], ctx: StepContext) -> Outcome:
+    def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
         env = ctx.env
         files = model_set(inputs)
         config = _read_config(files)
-        groups: dict[str, list[dict[str, Any]]] = {}
+        groups: dict[str, list[ModelFile]] = {}
         unclaimed = []
         for f in files:
-            handler = env.host.format_for_path(f["path"]) if f["kind"] == "model" else None
+            handler = env.host.format_for_path(f.path) if f.kind == "model" else None
             if handler is not None:
                 groups.setdefault(handler.name, []).append(f)
-            elif f["kind"] == "model":
+            elif f.kind == "model":
                 unclaimed.append(f)
         infos = []
         for name, group in sorted(groups.items()):
@@ -183,15 +185,15 @@ class DescribeOp(Op):
             }
         elif config:
             derived = _from_config(config)
-        return Outcome({"derived": {k: v for k, v in derived.items() if v}})
+        return Outcome(Metadata({k: v for k, v in derived.items() if v}))
 
 
-def _read_config(files: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _read_config(files: list[ModelFile]) -> dict[str, Any] | None:
     """The Hugging Face ``config.json`` of the model set, if it has one at its top level."""
     for f in files:
-        if f["path"] == "config.json":
+        if f.path == "config.json" and f.source is not None:
             try:
-                with open(f["source"], "rb") as fh:
+                with open(f.source, "rb") as fh:
                     doc = json.load(fh)
             except (OSError, ValueError) as exc:
                 from modelbuild.weights import FormatError

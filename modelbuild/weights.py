@@ -16,11 +16,15 @@ CLI imports every plugin module on every run.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from modelbuild.errors import ModelbuildError
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
 
 
 class FormatError(ModelbuildError):
@@ -125,6 +129,41 @@ class TransformContext:
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             for n in pool.map(fn, items):
                 self.advance(n)
+
+    def run_processes(self, fn: Callable[[Any], Any], items: list[Any], *, preload: Iterable[str] = (),
+                      on_done: Callable[[Any, Any], None] | None = None, jobs: int | None = None) -> None:
+        """Run *fn* over *items* on up to *jobs* (default ``jobs``) worker processes, for
+        CPU-bound work; ``on_done(item, result)`` runs in this thread as each finishes, and
+        without it each result is reported as progress done (as :meth:`run_threads`).
+
+        *fn* is a module-level function (it is sent to the workers by name); items and
+        results are pickled, so pass paths and offsets, not data. Big items first: they are
+        handed out from the front. While the workers start, this thread runs items from the
+        back itself, so *fn* must be safe to call here too (no process-wide state). One job,
+        or one item: everything runs here. *preload*: as for :meth:`mp_context`.
+        """
+        from modelbuild.workers import run_processes
+
+        report = on_done or (lambda item, result: self.advance(result))
+        run_processes(fn, items, report, jobs=self.jobs if jobs is None else max(1, jobs), preload=preload)
+
+    def mp_context(self, preload: Iterable[str] = ()) -> BaseContext:
+        """The multiprocessing context for this transform's worker processes, when
+        :meth:`run_processes` does not fit: pass it as ``mp_context=`` to
+        :class:`concurrent.futures.ProcessPoolExecutor`, or call ``.Pool(…)`` on it; use up
+        to ``jobs`` processes.
+
+        Workers never fork from the build (it runs steps on threads): they start from one
+        forkserver per modelbuild process (:mod:`modelbuild.workers`), launched by the first
+        call and reused. *preload*: the modules the workers need, imported once by the server
+        instead of by every worker: the plugin's ``worker_modules`` (the build declares those
+        of every transform before it starts; pass them here as well, for a plugin used on its
+        own). A worker shares no memory with the parent: what it runs is a module-level
+        function, and its state comes as arguments (tasks, ``initargs``).
+        """
+        from modelbuild.workers import mp_context
+
+        return mp_context(preload)
 
 
 _SCALES = (("Q", 10**15), ("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3))

@@ -1,16 +1,17 @@
 """The quantizer ``gguf-quantize``: the plan (llama.cpp's mixes, from :mod:`.mixes`), the
-output headers, and the work items that forked worker processes run."""
+output headers, and the work items that worker processes run (started from modelbuild's
+forkserver: :meth:`TransformContext.run_processes`)."""
 
 from __future__ import annotations
 
 import os
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from modelbuild.errors import UsageError
-from modelbuild.weights import FormatError, Output, TransformContext, WeightFile
+from modelbuild.api import FormatError, Output, TransformContext, UsageError, WeightFile
 
 from .constants import _FLOAT_INPUTS, COPY_CHUNK, G_BF16, G_F16, G_F32, T_UINT32
 from .models import _read_models
@@ -27,26 +28,35 @@ from .writer import (
 
 CHUNK_ELEMENTS = 4 << 20  # rows per work item: about 16 MiB of float32 input
 
+# What the worker processes import: preloaded once by modelbuild's forkserver.
+WORKER_MODULES = ("numpy", "gguf.quants", __name__, f"{__package__}.kquants")
 
-# -- work items: copy or quantize a byte range (run in forked workers) ------------------------
 
-_FDS: dict[tuple[str, int], int] = {}
+# -- work items: copy or quantize a byte range (run in worker processes) ----------------------
+
+# Open files by (path, flags), per thread: a worker opens each file its items name once (they
+# close when it exits); a thread of the build that runs items itself closes them with _close_fds.
+_OPEN = threading.local()
+
+
+def _open_files() -> dict[tuple[str, int], int]:
+    if not hasattr(_OPEN, "fds"):
+        _OPEN.fds = {}
+    return _OPEN.fds
 
 
 def _fd(path: str, flags: int) -> int:
-    fd = _FDS.get((path, flags))
+    fds = _open_files()
+    fd = fds.get((path, flags))
     if fd is None:
-        fd = _FDS[(path, flags)] = os.open(path, flags)
+        fd = fds[(path, flags)] = os.open(path, flags)
     return fd
 
 
 def _close_fds() -> None:
-    while _FDS:
-        os.close(_FDS.popitem()[1])
-
-
-def _init_worker() -> None:
-    _FDS.clear()  # inherited entries belong to the parent
+    fds = _open_files()
+    while fds:
+        os.close(fds.popitem()[1])
 
 
 def to_float32(data: bytes, ggml_type: int) -> Any:
@@ -100,25 +110,14 @@ def _run_task(task: tuple) -> int:
 
 
 def run_tasks(tasks: list[tuple], ctx: TransformContext) -> None:
-    """Run work items on up to ctx.jobs forked processes, reporting progress as they finish."""
+    """Run work items on up to ctx.jobs worker processes, reporting progress as they finish."""
     jobs = min(ctx.jobs, sum(1 for t in tasks if t[0] == "convert") or 1, len(tasks) or 1)
-    if jobs <= 1:
-        _init_worker()
-        try:
-            for task in tasks:
-                ctx.advance(_run_task(task))
-        finally:
-            _close_fds()
-        return
-    import multiprocessing
-
     # big items first, so that the last ones keep every worker busy
     tasks = sorted(tasks, key=lambda t: -t[-1])
-    with multiprocessing.get_context("fork").Pool(jobs, initializer=_init_worker) as pool:
-        for n in pool.imap_unordered(_run_task, tasks, chunksize=1):
-            ctx.advance(n)
-        pool.close()
-        pool.join()
+    try:
+        ctx.run_processes(_run_task, tasks, preload=WORKER_MODULES, jobs=jobs)
+    finally:
+        _close_fds()  # those of the items this thread ran itself
 
 
 
@@ -155,6 +154,7 @@ class GGUFQuantizer:
                "(q4_k_m…) or --pure types")
     format = "gguf"
     types = _LEGACY_TYPES + _KQUANT_FILE_TYPES
+    worker_modules = WORKER_MODULES
 
     @staticmethod
     def default_pure(qtype: str) -> bool:
@@ -206,9 +206,6 @@ class GGUFQuantizer:
 
     def quantize(self, files: list[WeightFile], qtype: str, options: dict[str, Any],
                  ctx: TransformContext) -> list[WeightFile | Output]:
-        # imported here, once, so that the forked workers inherit them
-        import gguf.quants  # noqa: F401
-        import numpy  # noqa: F401
         from gguf.constants import GGML_QUANT_VERSION, LlamaFileType
 
         from .mixes import FILE_TYPES, file_type
@@ -220,6 +217,8 @@ class GGUFQuantizer:
         if unknown:
             raise UsageError(f"gguf-quantize has no option {unknown[0]!r}",
                              hint="its options: --keep=PATTERN,… --pure=true|false")
+        if ctx.jobs > 1:
+            ctx.mp_context(WORKER_MODULES)  # the workers' server starts importing while we plan
         keep = options.get("keep", [])
         keep = [keep] if isinstance(keep, str) else list(keep)
         pure = _flag("pure", options.get("pure"), self.default_pure(qtype))

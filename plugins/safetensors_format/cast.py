@@ -1,5 +1,6 @@
 """The quantizer ``safetensors-cast``: float16 / bfloat16 casts and float8_e4m3 with per-tensor
-scales, run as tasks in forked worker processes."""
+scales, run as tasks in worker processes (started from modelbuild's forkserver:
+:meth:`TransformContext.run_processes`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import posixpath
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from modelbuild.errors import UsageError
-from modelbuild.weights import FormatError, Output, TransformContext, WeightFile
+from modelbuild.api import FormatError, Output, TransformContext, UsageError, WeightFile
 
 from .format import scale_companions
 from .groups import Group, _check_group, _index_json, _split_set, _write_output
@@ -34,6 +34,9 @@ from .io import Spec, _chunks, _copy_range, _create, _pwrite_all, layout
 #   ±448, cast to float8_e4m3fn.  Workers read with mmap and pwrite at the given offset:
 #   no tensor data travels through pipes.
 Task = tuple[str, str, int, int, str, str, int, str, float, str]
+
+# What the worker processes import: preloaded once by modelbuild's forkserver.
+WORKER_MODULES = ("numpy", "ml_dtypes", __name__)
 
 
 def _run_task(task: Task) -> tuple[int, float]:
@@ -80,33 +83,8 @@ def _convert(op: str, x: Any, count: int, dst: str, dst_off: int, dst_code: str,
 
 
 def _run_all(tasks: list[Task], ctx: TransformContext, on_done: Callable[[Task, tuple[int, float]], None]) -> None:
-    """Run *tasks* in up to ``ctx.jobs`` forked processes (in-process for one job)."""
-    if ctx.jobs <= 1 or len(tasks) <= 1:
-        for t in tasks:
-            on_done(t, _run_task(t))
-        return
-    import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-
-    # imported before the fork, so that no worker loads an extension module itself: a
-    # child forked while another thread of the build held the dynamic loader's lock would
-    # hang in dlopen
-    import ml_dtypes  # noqa: F401
-    import numpy  # noqa: F401
-
-    pool = ProcessPoolExecutor(max_workers=min(ctx.jobs, len(tasks)), mp_context=multiprocessing.get_context("fork"))
-    try:
-        futures = {pool.submit(_run_task, t): t for t in tasks}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for fut in done:
-                on_done(futures[fut], fut.result())  # re-raises a worker's error
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-
+    """Run *tasks* in up to ``ctx.jobs`` worker processes (in-process for one job)."""
+    ctx.run_processes(_run_task, tasks, preload=WORKER_MODULES, on_done=on_done)
 
 
 # -- the quantizer ------------------------------------------------------------------------
@@ -213,7 +191,7 @@ class SafetensorsCast:
     index rewritten for the new dtypes, ``total_size`` and the scale tensors (which go to
     their weight's shard), ``config.json`` as an Output of kind ``config``; other files
     pass through untouched. Work is split into chunks of at most 64 MiB run in up to
-    ``ctx.jobs`` forked processes that read the input through ``mmap`` and ``pwrite`` into
+    ``ctx.jobs`` worker processes that read the input through ``mmap`` and ``pwrite`` into
     the output at offsets computed beforehand.
     """
 
@@ -222,6 +200,7 @@ class SafetensorsCast:
     summary = "cast safetensors to float16/bfloat16, or float8_e4m3 with per-tensor scales (vLLM fp8)"
     format = "safetensors"
     types = ("float16", "bfloat16", "float8_e4m3")
+    worker_modules = WORKER_MODULES
 
     def quantize(self, files: list[WeightFile], qtype: str, options: dict[str, Any],
                  ctx: TransformContext) -> list[WeightFile | Output]:
@@ -230,6 +209,8 @@ class SafetensorsCast:
         unknown = sorted(set(options) - {"keep"})
         if unknown:
             raise UsageError(f"safetensors-cast has no option --{unknown[0]}", hint="its only option is --keep=PATTERN")
+        if ctx.jobs > 1:
+            ctx.mp_context(WORKER_MODULES)  # the workers' server starts importing while we plan
         target = _TARGETS[qtype]
         fp8 = target == "F8_E4M3"
         keep = [*_keep_patterns(options), *(FP8_DEFAULT_KEEP if fp8 else ())]

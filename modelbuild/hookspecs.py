@@ -1,8 +1,11 @@
 """Every hook a modelbuild plugin can implement, in the order a build calls them.
 
 This module is the reference for plugin authors (pytest's manner): each hookspec says what
-it receives, what it should do, and what its return value means. Importing it costs nothing
-beyond pluggy.
+it receives, what it should do, what its return value means, whether it is ``firstresult``
+(stops at the first non-None result) and since which version of the plugin API it exists.
+What the registered objects must provide is the Protocol of their kind in
+:mod:`modelbuild.api`, which is the only module a plugin imports. Importing this module
+costs nothing beyond pluggy.
 
 A plugin is a module or object with functions decorated by :data:`hookimpl`, registered
 under the ``modelbuild`` entry-point group::
@@ -11,7 +14,12 @@ under the ``modelbuild`` entry-point group::
     my-codec = "my_package.plugin"
 
 Hooks never reach for globals: each receives the registry it adds entries to. Two plugins
-claiming one name in a registry is an error that names both.
+claiming one name in a registry is an error that names both. Every ``modelbuild_register_*``
+hook is called once per plugin manager (once per CLI invocation), before anything else
+happens; the objects they register live as long as it.
+
+Versions: ``Since: X.Y`` is the plugin API version (``modelbuild.__version__``'s major and
+minor) a hook first appeared in; ``Changed in X.Y`` says what its contract lost or gained.
 """
 
 from __future__ import annotations
@@ -21,7 +29,16 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from modelbuild.plugins import Registry
+    from modelbuild.api import (
+        Converter,
+        Frontend,
+        LayerCodec,
+        Quantizer,
+        ShardStrategy,
+        Target,
+        WeightFormat,
+    )
+    from modelbuild.plugins import Registry, SourceRegistry
 
 PROJECT = "modelbuild"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -32,7 +49,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec(historic=True)
-def modelbuild_addhooks(pluginmanager: "pluggy.PluginManager") -> None:
+def modelbuild_addhooks(pluginmanager: pluggy.PluginManager) -> None:
     """Add hookspecs of a plugin's own, for other plugins to implement (pytest's
     ``pytest_addhooks``).
 
@@ -43,8 +60,11 @@ def modelbuild_addhooks(pluginmanager: "pluggy.PluginManager") -> None:
     :class:`modelbuild.api.PluginLookup` a transform context carries): the HF → GGUF
     converter declares ``modelbuild_register_architectures`` this way.
 
-    Parameters: ``pluginmanager``, the :class:`pluggy.PluginManager` of this invocation.
-    Return value: ignored.  Since: 1.0.
+    Parameters:
+        ``pluginmanager``: the :class:`pluggy.PluginManager` of this invocation.
+    Return value: None; a returned value is ignored.
+    ``firstresult``: no; every implementation is called (historic: also one registered later).
+    Since: 1.0.
     """
 
 
@@ -52,38 +72,40 @@ def modelbuild_addhooks(pluginmanager: "pluggy.PluginManager") -> None:
 
 
 @hookspec
-def modelbuild_register_frontends(registry: "Registry") -> None:
+def modelbuild_register_frontends(registry: Registry[Frontend]) -> None:
     """Add frontends: objects that turn build-file text into a build description.
 
-    Call ``registry.add(frontend)``. A frontend has a ``name`` (what ``# syntax=NAME`` on a
-    build file's first line selects), a one-line ``summary``, and a method::
+    Call ``registry.add(frontend)``; a frontend is a :class:`modelbuild.api.Frontend`:
+    ``name`` (what ``# syntax=NAME`` on a build file's first line selects) and
+    ``load(text, *, filename, base_dir, default_context, build_args, sources)``, which
+    returns a :class:`~modelbuild.api.BuildDescription` or raises
+    :class:`~modelbuild.api.ModelfileError` with a span. The built-in ``modelfile``
+    frontend is :func:`modelbuild.api.modelfile_frontend`.
 
-        load(text, *, filename, base_dir, default_context, build_args, sources)
-            -> modelbuild.description.BuildDescription
-
-    ``filename`` is the name to use in error spans; ``base_dir`` the directory relative
-    paths in the file are resolved from; ``default_context`` the context when the file names
-    none; ``sources`` the source registry (see :func:`modelbuild_register_sources`).
-    ``load`` raises :class:`modelbuild.errors.ModelfileError` with a span for bad input.
-
-    Return value: ignored.  Since: 0.1.
+    Parameters:
+        ``registry``: the frontend :class:`~modelbuild.api.Registry` to add to.
+    Return value: None; a returned value is ignored.
+    ``firstresult``: no; every implementation is called.
+    Since: 0.1.  Changed in 1.0: ``summary`` is no longer part of the contract (the core
+    never read it).
     """
 
 
 @hookspec
-def modelbuild_register_sources(registry: "Registry") -> None:
+def modelbuild_register_sources(registry: SourceRegistry) -> None:
     """Add sources: what a ``FROM`` reference can name.
 
-    Call ``registry.add(source)``. A source has a ``name``, a tuple of URL ``schemes`` it
-    serves (the empty string means a plain path), a ``summary``, and a method::
+    Call ``registry.add(source)``; a source is a :class:`modelbuild.api.Source`: ``name``,
+    ``schemes`` (URL schemes it serves; the empty string means a plain path) and
+    ``resolve(reference, *, base_dir) -> pathlib.Path``, a local directory holding the
+    context's files, or :class:`~modelbuild.api.ModelfileError` without a span for a
+    reference it cannot serve (the frontend adds the location).
 
-        resolve(reference, *, base_dir) -> pathlib.Path
-
-    returning a local directory holding the context's files (a remote source materialises
-    them first). It raises :class:`modelbuild.errors.ModelfileError` without a span for a
-    reference it cannot serve; the frontend adds the location.
-
-    Return value: ignored.  Since: 0.1.
+    Parameters:
+        ``registry``: the :class:`~modelbuild.api.SourceRegistry` to add to.
+    Return value: None; a returned value is ignored.
+    ``firstresult``: no; every implementation is called.
+    Since: 0.1.  Changed in 1.0: ``summary`` is no longer part of the contract.
     """
 
 
@@ -91,121 +113,126 @@ def modelbuild_register_sources(registry: "Registry") -> None:
 
 
 @hookspec
-def modelbuild_register_layer_codecs(registry: "Registry") -> None:
+def modelbuild_register_layer_codecs(registry: Registry[LayerCodec]) -> None:
     """Add layer codecs: how a file or directory becomes a layer blob.
 
-    Call ``registry.add(codec)``. A codec has a ``name`` (what ``--layer-format`` selects,
-    e.g. ``tar+zstd``), a ``media_suffix`` (the part after ``.v1.`` in the ModelPack media
-    type), ``archive`` (False only for ``raw``, which cannot hold a directory), a
-    ``version`` string that enters every cache key of layers it packs, and a method::
+    Call ``registry.add(codec)``; a codec is a :class:`modelbuild.api.LayerCodec`: ``name``
+    (what ``--layer-format`` selects, e.g. ``tar+zstd``), ``media_suffix`` (the part after
+    ``.v1.`` in the ModelPack media type), ``archive`` (False only for ``raw``, which cannot
+    hold a directory), ``version`` (enters every cache key of layers it packs) and
+    ``encode(members, sink, *, mtime=0, progress=None) -> str | None``, which writes the
+    layer to *sink* and returns its diffId, or None when the layer is uncompressed. Output
+    must depend only on the members' content, names and modes: the layer is cached under
+    that. :func:`modelbuild.api.write_tar` writes reproducible archives.
 
-        encode(members, sink, *, mtime=0, progress=None) -> str | None
-
-    ``members`` is a list of :class:`modelbuild.tarball.Member` in archive order (one
-    file, or a directory and everything in it); ``sink`` a writer into the blob store with
-    a ``write(bytes)`` method; ``mtime`` the constant timestamp archives must use
-    (``SOURCE_DATE_EPOCH`` or 0); ``progress`` a callable taking a count of input bytes
-    consumed. ``encode`` writes the layer bytes to ``sink`` and returns the diffId
-    (``sha256:…`` of the uncompressed tar), or None when the layer is not compressed and
-    its diffId is its own digest. Codecs use :func:`modelbuild.tarball.write_tar` for
-    reproducible archives. Output must depend only on the members' content, names and
-    modes: the layer is cached under that.
-
-    Return value: ignored.  Since: 0.1.
+    Parameters:
+        ``registry``: the layer-codec :class:`~modelbuild.api.Registry` to add to.
+    Return value: None; a returned value is ignored.
+    ``firstresult``: no; every implementation is called.
+    Since: 0.1.  Changed in 1.0: ``summary`` is no longer part of the contract.
     """
 
 
-# -- weights: formats, quantizers, shard strategies ------------------------------------
+# -- weights: formats, quantizers, shard strategies, converters ---------------------------
 
 
 @hookspec
-def modelbuild_register_formats(registry: "Registry") -> None:
-    """Add weight-format handlers: how files of a format are recognised and read.
+def modelbuild_register_formats(registry: Registry[WeightFormat]) -> None:
+    """Add weight-format handlers: how files of a format are recognised and described.
 
-    Call ``registry.add(handler)``. A handler has a ``name`` (``safetensors``, ``gguf``,
-    ``onnx``: what ``ModelInfo.format`` and the config's ``format`` say), a ``version``
-    (enters cache keys), a ``summary``, ``extensions`` (e.g. ``(".safetensors",)``),
-    optionally ``sidecar_files = True`` (``read_info`` then also receives the model set's
-    weight files of no known format, e.g. ONNX external data) and ``writable = False``
-    (``write`` is not supported), and::
+    Call ``registry.add(handler)``; a handler is a :class:`modelbuild.api.WeightFormat`:
+    ``name`` (``safetensors``, ``gguf``, ``onnx``: what ``ModelInfo.format`` and the
+    config's ``format`` say), ``version`` (enters cache keys), ``extensions`` (e.g.
+    ``(".safetensors",)``: a model file's format is told from its name) and
+    ``read_info(files, config) -> ModelInfo``: facts from headers alone, never by loading
+    weights, or :class:`~modelbuild.api.FormatError` naming the file. Optionally
+    ``sidecar_files = True``: ``read_info`` then also receives the model set's weight files
+    of no known format (ONNX external data).
 
-        detect(path) -> bool
-            True when the file at *path* is of this format; reads a few bytes at most.
-        read_info(files, config) -> modelbuild.weights.ModelInfo
-            Facts from headers alone, never by loading weights: parameter count, parameters
-            per dtype, quantization, architecture, family. ``files`` are the
-            :class:`~modelbuild.weights.WeightFile` objects of this format; ``config`` the
-            parsed ``config.json`` beside them, or None. Raises
-            :class:`~modelbuild.weights.FormatError` naming the file for bad input.
-        iter_tensors(file) -> iterator of (name, dtype, shape, load)
-            Lazily: ``load()`` returns the tensor as a numpy array (memory-mapped where
-            the format allows).
-        write(path, tensors, metadata) -> None
-            Stream ``(name, numpy array)`` pairs into a new file at *path*.
-
-    Return value: ignored.  Since: 0.2.
+    Parameters:
+        ``registry``: the weight-format :class:`~modelbuild.api.Registry` to add to.
+    Return value: None; a returned value is ignored.
+    ``firstresult``: no; every implementation is called.
+    Since: 0.2.  Changed in 1.0: ``detect``, ``iter_tensors``, ``write``, ``writable`` and
+    ``summary`` left the contract: the core never called them (a plugin may keep them as
+    its own methods).
     """
 
 
 @hookspec
-def modelbuild_register_quantizers(registry: "Registry") -> None:
+def modelbuild_register_quantizers(registry: Registry[Quantizer]) -> None:
     """Add quantizers: what ``QUANTIZE TYPE`` can do to a model set of one format.
 
-    Call ``registry.add(quantizer)``. A quantizer has a unique ``name``, a ``version``
-    (enters cache keys: bump it when output bytes change), a ``summary``, the ``format``
-    it works on, the ``types`` it produces (e.g. ``("q8_0", "q4_0")``), and::
+    Call ``registry.add(quantizer)``; a quantizer is a :class:`modelbuild.api.Quantizer`:
+    a unique ``name``, a ``version`` (enters cache keys: bump it when output bytes change),
+    the ``format`` it works on, the ``types`` it produces (e.g. ``("q8_0", "q4_0")``) and
+    ``quantize(files, qtype, options, ctx) -> list[WeightFile | Output]``, returning the
+    complete new model set (inputs passed through unchanged, an ``Output`` for each file
+    written under ``ctx.workdir``), using up to ``ctx.jobs`` processes and memory of a few
+    tensors.
 
-        quantize(files, qtype, options, ctx) -> list[WeightFile | Output]
+    Options: declare what ``--name=value`` options the ``QUANTIZE`` line may carry as
+    ``options``, a tuple of :class:`modelbuild.api.OptionSpec` (name, type, choices,
+    default, help), e.g. ``(OptionSpec("keep", list, help="tensor-name patterns left as
+    they are"),)``. The declarations are for the frontend to check a line against, at the
+    line, before any work; until it does, ``options`` reach ``quantize`` as written (strings;
+    ``keep`` always a list) and a quantizer checks them itself. A quantizer without an
+    ``options`` attribute keeps that behaviour for good. Also optional:
+    ``key_extras(files, plugins)`` and ``worker_modules`` (see the Protocol).
 
-    ``files`` is the model set (:class:`~modelbuild.weights.WeightFile`, weights and
-    config files); ``qtype`` one of ``types``; ``options`` the ``--key=value`` options of
-    the ``QUANTIZE`` line (``keep`` is a list of tensor-name patterns to leave in full
-    precision); ``ctx`` a :class:`~modelbuild.weights.TransformContext`. Return the
-    complete new set: inputs passed through unchanged, and an
-    :class:`~modelbuild.weights.Output` for each file written under ``ctx.workdir``. Use up
-    to ``ctx.jobs`` processes and keep memory bounded by a few tensors.
-
-    Return value: ignored.  Since: 0.2.
+    Parameters:
+        ``registry``: the quantizer :class:`~modelbuild.api.Registry` to add to.
+    Return value: None; a returned value is ignored.
+    ``firstresult``: no; every implementation is called.
+    Since: 0.2.  Changed in 1.0: declared ``options``; ``summary`` left the contract.
     """
 
 
 @hookspec
-def modelbuild_register_shard_strategies(registry: "Registry") -> None:
+def modelbuild_register_shard_strategies(registry: Registry[ShardStrategy]) -> None:
     """Add shard strategies: how ``SHARD SIZE`` splits, and ``SHARD none`` merges, a format.
 
-    Call ``registry.add(strategy)``. A strategy has a ``name`` equal to the format it
-    handles, a ``version``, a ``summary``, and::
+    Call ``registry.add(strategy)``; a strategy is a :class:`modelbuild.api.ShardStrategy`:
+    a ``name`` equal to the format it handles, a ``version``, and
+    ``shard(files, max_bytes, ctx)`` and ``merge(files, ctx)``, each returning the complete
+    new model set with the conventions of ``quantize`` (see
+    :func:`modelbuild_register_quantizers`). ``max_bytes`` is the largest shard in bytes of
+    tensor data (decimal units were parsed already: ``2GB`` is 2,000,000,000).
 
-        shard(files, max_bytes, ctx) -> list[WeightFile | Output]
-        merge(files, ctx) -> list[WeightFile | Output]
+    Options: ``SHARD`` lines take none today; declare ``options = ()`` (a tuple of
+    :class:`modelbuild.api.OptionSpec`, as for quantizers) so that adding one later is a
+    declaration, not a new contract.
 
-    with the same conventions as ``quantize`` (see :func:`modelbuild_register_quantizers`).
-    ``max_bytes`` is the largest shard in bytes of tensor data (decimal units were parsed
-    already: ``2GB`` is 2,000,000,000).
-
-    Return value: ignored.  Since: 0.2.
+    Parameters:
+        ``registry``: the shard-strategy :class:`~modelbuild.api.Registry` to add to.
+    Return value: None; a returned value is ignored.
+    ``firstresult``: no; every implementation is called.
+    Since: 0.2.  Changed in 1.0: declared ``options``; ``summary`` left the contract.
     """
 
 
 @hookspec
-def modelbuild_register_converters(registry: "Registry") -> None:
+def modelbuild_register_converters(registry: Registry[Converter]) -> None:
     """Add converters: what ``CONVERT FORMAT`` can do to a model set.
 
-    Call ``registry.add(converter)``. A converter has a unique ``name``, a ``version``
-    (enters cache keys), a ``summary``, ``source_format`` and ``target_format`` (format
-    names, e.g. ``"safetensors"`` → ``"gguf"``), ``outtypes`` (what ``--outtype=`` may
-    name; the first is the default), and::
+    Call ``registry.add(converter)``; a converter is a :class:`modelbuild.api.Converter`:
+    a unique ``name``, a ``version`` (enters cache keys), ``source_format`` and
+    ``target_format`` (format names, e.g. ``"safetensors"`` → ``"gguf"``), ``outtypes``
+    (what ``--outtype=`` may name; the first is the default) and
+    ``convert(files, options, ctx) -> list[WeightFile | Output]`` with the conventions of
+    ``quantize`` (see :func:`modelbuild_register_quantizers`); ``options`` always holds
+    ``outtype``. Raise :class:`~modelbuild.api.FormatError` for input it cannot convert
+    (an unsupported architecture, naming the supported ones; a missing tokenizer or shard).
 
-        convert(files, options, ctx) -> list[WeightFile | Output]
+    Options: declare them as ``options``, a tuple of :class:`modelbuild.api.OptionSpec`, as
+    for quantizers; ``outtype`` among them, with ``choices`` equal to ``outtypes`` and the
+    first as ``default``.
 
-    with the conventions of ``quantize`` (see :func:`modelbuild_register_quantizers`):
-    ``files`` is the model set (weights and config files such as ``config.json`` and
-    ``tokenizer.json``), ``options`` the ``--name=value`` options of the ``CONVERT`` line
-    (``outtype`` always set), and the return value the complete new set. Raise
-    :class:`~modelbuild.weights.FormatError` for input it cannot convert (an unsupported
-    architecture, naming the supported ones; a missing tokenizer; a missing shard).
-
-    Return value: ignored.  Since: 0.3.
+    Parameters:
+        ``registry``: the converter :class:`~modelbuild.api.Registry` to add to.
+    Return value: None; a returned value is ignored.
+    ``firstresult``: no; every implementation is called.
+    Since: 0.3.  Changed in 1.0: declared ``options``; ``summary`` left the contract.
     """
 
 
@@ -213,33 +240,23 @@ def modelbuild_register_converters(registry: "Registry") -> None:
 
 
 @hookspec
-def modelbuild_register_targets(registry: "Registry") -> None:
+def modelbuild_register_targets(registry: Registry[Target]) -> None:
     """Add targets: what ``TARGET NAME`` stages build for, and how hosts match them.
 
-    Call ``registry.add(target)``. A target has a ``name`` (``cpu``, ``cuda``…), a
-    ``version``, a ``summary``, ``generic`` (True for a variant any machine of its
+    Call ``registry.add(target)``; a target is a :class:`modelbuild.api.Target`: a
+    ``name`` (``cpu``, ``cuda``…), ``generic`` (True for a variant any machine of its
     architecture can run; generic entries come first in the index), ``variants`` (OCI
-    ``platform.architecture`` values it supports, the default first, e.g.
-    ``("amd64", "arm64")``), ``formats`` (weight formats an engine on it can run), and::
+    ``platform.architecture`` values, the default first), ``formats`` (weight formats an
+    engine on it can run), and ``check_constraint(constraint)``, ``default_steps(fmt)``,
+    ``check_step(stage, action, arg, fmt)``, ``platform(stage)``, ``annotations(stage)`` and
+    ``matches(stage, host)``, called as the Protocol's docstring says. A third party adds a
+    target (say Intel Gaudi) with a plugin alone; docs/spec/multi-platform.md holds the
+    annotation vocabulary and matching rules.
 
-        check_constraint(constraint) -> None
-            Raise modelbuild.targets.ConstraintError for a constraint it does not know or
-            accept (``TARGET cuda compute>=banana``); the message is shown at the line.
-        platform(stage) -> dict
-            The OCI platform of the stage's variant: {"os": …, "architecture": …}.
-        annotations(stage) -> dict[str, str]
-            Namespaced annotations describing the accelerator for the index descriptor
-            (NVIDIA GPU feature discovery keys where they fit); never platform.features.
-        default_steps(fmt) -> list[tuple[str, str, dict]]
-            Steps for a stage that names none, given the model's format: (action, argument,
-            options), e.g. [("convert", "gguf", {}), ("quantize", "q8_0", {})].
-        check_step(stage, action, arg, fmt) -> str | None
-            A message when the step makes no sense for the stage (float8 below compute
-            capability 8.9), else None.
-        matches(stage, host) -> tuple[bool, str]
-            Whether a host (modelbuild.targets.HostInfo) can run the stage's variant, and
-            why not.
-
-    ``stage`` is a :class:`modelbuild.targets.Stage`. A third party adds a target (say
-    Intel Gaudi) with a plugin alone. Return value: ignored.  Since: 0.4.
+    Parameters:
+        ``registry``: the target :class:`~modelbuild.api.Registry` to add to.
+    Return value: None; a returned value is ignored.
+    ``firstresult``: no; every implementation is called.
+    Since: 0.4.  Changed in 1.0: ``version`` and ``summary`` left the contract (the core
+    never read them).
     """

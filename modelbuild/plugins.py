@@ -18,12 +18,24 @@ import os
 import sys
 from dataclasses import dataclass
 from types import CodeType, FrameType, TracebackType
-from typing import Any, Callable, Generic, Iterable, Iterator, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 import pluggy
 
 from modelbuild import hookspecs
 from modelbuild.errors import ModelfileError, PluginError, UsageError
+
+if TYPE_CHECKING:
+    from modelbuild.api import (
+        Converter,
+        Frontend,
+        LayerCodec,
+        Quantizer,
+        ShardStrategy,
+        Source,
+        Target,
+        WeightFormat,
+    )
 
 T = TypeVar("T")
 ENTRY_POINT_GROUP = "modelbuild"
@@ -70,10 +82,10 @@ class Registry(Generic[T]):
         return name in self._items
 
 
-class SourceRegistry(Registry[Any]):
+class SourceRegistry(Registry["Source"]):
     """Sources, also looked up by the URL scheme of a ``FROM`` reference."""
 
-    def get_for_reference(self, ref: str) -> Any:
+    def get_for_reference(self, ref: str) -> Source:
         scheme = ref.split("://", 1)[0] if "://" in ref else ""
         for source in self:
             if scheme in getattr(source, "schemes", ()):
@@ -85,15 +97,6 @@ class SourceRegistry(Registry[Any]):
         )
 
 
-class PluginLookup(Protocol):
-    """What a plugin may ask of the plugin manager at run time (a transform context's
-    ``plugins``): the registry of a hook it declared itself, and a plugin's version."""
-
-    def extension(self, hook_name: str, what: str) -> "Registry[Any]": ...
-
-    def plugin_version(self, plugin_name: str) -> str: ...
-
-
 @dataclass(frozen=True, slots=True)
 class PluginInfo:
     name: str
@@ -103,18 +106,19 @@ class PluginInfo:
 
 
 class PluginHost:
-    """A plugin manager and the registries its plugins filled."""
+    """A plugin manager and the registries its plugins filled. It is the
+    :class:`modelbuild.api.PluginLookup` plugins see as ``ctx.plugins``."""
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
-        self.frontends: Registry[Any] = Registry("frontend")
+        self.frontends: Registry[Frontend] = Registry("frontend")
         self.sources = SourceRegistry("source")
-        self.codecs: Registry[Any] = Registry("layer format")
-        self.formats: Registry[Any] = Registry("weight format")
-        self.quantizers: Registry[Any] = Registry("quantizer")
-        self.shard_strategies: Registry[Any] = Registry("shard strategy")
-        self.converters: Registry[Any] = Registry("converter")
-        self.targets: Registry[Any] = Registry("target")
+        self.codecs: Registry[LayerCodec] = Registry("layer format")
+        self.formats: Registry[WeightFormat] = Registry("weight format")
+        self.quantizers: Registry[Quantizer] = Registry("quantizer")
+        self.shard_strategies: Registry[ShardStrategy] = Registry("shard strategy")
+        self.converters: Registry[Converter] = Registry("converter")
+        self.targets: Registry[Target] = Registry("target")
         self._fill(self.frontends, "modelbuild_register_frontends")
         self._fill(self.sources, "modelbuild_register_sources")
         self._fill(self.codecs, "modelbuild_register_layer_codecs")
@@ -125,20 +129,20 @@ class PluginHost:
         self._extensions: dict[str, Registry[Any]] = {}
         self._fill(self.targets, "modelbuild_register_targets")
 
-    def format_for_path(self, path: str) -> Any | None:
+    def format_for_path(self, path: str) -> WeightFormat | None:
         """The format handler whose extension *path* has, if any (no file access)."""
         for handler in self.formats:
             if any(path.endswith(ext) for ext in handler.extensions):
                 return handler
         return None
 
-    def quantizer_for(self, fmt: str, qtype: str) -> Any | None:
+    def quantizer_for(self, fmt: str, qtype: str) -> Quantizer | None:
         for quantizer in self.quantizers:
             if quantizer.format == fmt and qtype in quantizer.types:
                 return quantizer
         return None
 
-    def converter_for(self, source: str, target: str) -> Any | None:
+    def converter_for(self, source: str, target: str) -> Converter | None:
         for converter in self.converters:
             if converter.source_format == source and converter.target_format == target:
                 return converter

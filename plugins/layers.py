@@ -12,8 +12,7 @@ import hashlib
 import struct
 import zlib
 
-from modelbuild.hookspecs import hookimpl
-from modelbuild.tarball import Member, write_tar
+from modelbuild.api import Member, hookimpl, write_tar
 
 # Bump when a codec's output bytes change: it enters every cache key of layers it packed.
 CODEC_VERSION = "1"

@@ -69,8 +69,7 @@ import posixpath
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from modelbuild.hookspecs import hookimpl
-from modelbuild.weights import FormatError, ModelInfo, WeightFile
+from modelbuild.api import FormatError, ModelInfo, WeightFile, hookimpl
 
 # Bump when read_info's answers change for the same file: it enters cache keys.
 FORMAT_VERSION = "1"

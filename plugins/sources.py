@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from modelbuild.errors import ModelfileError
-from modelbuild.hookspecs import hookimpl
+from modelbuild.api import ModelfileError, hookimpl
 
 
 class LocalSource:

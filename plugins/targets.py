@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelbuild.hookspecs import hookimpl
-from modelbuild.targets import (
+from modelbuild.api import (
     ANN_ACCELERATOR,
     ANN_REQUIRES,
     ANN_TARGET,
@@ -17,6 +16,7 @@ from modelbuild.targets import (
     ConstraintError,
     HostInfo,
     Stage,
+    hookimpl,
     version_tuple,
 )
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import inspect
 import io
+import re
 import tarfile
+import typing
 
+import pluggy
 import pytest
 
 from support import write_model_dir
 from helpers import blob
 from modelbuild import hookspecs
-from modelbuild.errors import PluginError
-from modelbuild.hookspecs import hookimpl
-from modelbuild.tarball import write_tar
+from modelbuild.api import PluginError, hookimpl, write_tar
 from modelbuild.testing import build_with, plugin_host
 
 
@@ -90,11 +91,44 @@ def test_a_misspelled_hook_fails_loudly():
     assert "modelbuild_register_layer_codec" in info.value.message
 
 
+def _hookspecs() -> list:
+    from modelbuild_plugins.hf_to_gguf import hookspecs as architectures
+
+    return [f for module in (hookspecs, architectures) for name, f in vars(module).items()
+            if name.startswith("modelbuild_") and callable(f)]
+
+
 def test_every_hookspec_is_documented_as_reference():
-    specs = [f for name, f in vars(hookspecs).items() if name.startswith("modelbuild_") and callable(f)]
-    assert len(specs) >= 3
+    """Each hookspec (the core's and hf-to-gguf's own) documents every parameter, its
+    return value, whether it is firstresult, and a Since: version no newer than the package."""
+    import modelbuild.api as api
+    from modelbuild import __version__
+
+    package = tuple(int(p) for p in __version__.split(".")[:2])
+    specs = _hookspecs()
+    assert len(specs) == 10
     for spec in specs:
-        doc = inspect.getdoc(spec) or ""
-        assert "Return value" in doc and "Since:" in doc, spec.__name__
-        for param in inspect.signature(spec).parameters:
-            assert f"``{param}``" in doc or param in doc, (spec.__name__, param)
+        name, doc = spec.__name__, inspect.getdoc(spec) or ""
+        opts = spec.modelbuild_spec
+        params = list(inspect.signature(spec).parameters)
+        assert "Parameters:" in doc and "Return value:" in doc, name
+        for param in params:
+            assert f"``{param}``:" in doc.split("Parameters:", 1)[1], (name, param)
+        assert f"``firstresult``: {'yes' if opts['firstresult'] else 'no'}" in doc, name
+        assert ("historic" in doc) == bool(opts["historic"]), name
+        since = re.findall(r"Since: (\d+)\.(\d+)\.", doc)
+        assert len(since) == 1, name
+        assert tuple(map(int, since[0])) <= package, (name, since, __version__)
+        # the annotations name real types (they are imported only under TYPE_CHECKING)
+        hints = typing.get_type_hints(spec, {**vars(api), "pluggy": pluggy, "ArchitectureAdapter": object})
+        assert set(hints) == {*params, "return"}, name
+
+
+def test_package_version_is_the_plugin_api_version():
+    import tomllib
+
+    from modelbuild import __version__
+    from support import REPO
+
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"] == __version__
+    assert __version__.split(".")[0] == "1"

@@ -1,11 +1,145 @@
 """The public API for plugin authors: the only modelbuild module a plugin imports.
 
-(A first cut; the protocols for every plugin kind and the value types follow.)
+    from modelbuild.api import FormatError, Output, Quantizer, WeightFile, hookimpl
+
+Everything a plugin needs is a name here; the modules these names come from are the core's
+own and may change. modelbuild's built-in plugins (``plugins/``) import nothing else, and
+``tests/test_api_contract.py`` keeps it so. The hooks themselves, each with its parameters,
+return value and the version it appeared in, are documented in :mod:`modelbuild.hookspecs`.
+Importing this module is cheap (no numpy, gguf or requests): every plugin module imports it
+on every CLI start.
+
+Hooks
+    ``hookimpl``        marks a hook implementation (``@hookimpl``, ``@hookimpl(tryfirst=True)``)
+    ``hookspec``        marks a hookspec, for a plugin that declares hooks of its own
+                        (``modelbuild_addhooks``)
+    ``Registry``        what a ``modelbuild_register_*`` hook receives: ``add(obj)`` by its ``name``
+    ``SourceRegistry``  the sources registry a frontend receives: ``get_for_reference(ref)``
+    ``PluginLookup``    ``ctx.plugins``: a plugin's own extension registries, plugin versions
+
+Plugin kinds: Protocols of exactly what the core calls (see each docstring)
+    ``Frontend``        build-file text → build description (``# syntax=NAME``)
+    ``Source``          what ``FROM`` can name
+    ``LayerCodec``      a file or directory → a layer blob (``--layer-format``)
+    ``LayerSink``       where a codec writes
+    ``WeightFormat``    recognises a weight format and reads facts from its headers
+    ``Quantizer``       ``QUANTIZE TYPE``
+    ``Converter``       ``CONVERT FORMAT``
+    ``ShardStrategy``   ``SHARD SIZE`` and ``SHARD none``
+    ``Target``          ``TARGET NAME`` stages, and matching hosts to variants
+    ``OptionSpec``      one declared ``--name=value`` option of a quantizer, converter or
+                        shard strategy
+    ``modelfile_frontend``  the core's Modelfile frontend, which the built-in ``modelfile``
+                        plugin registers (a third-party frontend may wrap it)
+
+Provisional kinds: contracts for the next issues, no hook registers them yet
+    ``Engine``          runs a pulled variant; ``PulledModel`` is what it runs
+    ``Attester``        signs or attests a pushed artifact; ``Subject`` is what it signs,
+                        ``Attestation`` what it returns
+    ``Executor``        runs steps somewhere (threads, a cluster); ``StepRequest`` is one step
+
+Values exchanged
+    ``WeightFile``      a file of the model set: ``path`` in the artifact, ``source`` to read
+    ``Output``          a file a transform wrote: ``Output(path, file, kind)``
+    ``TransformContext``  what a transform gets: ``output_path``, ``jobs``, progress, ``log``,
+                        ``mp_context``, ``plugins``
+    ``ModelInfo``       the facts a format reads from headers
+    ``Member``          one archive entry handed to a codec
+    ``write_tar``       writes reproducible tar streams
+    ``Stage``           a ``TARGET`` stage, as a target sees it
+    ``Constraint``      one ``key>=value`` requirement of a ``TARGET`` line (``key``, ``op``,
+                        ``value``, ``values``, ``admits(found)``)
+    ``HostInfo``        the machine a variant is chosen for; ``Accelerator`` one kind of
+                        accelerator on it
+    ``version_tuple``   ``"12.1"`` → ``(12, 1)``, a ConstraintError for a non-version
+    ``ANN_TARGET``, ``ANN_ACCELERATOR``, ``ANN_REQUIRES``  the index annotation keys a
+                        target writes (docs/spec/multi-platform.md §3)
+    ``BuildDescription``  what a frontend returns; made of ``FileSpec`` (with ``FileKind``),
+                        ``TransformSpec`` and ``StageSpec``
+    ``Span``            a place in a build file, for errors
+
+Errors (exit code 2 unless said)
+    ``ModelbuildError``  the base of every expected error
+    ``UsageError``      bad options or arguments
+    ``ModelfileError``  bad build-file input, at a ``Span``
+    ``FormatError``     a weight file that is not what it claims, naming the file
+    ``ConstraintError``  a constraint a target does not know or accept
+    ``BuildError``      a step could not do its work (exit code 1)
+    ``PluginError``     a plugin misbehaved (exit code 70); any other exception from a
+                        plugin is reported as a bug in that plugin, with that exit code too
 """
 
 from __future__ import annotations
 
+from modelbuild.api._kinds import (
+    Converter,
+    Frontend,
+    LayerCodec,
+    LayerSink,
+    PluginLookup,
+    Quantizer,
+    ShardStrategy,
+    Source,
+    Target,
+    WeightFormat,
+)
+from modelbuild.api._options import OptionSpec
+from modelbuild.api._provisional import (
+    Attestation,
+    Attester,
+    Engine,
+    Executor,
+    PulledModel,
+    StepRequest,
+    Subject,
+)
+from modelbuild.description import BuildDescription, FileKind, FileSpec, StageSpec, TransformSpec
+from modelbuild.errors import BuildError, ModelbuildError, ModelfileError, PluginError, Span, UsageError
 from modelbuild.hookspecs import hookimpl, hookspec
-from modelbuild.plugins import PluginLookup, Registry, fill_registry
+from modelbuild.plugins import Registry, SourceRegistry
+from modelbuild.tarball import Member, write_tar
+from modelbuild.targets import (
+    ANN_ACCELERATOR,
+    ANN_REQUIRES,
+    ANN_TARGET,
+    Accelerator,
+    Constraint,
+    ConstraintError,
+    HostInfo,
+    Stage,
+    version_tuple,
+)
+from modelbuild.weights import FormatError, ModelInfo, Output, TransformContext, WeightFile
 
-__all__ = ["PluginLookup", "Registry", "fill_registry", "hookimpl", "hookspec"]
+
+def modelfile_frontend() -> Frontend:
+    """The core's own ``modelfile`` frontend: modctl-compatible Modelfiles with modelbuild's
+    extensions (``ARG``, ``FROM``, ``TARGET``…, see docs/modelfile.md).
+
+    The language is implemented in the core package (``modelbuild.frontend``: its parser,
+    spans, limits and directive table); the built-in ``modelfile`` plugin registers the
+    object this returns, through the same hook a third-party frontend uses. A third-party
+    frontend may wrap it (say, to rewrite text before ``load``). Imported when called, so
+    importing this module stays cheap.
+    """
+    from modelbuild.frontend.modelfile import ModelfileFrontend
+
+    return ModelfileFrontend()
+
+
+__all__ = [
+    # hooks
+    "PluginLookup", "Registry", "SourceRegistry", "hookimpl", "hookspec",
+    # plugin kinds
+    "Converter", "Frontend", "LayerCodec", "LayerSink", "OptionSpec", "Quantizer", "ShardStrategy", "Source",
+    "Target", "WeightFormat", "modelfile_frontend",
+    # provisional kinds
+    "Attestation", "Attester", "Engine", "Executor", "PulledModel", "StepRequest", "Subject",
+    # values exchanged
+    "ANN_ACCELERATOR", "ANN_REQUIRES", "ANN_TARGET", "Accelerator", "BuildDescription", "Constraint", "FileKind",
+    "FileSpec", "HostInfo", "Member", "ModelInfo", "Output", "Span", "Stage", "StageSpec", "TransformContext",
+    "TransformSpec", "WeightFile", "version_tuple", "write_tar",
+    # errors
+    "BuildError", "ConstraintError", "FormatError", "ModelbuildError", "ModelfileError", "PluginError",
+    "UsageError",
+]

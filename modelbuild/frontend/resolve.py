@@ -141,11 +141,7 @@ def resolve_transforms(transforms: Sequence[TransformSpec], desc: BuildDescripti
             if converter is None:
                 pairs = ", ".join(f"{c.source_format} → {c.target_format}" for c in host.converters) or "none"
                 raise _at(t, f"cannot convert {fmt} weights to {t.arg}", hint=f"installed converters: {pairs}")
-            outtype = dict(t.options).get("outtype")
-            if outtype is not None and outtype not in converter.outtypes:
-                raise _at(t, f"unknown --outtype={outtype} for CONVERT {t.arg}",
-                          hint=f"one of {', '.join(converter.outtypes)}")
-            chain.append(_chosen(t, converter.name, host.converters.owner(converter.name)))
+            chain.append(_chosen(t, converter, host.converters.owner(converter.name)))
             fmt = converter.target_format
         elif t.action == "quantize":
             quantizer = host.quantizer_for(fmt, t.arg)
@@ -155,12 +151,12 @@ def resolve_transforms(transforms: Sequence[TransformSpec], desc: BuildDescripti
                     raise _at(t, f"quant type {t.arg} cannot be applied to {fmt} weights (it is for {', '.join(others)})",
                               hint=f"{fmt} takes: {', '.join(host.quant_types(fmt)) or 'none'}")
                 raise _at(t, f"unknown quant type {t.arg}", hint=f"known: {', '.join(host.quant_types())}")
-            chain.append(_chosen(t, quantizer.name, host.quantizers.owner(quantizer.name)))
+            chain.append(_chosen(t, quantizer, host.quantizers.owner(quantizer.name)))
         else:
             if fmt not in host.shard_strategies:
                 raise _at(t, f"no shard strategy for {fmt} weights",
                           hint=f"installed: {', '.join(host.shard_strategies.names()) or 'none'}")
-            chain.append(_chosen(t, fmt, host.shard_strategies.owner(fmt)))
+            chain.append(_chosen(t, host.shard_strategies.get(fmt), host.shard_strategies.owner(fmt)))
     return chain, fmt
 
 
@@ -184,8 +180,11 @@ def _weights_format(transforms: Sequence[TransformSpec], desc: BuildDescription,
     return None
 
 
-def _chosen(t: TransformSpec, plugin: str, owner: str) -> Transform:
-    return Transform(t.action, t.arg, plugin, owner, tuple(t.options), t.max_bytes, t.origin)
+def _chosen(t: TransformSpec, plugin: Any, owner: str) -> Transform:
+    """*t* done by *plugin*, its options checked against the plugin's declarations."""
+    from modelbuild.frontend.options import typed_options
+
+    return Transform(t.action, t.arg, plugin.name, owner, typed_options(t, plugin), t.max_bytes, t.origin)
 
 
 def _at(t: TransformSpec | Transform, message: str, hint: str | None = None) -> ModelfileError:

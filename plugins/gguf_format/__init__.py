@@ -77,7 +77,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelbuild.hookspecs import hookimpl
+from modelbuild.api import OptionSpec, hookimpl
 
 from .constants import (
     DEFAULT_ALIGNMENT,
@@ -137,6 +137,15 @@ __all__ = [
     "allows_quantization", "copy_range", "encode_value", "ggml_n_dims", "group_models", "is_gguf", "parse_header",
     "precision_name", "run_tasks", "to_float32", "type_name", "write_header", "writer_class",
 ]
+
+# The options QUANTIZE takes (what GGUFQuantizer.quantize checks by hand). Declared here, not
+# in the class body in quantize.py, only while that module's worker pool is being reworked:
+# move it there then.
+GGUFQuantizer.options = (
+    OptionSpec("keep", list, help="tensor-name patterns (fnmatch) whose tensors keep their type and bytes"),
+    OptionSpec("pure", bool, help="one type for every tensor llama.cpp converts, as llama-quantize --pure; "
+                                  "default: true for f16, bf16, q8_0, q4_0…q5_1, false for the k-quant mixes"),
+)
 
 
 @hookimpl

@@ -7,7 +7,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from modelbuild.weights import ModelInfo, WeightFile
+from modelbuild.api import ModelInfo, WeightFile
 
 from .constants import DEFAULT_ALIGNMENT, G_BF16, T_ARRAY
 from .models import Model, group_models

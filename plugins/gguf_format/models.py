@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from modelbuild.weights import FormatError, WeightFile
+from modelbuild.api import FormatError, WeightFile
 
 from .constants import SPLIT_NAME
 from .reader import Header, TensorInfo, is_gguf, parse_header

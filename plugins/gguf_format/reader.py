@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from modelbuild.weights import FormatError, WeightFile
+from modelbuild.api import FormatError, WeightFile
 
 from .constants import (
     _PRECISION,

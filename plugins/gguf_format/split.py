@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 import struct
 
-from modelbuild.errors import UsageError
-from modelbuild.weights import Output, TransformContext, WeightFile
+from modelbuild.api import Output, TransformContext, UsageError, WeightFile
 
 from .constants import (
     COPY_CHUNK,
@@ -27,6 +26,7 @@ class GGUFShard:
     name = "gguf"
     version = "1"
     summary = "llama.cpp gguf-split --split-max-size layout (<name>-00001-of-0000N.gguf) and merge"
+    options = ()  # SHARD takes none
 
     def plan(self, m: Model, max_bytes: int) -> list[list[tuple[Header, TensorInfo]]]:
         """gguf-split's greedy plan: GGML_PAD(nbytes, 32), a new split past *max_bytes*."""

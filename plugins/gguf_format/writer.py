@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelbuild.weights import FormatError
+from modelbuild.api import FormatError
 
 from .constants import (
     _KEY_TYPES,

@@ -103,7 +103,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelbuild.hookspecs import hookimpl
+from modelbuild.api import hookimpl
 
 from .adapters import (
     BUILTIN_ADAPTERS,

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from modelbuild.weights import FormatError
+from modelbuild.api import FormatError
 
 # -- errors an adapter raises ------------------------------------------------------------------
 
@@ -162,7 +162,7 @@ def _tensor_map(arch: str, n_blocks: int) -> Any:
 
         by_name = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
         if arch not in by_name:
-            from modelbuild.errors import PluginError
+            from modelbuild.api import PluginError
 
             raise PluginError(f"GGUF architecture {arch!r} is unknown to gguf-py {_gguf_version()}: an adapter "
                               f"for it must give its own tensor_name()")

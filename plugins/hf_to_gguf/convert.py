@@ -10,8 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from modelbuild.errors import UsageError
-from modelbuild.weights import FormatError, Output, TransformContext, WeightFile
+from modelbuild.api import FormatError, OptionSpec, Output, TransformContext, UsageError, WeightFile
 
 from .adapters import ShapeMismatch
 from .keys import gguf_value
@@ -78,6 +77,14 @@ class HfToGguf:
     source_format = "safetensors"
     target_format = "gguf"
     outtypes = OUTTYPES
+    options = (
+        OptionSpec("outtype", str, choices=OUTTYPES, default=OUTTYPES[0],
+                   help="the type of the weight tensors (1-D and norm tensors stay f32)"),
+        OptionSpec("name", str, help="general.name; default: the base name of config.json's _name_or_path, "
+                                     "else model"),
+        OptionSpec("pre", str, help="llama.cpp's pre-tokenizer name, for a byte-level tokenizer whose "
+                                    "structure is not recognised"),
+    )
 
     @staticmethod
     def _architectures(plugins: Any) -> Any:

@@ -7,19 +7,24 @@ the implementation ``optionalhook=True`` to make it optional).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from modelbuild.api import hookspec
 
+if TYPE_CHECKING:
+    from modelbuild.api import Registry
+
+    from .adapters import ArchitectureAdapter
+
 
 @hookspec
-def modelbuild_register_architectures(registry: Any) -> None:
+def modelbuild_register_architectures(registry: Registry[ArchitectureAdapter]) -> None:
     """Add model architectures to the Hugging Face → GGUF converter.
 
     Call ``registry.add(adapter)``. An adapter has a unique ``name`` (e.g. ``"mistral"``),
     ``gguf_arch`` (the GGUF ``general.architecture`` it writes, e.g. ``"llama"``; empty
     means ``name``), a ``version`` (enters the cache key of every conversion that uses this
-    adapter, and only those), a ``summary`` and ``hf_architectures`` (the ``config.json``
+    adapter, and only those) and ``hf_architectures`` (the ``config.json``
     ``architectures`` entries it handles, e.g. ``("LlamaForCausalLM",)``), and the methods
     the converter calls::
 
@@ -33,6 +38,11 @@ def modelbuild_register_architectures(registry: Any) -> None:
     :class:`modelbuild_plugins.hf_to_gguf.ArchitectureAdapter` is a base class with
     defaults for all but ``tensor_name``. Adding an architecture is one small plugin.
 
-    Parameters: ``registry``, the converter's architecture registry.
-    Return value: ignored.  Since: 0.3.
+    Parameters:
+        ``registry``: the converter's architecture :class:`~modelbuild.api.Registry` (what
+        ``ctx.plugins.extension("modelbuild_register_architectures", "architecture")``
+        returns).
+    Return value: None; a returned value is ignored.
+    ``firstresult``: no; every implementation is called.
+    Since: 0.3.
     """

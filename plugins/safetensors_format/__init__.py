@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelbuild.hookspecs import hookimpl
+from modelbuild.api import OptionSpec, hookimpl
 
 from .cast import FP8_DEFAULT_KEEP, FP8_MAX, SafetensorsCast, Task
 from .format import SafetensorsFormat, scale_companions
@@ -65,6 +65,14 @@ __all__ = [
     "layout", "read_header", "scale_companions",
     "_DTYPES", "_code_of", "_numpy_dtype",  # used by tests/plugins/test_safetensors.py
 ]
+
+# The options QUANTIZE takes (what SafetensorsCast.quantize checks by hand). Declared here, not
+# in the class body in cast.py, only while that module's worker pool is being reworked: move
+# it there then.
+SafetensorsCast.options = (
+    OptionSpec("keep", list, help="tensor-name patterns (fnmatch) left in their dtype; float8_e4m3 also keeps "
+                                  "embeddings, norms, lm_head and routers"),
+)
 
 
 # -- registration -------------------------------------------------------------------------

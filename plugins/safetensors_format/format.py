@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from modelbuild.weights import ModelInfo, WeightFile
+from modelbuild.api import ModelInfo, WeightFile
 
 from . import io  # io.CHUNK_BYTES is read at call time, so that patching it reaches the writer
 from .header import (

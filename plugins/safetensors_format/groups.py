@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from modelbuild.weights import FormatError, Output, TransformContext, WeightFile
+from modelbuild.api import FormatError, Output, TransformContext, WeightFile
 
 from .header import Header
 

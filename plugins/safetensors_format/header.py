@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from modelbuild.weights import FormatError, WeightFile
+from modelbuild.api import FormatError, WeightFile
 
 PLUGIN_VERSION = "1"
 

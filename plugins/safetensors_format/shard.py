@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from modelbuild.errors import UsageError
-from modelbuild.weights import Output, TransformContext, WeightFile
+from modelbuild.api import Output, TransformContext, UsageError, WeightFile
 
 from .groups import (
     _INDEX_SUFFIX,
@@ -90,6 +89,7 @@ class SafetensorsShard:
     name = "safetensors"
     version = PLUGIN_VERSION
     summary = "split/merge safetensors as Hugging Face does (model-00001-of-00002.safetensors + index)"
+    options = ()  # SHARD takes none
 
     def shard(self, files: list[WeightFile], max_bytes: int, ctx: TransformContext) -> list[WeightFile | Output]:
         if max_bytes <= 0:

@@ -1,0 +1,48 @@
+"""Declared options: what a transform plugin accepts after its directive (meson's habit of
+checking arguments from declarations, not by hand)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import KW_ONLY, dataclass
+from typing import Any
+
+# what ``OptionSpec.type`` may be; ``list`` is a list of strings
+OPTION_TYPES: tuple[type, ...] = (str, int, float, bool, list)
+_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSpec:
+    """One ``--name=value`` option a quantizer, converter or shard strategy accepts.
+
+    A plugin declares them as a class attribute, ``options: tuple[OptionSpec, ...]``, for
+    the frontend to check a ``QUANTIZE``/``CONVERT`` line against, at the line, before any
+    work (until the frontend does, plugins check their options themselves). A plugin with no
+    ``options`` attribute gets its options unchecked (plugins written before 1.0);
+    ``options = ()`` means it takes none.
+
+    ``type`` is ``str``, ``int``, ``float``, ``bool`` (written ``true`` or ``false``) or
+    ``list``: a list of strings, where the option may be repeated and each value is split at
+    commas (``--keep=a,b --keep=c`` is ``["a", "b", "c"]``). ``choices`` limits a ``str``
+    option, or each item of a ``list`` one, to those values. ``default`` is what the plugin
+    uses when the option is not given; None means the plugin decides (say, from the quant
+    type). ``help`` is one line for people: what the option does, for error hints.
+    """
+
+    name: str
+    type: type
+    _: KW_ONLY
+    help: str
+    choices: tuple[str, ...] = ()
+    default: Any = None
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"option name {self.name!r}: write lower-case letters, digits, '-' or '_'")
+        if self.type not in OPTION_TYPES:
+            raise TypeError(f"option {self.name}: type must be str, int, float, bool or list, not {self.type!r}")
+        if self.choices and self.type not in (str, list):
+            raise TypeError(f"option {self.name}: only str and list options take choices")
+        if self.choices and isinstance(self.default, str) and self.default not in self.choices:
+            raise ValueError(f"option {self.name}: default {self.default!r} is not one of its choices")

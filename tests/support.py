@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +14,13 @@ EXAMPLES = REPO / "Modelfile.examples"
 
 @dataclass
 class Run:
+    """What one ``modelbuild`` command did (the ``mb`` and ``cli`` fixtures)."""
+
     rc: int
     out: str
     err: str
+    seconds: float = 0.0  # how long it ran
+
 
     def __iter__(self):
         """``rc, out, err = run``."""

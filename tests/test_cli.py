@@ -16,6 +16,7 @@ EXAMPLE = EXAMPLES / "tiny-llama" / "Modelfile"
 
 
 def test_help_lists_every_command(cli):
+    # through `python -m modelbuild`: the real entry point and its exit status
     run = cli("--help")
     assert run.rc == 0
     for name in ("build", "inspect", "ls", "rm", "prune", "plugins"):
@@ -24,79 +25,79 @@ def test_help_lists_every_command(cli):
     assert "--print-graph" in build_help.out and "examples:" in build_help.out
 
 
-def test_shorthand_builds_the_bundled_example(cli, home):
-    run = cli("-f", str(EXAMPLE), "--progress", "plain")
+def test_shorthand_builds_the_bundled_example(mb, home):
+    run = mb("-f", str(EXAMPLE), "--progress", "plain")
     assert run.rc == 0, run.err
     digest, tag = run.out.split()
     assert tag == "tiny-llama:latest" and digest.startswith("sha256:")
     assert "#1 load build context" in run.err and "DONE" in run.err
-    again = cli("-f", str(EXAMPLE), "--progress", "plain")
+    again = mb("-f", str(EXAMPLE), "--progress", "plain")
     assert again.out == run.out
     assert "DONE" not in again.err and again.err.count("CACHED") == again.err.count("\n") // 2
 
 
-def test_print_graph_formats_show_every_step_without_building(cli, home):
-    text = cli("build", "-f", str(EXAMPLE), "--print-graph")
+def test_print_graph_formats_show_every_step_without_building(mb, home):
+    text = mb("build", "-f", str(EXAMPLE), "--print-graph")
     assert text.rc == 0
     lines = text.out.splitlines()
     assert lines[0].startswith("#1") and "load build context" in lines[0]
     assert sum("ingest" in l for l in lines) == 7 and sum("pack" in l for l in lines) == 7
     assert lines[-1].split()[1] == "export"
-    graph = json.loads(cli("build", "-f", str(EXAMPLE), "--print-graph=json").out)
+    graph = json.loads(mb("build", "-f", str(EXAMPLE), "--print-graph=json").out)
     ops = [s["op"] for s in graph["steps"]]
     assert ops.count("digest") == 7 and ops[-4:] == ["describe", "config", "manifest", "export"]
     manifest = next(s for s in graph["steps"] if s["op"] == "manifest")
     assert len(manifest["deps"]) == 8  # config + 7 layers
-    dot = cli("build", "-f", str(EXAMPLE), "--print-graph=dot").out
+    dot = mb("build", "-f", str(EXAMPLE), "--print-graph=dot").out
     assert dot.startswith("digraph build {") and dot.count("->") == sum(len(s["deps"]) for s in graph["steps"])
     assert not (home / "store").exists()  # nothing was built
 
 
-def test_inspect_ls_rm_prune(cli, home):
-    built = cli("-f", str(EXAMPLE), "--json", "--progress", "quiet").json()
-    doc = cli("inspect", "tiny-llama", "--json").json()
+def test_inspect_ls_rm_prune(mb, home):
+    built = mb("-f", str(EXAMPLE), "--json", "--progress", "quiet").json()
+    doc = mb("inspect", "tiny-llama", "--json").json()
     assert doc["digest"] == built["digest"]
     assert doc["config"]["descriptor"]["name"] == "tiny-llama"
-    human = cli("inspect", "tiny-llama:latest")
+    human = mb("inspect", "tiny-llama:latest")
     assert "model.safetensors" in human.out and "weight" in human.out and built["digest"] in human.out
-    ls = cli("ls", "--json").json()
+    ls = mb("ls", "--json").json()
     assert [(e["reference"], e["digest"]) for e in ls] == [("tiny-llama:latest", built["digest"])]
-    assert cli("rm", "nope:1").rc == 2
-    assert cli("rm", "tiny-llama").rc == 0
-    assert cli("ls", "--json").json() == []
-    report = cli("prune", "--json").json()
+    assert mb("rm", "nope:1").rc == 2
+    assert mb("rm", "tiny-llama").rc == 0
+    assert mb("ls", "--json").json() == []
+    report = mb("prune", "--json").json()
     assert report["deleted"] == 9 and report["corrupt"] == []
-    assert cli("inspect", "tiny-llama").rc == 2
+    assert mb("inspect", "tiny-llama").rc == 2
 
 
-def test_prune_verify_finds_a_corrupted_blob(cli, home):
-    built = cli("-f", str(EXAMPLE), "--json", "--progress", "quiet").json()
+def test_prune_verify_finds_a_corrupted_blob(mb, home):
+    built = mb("-f", str(EXAMPLE), "--json", "--progress", "quiet").json()
     layer = next(l for l in built["layers"] if l["annotations"]["org.cncf.model.filepath"] == "config.json")
     path = home / "store" / "blobs" / "sha256" / layer["digest"][7:]
     os.chmod(path, 0o644)
     path.write_bytes(b"{}")
-    run = cli("prune", "--verify", "--json")
+    run = mb("prune", "--verify", "--json")
     assert run.rc == 1
     report = run.json()
     assert report["corrupt"] == [layer["digest"]]
     assert report["missing"] == [layer["digest"]]
     # the next build notices and writes the blob again
-    rebuilt = cli("-f", str(EXAMPLE), "--json", "--progress", "quiet").json()
+    rebuilt = mb("-f", str(EXAMPLE), "--json", "--progress", "quiet").json()
     assert rebuilt["digest"] == built["digest"]
-    assert cli("prune", "--verify").rc == 0
+    assert mb("prune", "--verify").rc == 0
 
 
-def test_output_oci_layout_is_standalone_and_readable_by_skopeo(cli, home, tmp_path):
+def test_output_oci_layout_is_standalone_and_readable_by_skopeo(mb, home, tmp_path):
     out = tmp_path / "layout"
-    built = cli("-f", str(EXAMPLE), "-t", "tiny:1", "--output", f"type=oci,dest={out}", "--json",
-                "--progress", "quiet").json()
+    built = mb("-f", str(EXAMPLE), "-t", "tiny:1", "--output", f"type=oci,dest={out}", "--json",
+               "--progress", "quiet").json()
     index = json.loads((out / "index.json").read_text())
     assert index["manifests"][0]["digest"] == built["digest"]
     assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "tiny:1"
     manifest, config = read_artifact(out, built["digest"])
     assert len(manifest["layers"]) == 7
     assert json.loads((out / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
-    assert cli("inspect", str(out), "--json").json()["digest"] == built["digest"]
+    assert mb("inspect", str(out), "--json").json()["digest"] == built["digest"]
     skopeo = shutil.which("skopeo")
     if skopeo is None:
         pytest.fail("skopeo is not installed (.ci/run installs it with apt-get)")
@@ -107,15 +108,15 @@ def test_output_oci_layout_is_standalone_and_readable_by_skopeo(cli, home, tmp_p
     assert json.loads(config_raw.stdout) == config
 
 
-def test_plugins_lists_builtins_with_versions(cli):
-    plugins = {p["name"]: p for p in cli("plugins", "--json").json()}
+def test_plugins_lists_builtins_with_versions(mb):
+    plugins = {p["name"]: p for p in mb("plugins", "--json").json()}
     assert plugins["layers"]["provides"] == ["layer-format:raw", "layer-format:tar", "layer-format:tar+gzip",
                                              "layer-format:tar+zstd"]
     assert plugins["modelfile"]["distribution"] == "modelbuild"
     assert plugins["local"]["version"] == plugins["modelfile"]["version"] != "-"
 
 
-def test_bad_usage_is_one_line_and_exit_2(cli, tmp_path):
+def test_bad_usage_is_one_line_and_exit_2(mb, tmp_path):
     ctx = write_model_dir(tmp_path / "m", {"a": "a"})
     (ctx / "Modelfile").write_text("MODEL a\n")
     for args, text in [
@@ -124,7 +125,7 @@ def test_bad_usage_is_one_line_and_exit_2(cli, tmp_path):
         (("-f", "Modelfile", "--output", "type=docker,dest=x"), "modelbuild: error: unsupported output type"),
         (("-f", "Modelfile", "-j", "0"), "modelbuild: error: --jobs must be at least 1"),
     ]:
-        run = cli(*args, cwd=ctx)
+        run = mb(*args, cwd=ctx)
         assert run.rc == 2, (args, run.err)
         assert run.err.startswith(text) and run.err.count("\n") == 1, run.err
 

@@ -1,4 +1,8 @@
-"""A killed build never leaves a corrupt store; builds running at once share it safely."""
+"""A killed build never leaves a corrupt store; builds running at once share it safely.
+
+The builds that are killed, and the ones that run at once, are real processes; the checks
+around them (the build after a kill, ``prune --verify``, ``ls``) run in this process.
+"""
 
 from __future__ import annotations
 
@@ -43,29 +47,29 @@ def _env(home):
     return {**os.environ, "MODELBUILD_HOME": str(home)}
 
 
-def _build(ctx, home, *extra):
+def _build_process(ctx, home, *extra):
     proc = subprocess.run(_cmd("build", "-f", "Modelfile", "--json", "--progress", "quiet", *extra), cwd=ctx,
                           env=_env(home), capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout)
 
 
-def _verify(home):
-    proc = subprocess.run(_cmd("prune", "--verify", "--json"), env=_env(home), capture_output=True, timeout=300)
-    report = json.loads(proc.stdout)
-    assert proc.returncode == 0 and report["corrupt"] == [] and report["missing"] == [], report
+def _verify(mb, home):
+    run = mb("prune", "--verify", "--json", env={"MODELBUILD_HOME": str(home)})
+    report = run.json()
+    assert run.rc == 0 and report["corrupt"] == [] and report["missing"] == [], report
     return report
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_never_corrupts(tmp_path):
+def test_kill_9_at_random_moments_never_corrupts(tmp_path, build, mb):
     rng = random.Random(20261126)
     ctx = tmp_path / "ctx"
     _make(ctx, rng)
     home = tmp_path / "home"
-    _build(ctx, tmp_path / "warm-up-home")  # a fresh clone compiles its bytecode on the first run
+    _build_process(ctx, tmp_path / "warm-up-home")  # a fresh clone compiles its bytecode on the first run
     t0 = time.monotonic()
-    _build(ctx, tmp_path / "timing-home")
+    _build_process(ctx, tmp_path / "timing-home")
     cold = time.monotonic() - t0
     killed_mid_build = 0
     for trial in range(12):
@@ -78,14 +82,14 @@ def test_kill_9_at_random_moments_never_corrupts(tmp_path):
         proc.send_signal(signal.SIGKILL)
         killed_mid_build += proc.wait() == -signal.SIGKILL
         # the next build succeeds, with the digest a clean store gives for the same inputs
-        recovered = _build(ctx, home)
-        reference = _build(ctx, tmp_path / f"reference-{trial}")
+        recovered = build(ctx, None, progress="quiet", env={"MODELBUILD_HOME": str(home)})
+        reference = build(ctx, None, progress="quiet", env={"MODELBUILD_HOME": str(tmp_path / f"reference-{trial}")})
         assert recovered["digest"] == reference["digest"]
-        _verify(home)
+        _verify(mb, home)
     assert killed_mid_build >= 8  # the trials really interrupted builds
 
 
-def test_two_builds_at_once_share_the_store(tmp_path):
+def test_two_builds_at_once_share_the_store(tmp_path, mb):
     rng = random.Random(7)
     ctx = tmp_path / "ctx"
     _make(ctx, rng, size=12_000_000)
@@ -109,6 +113,7 @@ def test_two_builds_at_once_share_the_store(tmp_path):
     # config.json is "{}" in both contexts: one layer, packed by whichever build came first
     assert sorted(executed) == sorted(["layer:config.json", "layer:data", "layer:data", *(
         f"layer:{n}" for n in NAMES + NAMES)]), [r["stats"] for r in results]
-    tags = subprocess.run(_cmd("ls", "--json"), env=_env(home), capture_output=True, check=True)
-    assert sorted(e["reference"] for e in json.loads(tags.stdout)) == ["crash:latest", "other:latest"]
-    _verify(home)
+    tags = mb("ls", "--json", env={"MODELBUILD_HOME": str(home)})
+    assert tags.rc == 0, tags.err
+    assert sorted(e["reference"] for e in tags.json()) == ["crash:latest", "other:latest"]
+    _verify(mb, home)

@@ -34,13 +34,11 @@ def _uncompress(media_type: str, data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("fmt", ["raw", "tar", "tar+gzip", "tar+zstd"])
-def test_layer_formats_and_diff_ids(cli, home, tmp_path, fmt):
+def test_layer_formats_and_diff_ids(build, home, tmp_path, fmt):
     ctx = write_model_dir(tmp_path / "m", FILES)
     os.chmod(ctx / "run.sh", 0o700)
-    (ctx / "Modelfile").write_text(MODELFILE)
-    run = cli("build", "-f", "Modelfile", "--layer-format", fmt, "--json", "--progress", "quiet", cwd=ctx)
-    assert run.rc == 0, run.err
-    manifest, config = read_artifact(home / "store", run.json()["digest"])
+    result = build(ctx, MODELFILE, "--layer-format", fmt, progress="quiet")
+    manifest, config = read_artifact(home / "store", result["digest"])
     validate_against_shared_schema(config)
     assert len(config["modelfs"]["diffIds"]) == len(manifest["layers"]) == 4
     for layer, diff_id in zip(manifest["layers"], config["modelfs"]["diffIds"]):
@@ -70,10 +68,10 @@ def test_layer_formats_and_diff_ids(cli, home, tmp_path, fmt):
                 assert members[0].mode == (0o755 if path == "run.sh" else 0o644)
 
 
-def test_unknown_layer_format_is_a_usage_error(cli, tmp_path):
+def test_unknown_layer_format_is_a_usage_error(mb, tmp_path):
     ctx = write_model_dir(tmp_path / "m", {"a": "a"})
     (ctx / "Modelfile").write_text("MODEL a\n")
-    run = cli("build", "-f", "Modelfile", "--layer-format", "tar+xz", cwd=ctx)
+    run = mb("build", "-f", "Modelfile", "--layer-format", "tar+xz", cwd=ctx)
     assert run.rc == 2
     assert run.err.strip().startswith("modelbuild: error: unknown layer format 'tar+xz'")
     assert "Traceback" not in run.err
@@ -95,27 +93,24 @@ def _tree_with_other_metadata(root, seed):
 
 
 @pytest.mark.parametrize("fmt", ["raw", "tar+gzip", "tar+zstd"])
-def test_same_inputs_give_byte_identical_artifacts(cli, tmp_path, fmt):
+def test_same_inputs_give_byte_identical_artifacts(build, tmp_path, fmt):
     digests = []
     for seed in (0, 1):
         ctx = tmp_path / f"machine{seed}" / "src"
         ctx.mkdir(parents=True)
         _tree_with_other_metadata(ctx, seed)
         home = tmp_path / f"machine{seed}" / "home"
-        run = cli("build", "-f", "Modelfile", "--layer-format", fmt, "--json", "--progress", "quiet", cwd=ctx,
-                  env={"MODELBUILD_HOME": str(home)})
-        assert run.rc == 0, run.err
-        result = run.json()
+        result = build(ctx, None, "--layer-format", fmt, progress="quiet", env={"MODELBUILD_HOME": str(home)})
         manifest = json.loads(blob(home / "store", result["digest"]))
         digests.append((result["digest"], manifest["config"]["digest"]))
     assert digests[0] == digests[1]
 
 
-def test_source_date_epoch_sets_created_and_tar_mtime(cli, home, tmp_path):
+def test_source_date_epoch_sets_created_and_tar_mtime(mb, home, tmp_path):
     ctx = write_model_dir(tmp_path / "m", {"d/x": "x"})
     (ctx / "Modelfile").write_text("MODEL d\n")
-    run = cli("build", "-f", "Modelfile", "--json", "--progress", "quiet", cwd=ctx,
-              env={"SOURCE_DATE_EPOCH": "86400"})
+    run = mb("build", "-f", "Modelfile", "--json", "--progress", "quiet", cwd=ctx,
+             env={"SOURCE_DATE_EPOCH": "86400"})
     manifest, config = read_artifact(home / "store", run.json()["digest"])
     assert config["descriptor"]["createdAt"] == "1970-01-02T00:00:00Z"
     meta = json.loads(manifest["layers"][0]["annotations"]["org.cncf.model.file.metadata+json"])
@@ -123,20 +118,17 @@ def test_source_date_epoch_sets_created_and_tar_mtime(cli, home, tmp_path):
     with tarfile.open(fileobj=io.BytesIO(blob(home / "store", manifest["layers"][0]["digest"]))) as tf:
         assert {m.mtime for m in tf.getmembers()} == {86400}
     # without it, no wall-clock time appears anywhere
-    run2 = cli("build", "-f", "Modelfile", "--json", "--progress", "quiet", cwd=ctx)
+    run2 = mb("build", "-f", "Modelfile", "--json", "--progress", "quiet", cwd=ctx)
     _, config2 = read_artifact(home / "store", run2.json()["digest"])
     assert "createdAt" not in config2["descriptor"]
 
 
-def test_symlinked_files_are_packaged_by_content_under_the_link_path(cli, home, tmp_path):
+def test_symlinked_files_are_packaged_by_content_under_the_link_path(build, home, tmp_path):
     blobs = write_model_dir(tmp_path / "hub" / "blobs", {"abc123": safetensors_blob(b"weights!")})
     snap = tmp_path / "hub" / "snapshots" / "main"
     snap.mkdir(parents=True)
     (snap / "model.safetensors").symlink_to(blobs / "abc123")
     age(blobs / "abc123")
-    (snap / "Modelfile").write_text("MODEL model.safetensors\n")
-    run = cli("build", "-f", "Modelfile", "--json", "--progress", "quiet", cwd=snap)
-    assert run.rc == 0, run.err
-    layer = run.json()["layers"][0]
+    layer = build(snap, "MODEL model.safetensors\n", progress="quiet")["layers"][0]
     assert layer["annotations"]["org.cncf.model.filepath"] == "model.safetensors"
     assert blob(home / "store", layer["digest"]) == safetensors_blob(b"weights!")

@@ -66,14 +66,7 @@ QUANTIZATION quantization1
 MEDIA = "application/vnd.cncf.model.{}.v1.raw"
 
 
-def _build(cli, ctx, text):
-    (ctx / "Modelfile").write_text(text)
-    run = cli("build", "-f", "Modelfile", "--json", "--progress", "plain", cwd=ctx)
-    assert run.rc == 0, run.err
-    return run.json()
-
-
-def test_getting_started_modelfile_builds_unchanged(cli, home, tmp_path):
+def test_getting_started_modelfile_builds_unchanged(build, home, tmp_path):
     ctx = write_model_dir(tmp_path / "gemma", {
         "config.json": '{"model_type": "gemma"}',
         "generation_config.json": "{}",
@@ -83,7 +76,7 @@ def test_getting_started_modelfile_builds_unchanged(cli, home, tmp_path):
         "README.md": "# gemma\n",
         "notes.txt": "not selected",
     })
-    result = _build(cli, ctx, GETTING_STARTED)
+    result = build(ctx, GETTING_STARTED)
     layout = home / "store"
     manifest, config = read_artifact(layout, result["digest"])
     validate_against_shared_schema(config)
@@ -113,9 +106,9 @@ def test_getting_started_modelfile_builds_unchanged(cli, home, tmp_path):
     assert any("'bfloat16'" in w for w in result["warnings"])
 
 
-def test_modctl_parser_test_modelfile_builds_unchanged(cli, home, tmp_path):
+def test_modctl_parser_test_modelfile_builds_unchanged(build, home, tmp_path):
     ctx = write_model_dir(tmp_path / "m", {n: n for n in ("config1", "model1", "code1", "dataset1", "doc1")})
-    result = _build(cli, ctx, PARSER_TEST)
+    result = build(ctx, PARSER_TEST)
     manifest, config = read_artifact(home / "store", result["digest"])
     validate_against_shared_schema(config)
     assert [(l["annotations"]["org.cncf.model.filepath"], l["mediaType"]) for l in manifest["layers"]] == [
@@ -129,7 +122,7 @@ def test_modctl_parser_test_modelfile_builds_unchanged(cli, home, tmp_path):
     assert config["config"]["quantization"] == "quantization1"
 
 
-def test_directories_and_recursive_globs_are_packaged(cli, home, tmp_path):
+def test_directories_and_recursive_globs_are_packaged(build, home, tmp_path):
     ctx = write_model_dir(tmp_path / "m", {
         "weights/a.safetensors": safetensors_blob(b"a" * 100),
         "weights/sub/b.safetensors": safetensors_blob(b"b" * 200),
@@ -137,7 +130,7 @@ def test_directories_and_recursive_globs_are_packaged(cli, home, tmp_path):
         "tokenizer/merges.txt": "m",
         "nested/deep/x.json": "{}",
     })
-    result = _build(cli, ctx, "MODEL weights/**/*.safetensors\nCONFIG tokenizer\nCONFIG **/*.json\n")
+    result = build(ctx, "MODEL weights/**/*.safetensors\nCONFIG tokenizer\nCONFIG **/*.json\n")
     manifest, _ = read_artifact(home / "store", result["digest"])
     assert layer_paths(manifest) == ["nested/deep/x.json", "tokenizer", "weights/a.safetensors",
                                      "weights/sub/b.safetensors"]

@@ -65,11 +65,11 @@ def test_enough_cases():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_modelfile_error(case: Path, cli, tmp_path: Path):
+def test_modelfile_error(case: Path, mb, tmp_path: Path):
     root = tmp_path / "ctx"
     modelfile = _setup(case, root)
     # A FIFO that got opened would block for ever: a short timeout turns a hang into a failure.
-    r = cli("build", "-f", str(modelfile), "--progress", "plain", cwd=root, timeout=60)
+    r = mb("build", "-f", str(modelfile), "--progress", "plain", cwd=root, timeout=60)
     expected = (
         (case / "expected.txt").read_text(encoding="utf-8").strip()
         .replace("{modelfile}", str(modelfile))
@@ -85,19 +85,19 @@ def test_modelfile_error(case: Path, cli, tmp_path: Path):
 
 
 @pytest.mark.parametrize("given", ["./ctx/Modelfile", "ctx//Modelfile"])
-def test_path_is_shown_as_given(given: str, cli, tmp_path: Path):
+def test_path_is_shown_as_given(given: str, mb, tmp_path: Path):
     """The location names the Modelfile as the user typed it, not a resolved path."""
     case = ERRORS / "01-unknown-directive"
     _setup(case, tmp_path / "ctx")
-    r = cli("build", "-f", given, "--progress", "plain", cwd=tmp_path, timeout=60)
+    r = mb("build", "-f", given, "--progress", "plain", cwd=tmp_path, timeout=60)
     expected = (case / "expected.txt").read_text(encoding="utf-8").strip().replace("{modelfile}", given)
     assert (r.rc, r.err.strip()) == (2, expected)
 
 
-def test_stdin_is_shown_as_stdin(cli, tmp_path: Path):
+def test_stdin_is_shown_as_stdin(mb, tmp_path: Path):
     case = ERRORS / "02-duplicate-name"
     root = tmp_path / "ctx"
     _setup(case, root)
-    r = cli("build", "-f", "-", "--progress", "plain", cwd=root, input=(case / "Modelfile").read_bytes(), timeout=60)
+    r = mb("build", "-f", "-", "--progress", "plain", cwd=root, input=(case / "Modelfile").read_bytes(), timeout=60)
     expected = (case / "expected.txt").read_text(encoding="utf-8").strip().replace("{modelfile}", "<stdin>")
     assert (r.rc, r.err.strip()) == (2, expected)

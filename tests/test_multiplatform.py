@@ -13,7 +13,7 @@ from helpers import read_artifact, validate_against_shared_schema
 from modelbuild.errors import NotFoundError
 from modelbuild.hookspecs import hookimpl
 from modelbuild.targets import Accelerator, HostInfo, select_entry
-from modelbuild.testing import build_with, plugin_host
+from modelbuild.testing import plugin_host
 
 HEAD = "NAME tiny\nCONFIG *.json\nMODEL *.safetensors\nDOC README.md\n"
 STAGES = {
@@ -32,17 +32,13 @@ def ctx(tmp_path):
     return dest
 
 
-def build(cli, ctx, stages, *extra):
+def modelfile(stages):
     # the cuda stage first in the Modelfile: the index still lists the generic cpu entry first
-    text = HEAD + "\n" + "\n".join(stages[k] for k in ("cuda", "cpu", "rocm"))
-    (ctx / "Modelfile").write_text(text)
-    run = cli("build", "-f", "Modelfile", "-t", "tiny:1", "--json", "--progress", "plain", *extra, cwd=ctx)
-    assert run.rc == 0, run.err
-    return run.json()
+    return HEAD + "\n" + "\n".join(stages[k] for k in ("cuda", "cpu", "rocm"))
 
 
-def test_three_targets_build_one_index(cli, home, ctx):
-    result = build(cli, ctx, STAGES)
+def test_three_targets_build_one_index(build, home, ctx):
+    result = build(ctx, modelfile(STAGES), "-t", "tiny:1")
     index = json.loads((home / "store" / "blobs" / "sha256" / result["digest"][7:]).read_bytes())
     assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
     stages = [m["annotations"]["dev.modelbuild.platform.stage"] for m in index["manifests"]]
@@ -69,18 +65,18 @@ def test_three_targets_build_one_index(cli, home, ctx):
     assert json.loads(single.stdout)["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
 
 
-def test_shared_steps_run_once_and_only_the_changed_stage_reruns(cli, ctx):
-    graph = cli("build", "-f", "-", "--print-graph=json", cwd=ctx,
-                input=(HEAD + "".join(STAGES.values())).encode()).json()
+def test_shared_steps_run_once_and_only_the_changed_stage_reruns(build, mb, ctx):
+    graph = mb("build", "-f", "-", "--print-graph=json", cwd=ctx,
+               input=(HEAD + "".join(STAGES.values())).encode()).json()
     digests = [s for s in graph["steps"] if s["op"] == "digest"]
     assert len(digests) == 6  # each input file once, for three targets
-    first = build(cli, ctx, STAGES)
+    first = build(ctx, modelfile(STAGES), "-t", "tiny:1")
     executed = first["stats"]["executed"]
     assert sum(s.startswith("digest:") for s in executed) == 6
     assert sorted(s for s in executed if s.startswith("transform")) == [
         "transform:cpu:1", "transform:cuda:1", "transform:cuda:2", "transform:rocm:1"]
     changed = dict(STAGES, cuda="TARGET cuda cuda>=12.1 compute>=8.0\nQUANTIZE bfloat16\nSHARD 150KB\n")
-    second = build(cli, ctx, changed)
+    second = build(ctx, modelfile(changed), "-t", "tiny:1")
     rerun = [s for s in second["stats"]["executed"] if s != "export"]
     assert all(s.endswith(":cuda") or s.startswith("transform:cuda") or s == "index" for s in rerun), rerun
     assert "transform:cuda:1" not in rerun and "transform:cuda:2" in rerun
@@ -88,15 +84,13 @@ def test_shared_steps_run_once_and_only_the_changed_stage_reruns(cli, ctx):
     after = {v["stage"]: v["digest"] for v in second["variants"]}
     assert after["cpu"] == before["cpu"] and after["rocm"] == before["rocm"] and after["cuda"] != before["cuda"]
     # --platform builds a subset
-    only = build(cli, ctx, STAGES, "--platform", "cpu")
+    only = build(ctx, modelfile(STAGES), "-t", "tiny:1", "--platform", "cpu")
     assert [v["stage"] for v in only["variants"]] == ["cpu"]
 
 
-def test_a_stage_without_steps_gets_the_targets_defaults(cli, ctx):
-    (ctx / "Modelfile").write_text(HEAD + "TARGET cuda\n")
-    run = cli("build", "-f", "Modelfile", "--json", "--progress", "quiet", cwd=ctx)
-    assert run.rc == 0, run.err
-    assert run.json()["variants"][0]["config"]["config"]["precision"] == "bfloat16"
+def test_a_stage_without_steps_gets_the_targets_defaults(build, ctx):
+    result = build(ctx, HEAD + "TARGET cuda\n", progress="quiet")
+    assert result["variants"][0]["config"]["config"]["precision"] == "bfloat16"
 
 
 @pytest.mark.parametrize(
@@ -113,9 +107,9 @@ def test_a_stage_without_steps_gets_the_targets_defaults(cli, ctx):
         ("TARGET cuda cuda~12\n", "Modelfile:5:13: bad constraint 'cuda~12'"),
     ],
 )
-def test_stage_errors_name_the_line(cli, ctx, stages, message):
+def test_stage_errors_name_the_line(mb, ctx, stages, message):
     (ctx / "Modelfile").write_text(HEAD + stages)
-    run = cli("build", "-f", "Modelfile", cwd=ctx)
+    run = mb("build", "-f", "Modelfile", cwd=ctx)
     assert run.rc == 2, run.err
     assert run.err.startswith(message), run.err
     assert run.err.count("\n") == 1
@@ -156,16 +150,16 @@ class GaudiPlugin:
         registry.add(GaudiTarget())
 
 
-def test_a_third_party_target_plugs_in(ctx, tmp_path):
+def test_a_third_party_target_plugs_in(ctx, build_model):
     (ctx / "Modelfile").write_text(HEAD + "TARGET cpu\nQUANTIZE float16\nTARGET gaudi\n")
-    result = build_with(ctx / "Modelfile", tmp_path / "home", GaudiPlugin())
+    result = build_model(ctx / "Modelfile", GaudiPlugin())
     assert [v["stage"] for v in result.variants] == ["cpu", "gaudi"]
     assert result.variants[1]["config"]["config"]["precision"] == "bfloat16"
     (ctx / "Modelfile").write_text(HEAD + "TARGET gaudi\nQUANTIZE bfloat16\nSHARD 200KB\nCONVERT gguf\n")
     from modelbuild.errors import ModelfileError
 
     with pytest.raises(ModelfileError) as info:
-        build_with(ctx / "Modelfile", tmp_path / "home", GaudiPlugin())
+        build_model(ctx / "Modelfile", GaudiPlugin())
     assert info.value.render().endswith("Modelfile:8:1: TARGET gaudi cannot run gguf weights (its engines take "
                                         "safetensors)")
 
@@ -241,12 +235,12 @@ def test_no_fitting_variant_is_a_clear_error(host, wanted, message):
     assert "cuda-hopper (linux/amd64, cuda>=12.4 compute>=9.0)" in info.value.message
 
 
-def test_pull_extracts_the_chosen_variant(cli, ctx, tmp_path):
-    build(cli, ctx, STAGES)
+def test_pull_extracts_the_chosen_variant(build, mb, ctx, tmp_path):
+    build(ctx, modelfile(STAGES), "-t", "tiny:1")
     out = tmp_path / "out"
-    run = cli("pull", "tiny:1", "--platform", "cuda", "-o", str(out), "--json")
+    run = mb("pull", "tiny:1", "--platform", "cuda", "-o", str(out), "--json")
     assert run.rc == 0, run.err
     assert run.json()["stage"] == "cuda"
     assert (out / "model.safetensors.index.json").exists() and not (out / "model.safetensors").exists()
-    auto = cli("pull", "tiny:1", "--json").json()  # this CI machine has no GPU
+    auto = mb("pull", "tiny:1", "--json").json()  # this CI machine has no GPU
     assert auto["stage"] == "cpu"

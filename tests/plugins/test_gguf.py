@@ -8,7 +8,6 @@ and the split plan re-derived from gguf-split.cpp's rule.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 from pathlib import Path
 
 import gguf
@@ -20,7 +19,7 @@ from modelbuild_plugins import gguf_format
 from modelbuild_plugins.gguf_format import GGUFFormat, GGUFQuantizer, GGUFShard
 
 from modelbuild.testing import plugin_host
-from modelbuild.weights import FormatError, Output, TransformContext, WeightFile
+from modelbuild.weights import FormatError, Output, WeightFile
 
 REPO = Path(__file__).resolve().parents[2]
 EXTERNAL = REPO / "tests" / "data" / "external"
@@ -50,11 +49,6 @@ TENSORS = [
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-def wf(path: str, source: Path, kind: str = "model") -> WeightFile:
-    data = source.read_bytes()
-    return WeightFile(path, str(source), "sha256:" + hashlib.sha256(data).hexdigest(), len(data), kind)
-
 
 def make_model(path: Path, dtype: str = "f32", seed: int = 0, arch: str = "llama") -> dict[str, np.ndarray]:
     """A small llama-like GGUF; 2-D+ tensors in *dtype*, 1-D ones in F32 (as convert_hf_to_gguf
@@ -137,20 +131,24 @@ def error_bound(qtype: str, x: np.ndarray) -> np.ndarray:
     return np.broadcast_to(bound + 1e-12, blocks.shape).reshape(x.shape)
 
 
-def quantized(tmp_path: Path, qtype: str, dtype: str = "f32", jobs: int = 2, options: dict | None = None,
-              name: str = "model.gguf") -> tuple[Path, Path, dict[str, np.ndarray], list, list[int]]:
-    src = tmp_path / f"in-{dtype}" / name
-    src.parent.mkdir(parents=True, exist_ok=True)
-    values = make_model(src, dtype) if not src.exists() else make_model(src.with_suffix(".tmp"), dtype)
-    progress = [0, 0]
-    ctx = TransformContext(tmp_path / f"work-{qtype}-{dtype}-{jobs}", jobs=jobs,
-                           advance=lambda n: progress.__setitem__(0, progress[0] + n),
-                           set_total=lambda n: progress.__setitem__(1, n))
-    cfg = tmp_path / "config.json"
-    cfg.write_text("{}")
-    files = [wf("config.json", cfg, "config"), wf(name, src)]
-    out = QUANT.quantize(files, qtype, options or {}, ctx)
-    return src, Path(out[1].file), values, out, progress
+@pytest.fixture
+def quantized(tmp_path: Path, weight_file, transform_context):
+    """``quantized(qtype, dtype="f32", jobs=2, options=None, name="model.gguf")``: a small model
+    and config.json quantized: (source, quantized file, values, result, [done, total])."""
+
+    def run(qtype: str, dtype: str = "f32", jobs: int = 2, options: dict | None = None,
+            name: str = "model.gguf") -> tuple[Path, Path, dict[str, np.ndarray], list, list[int]]:
+        src = tmp_path / f"in-{dtype}" / name
+        src.parent.mkdir(parents=True, exist_ok=True)
+        values = make_model(src, dtype) if not src.exists() else make_model(src.with_suffix(".tmp"), dtype)
+        ctx = transform_context(jobs=jobs, name=f"work-{qtype}-{dtype}-{jobs}")
+        cfg = tmp_path / "config.json"
+        cfg.write_text("{}")
+        files = [weight_file(cfg), weight_file(src, name)]
+        out = QUANT.quantize(files, qtype, options or {}, ctx)
+        return src, Path(out[1].file), values, out, [ctx.done, ctx.total]
+
+    return run
 
 
 # -- registration ------------------------------------------------------------------------
@@ -185,11 +183,11 @@ def external(name: str) -> Path:
 
 
 @pytest.mark.parametrize("name", ["ggml-vocab-llama-bpe.gguf", "ggml-vocab-qwen2.gguf"])
-def test_read_info_real_vocab_files(name):
+def test_read_info_real_vocab_files(name, weight_file):
     path = external(name)
     r = gguf.GGUFReader(str(path))
     arch = r.fields["general.architecture"].contents()
-    info = FMT.read_info([wf(name, path)], None)
+    info = FMT.read_info([weight_file(path, name)], None)
     assert info.format == "gguf"
     assert info.param_count == sum(t.n_elements for t in r.tensors) == 0
     assert info.dtype_params == {} and info.precision is None and info.param_size is None
@@ -205,7 +203,7 @@ def test_read_info_real_vocab_files(name):
     assert FMT.detect(str(path))
 
 
-def test_read_info_counts_tensors_by_type(tmp_path):
+def test_read_info_counts_tensors_by_type(tmp_path, weight_file):
     src = tmp_path / "m.gguf"
     make_model(src, "f16")
     r = gguf.GGUFReader(str(src))
@@ -213,7 +211,7 @@ def test_read_info_counts_tensors_by_type(tmp_path):
     for t in r.tensors:
         key = {"F32": "float32", "F16": "float16"}[t.tensor_type.name]
         expected[key] = expected.get(key, 0) + t.n_elements
-    info = FMT.read_info([wf("m.gguf", src)], None)
+    info = FMT.read_info([weight_file(src, "m.gguf")], None)
     assert info.param_count == sum(t.n_elements for t in r.tensors)
     assert info.dtype_params == expected
     assert info.quantization is None
@@ -221,9 +219,9 @@ def test_read_info_counts_tensors_by_type(tmp_path):
     assert info.extra["tensor_count"] == len(TENSORS) and not info.extra["vocab_only"]
 
 
-def test_read_info_of_quantized_output(tmp_path):
-    _src, out, values, _, _ = quantized(tmp_path, "q4_1")
-    info = FMT.read_info([wf("model.gguf", out)], None)
+def test_read_info_of_quantized_output(weight_file, quantized):
+    _src, out, values, _, _ = quantized("q4_1")
+    info = FMT.read_info([weight_file(out, "model.gguf")], None)
     assert info.quantization == "q4_1"
     assert info.param_count == sum(v.size for v in values.values())
     assert set(info.dtype_params) == {"q4_1", "float32", "float16"}
@@ -231,7 +229,7 @@ def test_read_info_of_quantized_output(tmp_path):
     assert info.extra["file_type"] == "MOSTLY_Q4_1"
 
 
-def test_read_info_quantization_from_tensors_without_file_type(tmp_path):
+def test_read_info_quantization_from_tensors_without_file_type(tmp_path, weight_file):
     path = tmp_path / "q.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
     x = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)
@@ -242,7 +240,7 @@ def test_read_info_quantization_from_tensors_without_file_type(tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    info = FMT.read_info([wf("q.gguf", path)], None)
+    info = FMT.read_info([weight_file(path, "q.gguf")], None)
     assert info.quantization == "q5_0"
     assert info.dtype_params == {"q5_0": 4096, "q8_0": 512, "float32": 64}
     assert info.architecture is None  # no llama.attention.head_count
@@ -252,8 +250,8 @@ def test_read_info_quantization_from_tensors_without_file_type(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
 @pytest.mark.parametrize("qtype", TYPES)
-def test_quantize_matches_gguf_quants(tmp_path, qtype, dtype):
-    src, out, values, result, progress = quantized(tmp_path, qtype, dtype)
+def test_quantize_matches_gguf_quants(tmp_path, qtype, dtype, quantized):
+    src, out, values, result, progress = quantized(qtype, dtype)
     target = Q[qtype.upper()]
     assert [type(x) for x in result] == [WeightFile, Output] and result[1].path == "model.gguf"
     assert Path(result[1].file).is_relative_to(tmp_path / f"work-{qtype}-{dtype}-2")
@@ -283,8 +281,8 @@ def test_quantize_matches_gguf_quants(tmp_path, qtype, dtype):
 
 
 @pytest.mark.parametrize("qtype", ["q8_0", "f16"])
-def test_quantize_metadata(tmp_path, qtype):
-    src, out, _values, _, _ = quantized(tmp_path, qtype)
+def test_quantize_metadata(qtype, quantized):
+    src, out, _values, _, _ = quantized(qtype)
     before, after = fields(src), fields(out)
     ft = int(gguf.LlamaFileType[f"MOSTLY_{qtype.upper()}"])
     assert after["general.file_type"] == ((gguf.GGUFValueType.UINT32,), ft)
@@ -295,15 +293,15 @@ def test_quantize_metadata(tmp_path, qtype):
             assert after[key] == before[key], key
 
 
-def test_quantize_is_deterministic_and_independent_of_jobs_and_chunks(tmp_path, monkeypatch):
-    _, one, _, _, _ = quantized(tmp_path, "q5_1", jobs=1)
+def test_quantize_is_deterministic_and_independent_of_jobs_and_chunks(monkeypatch, quantized):
+    _, one, _, _, _ = quantized("q5_1", jobs=1)
     monkeypatch.setattr(gguf_format.quantize, "CHUNK_ELEMENTS", 100)  # a few rows per work item
-    _, two, _, _, _ = quantized(tmp_path, "q5_1", jobs=2)
+    _, two, _, _, _ = quantized("q5_1", jobs=2)
     assert one.read_bytes() == two.read_bytes()
 
 
-def test_keep_patterns(tmp_path):
-    _src, out, values, _, _ = quantized(tmp_path, "q8_0", options={"keep": ["blk.*.ffn_*", "output.weight"]})
+def test_keep_patterns(quantized):
+    _src, out, values, _, _ = quantized("q8_0", options={"keep": ["blk.*.ffn_*", "output.weight"]})
     kept = {n for n in QUANTIZED if fnmatch.fnmatchcase(n, "blk.*.ffn_*") or n == "output.weight"}
     assert kept == {"blk.0.ffn_up.weight", "blk.0.ffn_down.weight", "blk.0.ffn_up_exps.weight", "output.weight"}
     for t in gguf.GGUFReader(str(out)).tensors:
@@ -313,8 +311,8 @@ def test_keep_patterns(tmp_path):
             assert t.tensor_type == Q.Q8_0
 
 
-def test_norms_and_one_dimensional_tensors_stay_f32(tmp_path):
-    _src, out, _values, _, _ = quantized(tmp_path, "q4_0", dtype="f16")
+def test_norms_and_one_dimensional_tensors_stay_f32(quantized):
+    _src, out, _values, _, _ = quantized("q4_0", dtype="f16")
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(out)).tensors}
     for name, shape in TENSORS:
         if len(shape) == 1 or name.endswith("_norm.weight"):
@@ -323,14 +321,14 @@ def test_norms_and_one_dimensional_tensors_stay_f32(tmp_path):
     assert types["position_embd.weight"] == Q.F16
 
 
-def test_quantize_leaves_other_files_and_rejects_quantized_input(tmp_path):
-    _src, out, _, _, _ = quantized(tmp_path, "q8_0")
-    ctx = TransformContext(tmp_path / "again", jobs=2)
+def test_quantize_leaves_other_files_and_rejects_quantized_input(tmp_path, weight_file, transform_context, quantized):
+    _src, out, _, _, _ = quantized("q8_0")
+    ctx = transform_context(jobs=2)
     with pytest.raises(FormatError, match=r"again\.gguf: tensor 'token_embd\.weight' is already Q8_0"):
-        QUANT.quantize([wf("again.gguf", out)], "q4_0", {}, ctx)
+        QUANT.quantize([weight_file(out, "again.gguf")], "q4_0", {}, ctx)
     other = tmp_path / "readme.md"
     other.write_text("hi")
-    files = [wf("readme.md", other, "config")]
+    files = [weight_file(other, "readme.md")]
     assert QUANT.quantize(files, "q8_0", {}, ctx) == files
 
 
@@ -351,7 +349,7 @@ def reference_split(path: Path, max_bytes: int) -> list[list[str]]:
     return splits
 
 
-def test_split_and_merge_round_trip(tmp_path):
+def test_split_and_merge_round_trip(tmp_path, weight_file, transform_context):
     src = tmp_path / "in" / "tiny.gguf"
     src.parent.mkdir()
     make_model(src, "f16")
@@ -360,15 +358,13 @@ def test_split_and_merge_round_trip(tmp_path):
     assert n >= 3
     cfg = tmp_path / "config.json"
     cfg.write_text("{}")
-    files = [wf("config.json", cfg, "config"), wf("gguf/tiny.gguf", src)]
-    progress = [0, 0]
-    ctx = TransformContext(tmp_path / "work", jobs=2, advance=lambda n: progress.__setitem__(0, progress[0] + n),
-                           set_total=lambda n: progress.__setitem__(1, n))
+    files = [weight_file(cfg), weight_file(src, "gguf/tiny.gguf")]
+    ctx = transform_context(jobs=2)
     out = SHARD.shard(files, 40_000, ctx)
     assert out[0] == files[0]
     names = [o.path for o in out[1:]]
     assert names == [f"gguf/tiny-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1)]
-    assert progress[0] == progress[1] > 0
+    assert ctx.done == ctx.total > 0
     original = fields(src)
     inputs = tensors_of(src)
     for i, o in enumerate(out[1:]):
@@ -387,68 +383,68 @@ def test_split_and_merge_round_trip(tmp_path):
         for name, t in tensors_of(o.file).items():
             assert t == inputs[name]
 
-    info = FMT.read_info([wf(o.path, Path(o.file)) for o in out[1:]], None)
+    info = FMT.read_info([weight_file(Path(o.file), o.path) for o in out[1:]], None)
     assert info.param_count == sum(n.n_elements for n in gguf.GGUFReader(str(src)).tensors)
     assert info.family == "llama" and info.extra["split"]["count"] == n
 
-    shards = [wf(o.path, Path(o.file)) for o in reversed(out[1:])]  # any order
-    merged = SHARD.merge([files[0], *shards], TransformContext(tmp_path / "work2", jobs=2))
+    shards = [weight_file(Path(o.file), o.path) for o in reversed(out[1:])]  # any order
+    merged = SHARD.merge([files[0], *shards], transform_context(jobs=2))
     assert merged[0] == files[0] and [m.path for m in merged[1:]] == ["gguf/tiny.gguf"]
     assert fields(merged[1].file) == original
     assert tensors_of(merged[1].file) == inputs
     assert Path(merged[1].file).read_bytes() == src.read_bytes()  # same writer, same layout
 
 
-def test_shard_that_fits_leaves_the_file(tmp_path):
+def test_shard_that_fits_leaves_the_file(tmp_path, weight_file, transform_context):
     src = tmp_path / "m.gguf"
     make_model(src)
-    files = [wf("m.gguf", src)]
-    assert SHARD.shard(files, 10**9, TransformContext(tmp_path / "w")) == files
-    assert SHARD.merge(files, TransformContext(tmp_path / "w")) == files
+    files = [weight_file(src, "m.gguf")]
+    assert SHARD.shard(files, 10**9, transform_context()) == files
+    assert SHARD.merge(files, transform_context()) == files
 
 
-def test_shard_oversized_tensors_each_get_a_split(tmp_path):
+def test_shard_oversized_tensors_each_get_a_split(tmp_path, weight_file, transform_context):
     src = tmp_path / "m.gguf"
     make_model(src)
-    out = SHARD.shard([wf("m.gguf", src)], 1, TransformContext(tmp_path / "w"))
+    out = SHARD.shard([weight_file(src, "m.gguf")], 1, transform_context())
     assert len(out) == len(TENSORS)
     assert [t.name for o in out for t in gguf.GGUFReader(o.file).tensors] == [n for n, _ in TENSORS]
 
 
-def test_reshard_a_split_set(tmp_path):
+def test_reshard_a_split_set(tmp_path, weight_file, transform_context):
     src = tmp_path / "m.gguf"
     make_model(src)
-    first = SHARD.shard([wf("m.gguf", src)], 40_000, TransformContext(tmp_path / "w1"))
-    again = SHARD.shard([wf(o.path, Path(o.file)) for o in first], 20_000, TransformContext(tmp_path / "w2"))
+    first = SHARD.shard([weight_file(src, "m.gguf")], 40_000, transform_context())
+    again = SHARD.shard([weight_file(Path(o.file), o.path) for o in first], 20_000, transform_context())
     assert [o.path for o in again] == [f"m-{i:05d}-of-{len(again):05d}.gguf" for i in range(1, len(again) + 1)]
     assert len(again) == len(reference_split(src, 20_000))
-    one = SHARD.shard([wf(o.path, Path(o.file)) for o in again], 10**9, TransformContext(tmp_path / "w3"))
+    one = SHARD.shard([weight_file(Path(o.file), o.path) for o in again], 10**9, transform_context())
     assert [o.path for o in one] == ["m.gguf"] and Path(one[0].file).read_bytes() == src.read_bytes()
 
 
-def test_missing_split_is_an_error(tmp_path):
+def test_missing_split_is_an_error(tmp_path, weight_file, transform_context):
     src = tmp_path / "m.gguf"
     make_model(src)
-    out = SHARD.shard([wf("m.gguf", src)], 40_000, TransformContext(tmp_path / "w"))
+    out = SHARD.shard([weight_file(src, "m.gguf")], 40_000, transform_context())
     n = len(out)
-    partial = [wf(o.path, Path(o.file)) for o in out if "-00002-" not in o.path]
+    partial = [weight_file(Path(o.file), o.path) for o in out if "-00002-" not in o.path]
     with pytest.raises(FormatError, match=rf"^m-00001-of-{n:05d}\.gguf: split 2 of {n} is missing "
                                           rf"\(m-00002-of-{n:05d}\.gguf\)"):
         FMT.read_info(partial, None)
     with pytest.raises(FormatError, match=f"split 2 of {n} is missing"):
-        SHARD.merge(partial, TransformContext(tmp_path / "w2"))
+        SHARD.merge(partial, transform_context())
 
 
-def test_quantize_a_split_set_keeps_the_names(tmp_path):
+def test_quantize_a_split_set_keeps_the_names(tmp_path, weight_file, transform_context):
     src = tmp_path / "m.gguf"
     values = make_model(src)
-    shards = SHARD.shard([wf("m.gguf", src)], 40_000, TransformContext(tmp_path / "w"))
-    out = QUANT.quantize([wf(o.path, Path(o.file)) for o in shards], "q8_0", {}, TransformContext(tmp_path / "q", jobs=2))
+    shards = SHARD.shard([weight_file(src, "m.gguf")], 40_000, transform_context())
+    out = QUANT.quantize([weight_file(Path(o.file), o.path) for o in shards], "q8_0", {}, transform_context(jobs=2))
     assert [o.path for o in out] == [o.path for o in shards]
     first = fields(out[0].file)
     assert first["general.file_type"][1] == int(gguf.LlamaFileType.MOSTLY_Q8_0)
     assert "general.file_type" not in fields(out[1].file)
-    merged = SHARD.merge([wf(o.path, Path(o.file)) for o in out], TransformContext(tmp_path / "m"))
+    merged = SHARD.merge([weight_file(Path(o.file), o.path) for o in out], transform_context())
     for t in gguf.GGUFReader(merged[0].file).tensors:
         if t.tensor_type == Q.Q8_0:
             assert t.data.tobytes() == quantize(values[t.name], Q.Q8_0).tobytes()
@@ -456,8 +452,8 @@ def test_quantize_a_split_set_keeps_the_names(tmp_path):
 
 # -- iter_tensors / write ------------------------------------------------------------------
 
-def test_iter_tensors_and_write_round_trip(tmp_path):
-    _src, out, values, _, _ = quantized(tmp_path, "q8_0", dtype="bf16")
+def test_iter_tensors_and_write_round_trip(tmp_path, weight_file, quantized):
+    _src, out, values, _, _ = quantized("q8_0", dtype="bf16")
     listed = list(FMT.iter_tensors(str(out)))
     assert [n for n, *_ in listed] == [n for n, _ in TENSORS]
     for name, dtype, shape, load in listed:
@@ -468,7 +464,7 @@ def test_iter_tensors_and_write_round_trip(tmp_path):
         elif dtype == "bfloat16":
             assert np.array_equal(arr.astype(np.float32), values[name])
     copy = tmp_path / "copy.gguf"
-    FMT.write(str(copy), ((n, load(), d) for n, d, _s, load in FMT.iter_tensors(wf("x.gguf", out))),
+    FMT.write(str(copy), ((n, load(), d) for n, d, _s, load in FMT.iter_tensors(weight_file(out, "x.gguf"))),
               FMT.read_metadata(str(out)))
     assert copy.read_bytes() == out.read_bytes()
 
@@ -494,20 +490,20 @@ def test_write_plain_arrays_and_values(tmp_path):
 
 # -- bad input -----------------------------------------------------------------------------
 
-def test_wrong_magic(tmp_path):
+def test_wrong_magic(tmp_path, weight_file, transform_context):
     bad = tmp_path / "model.gguf"
     bad.write_bytes(b"PK\x03\x04" + bytes(100))
     assert not FMT.detect(str(bad))
     with pytest.raises(FormatError) as exc:
-        FMT.read_info([wf("weights/model.gguf", bad)], None)
+        FMT.read_info([weight_file(bad, "weights/model.gguf")], None)
     assert exc.value.file == "weights/model.gguf"
     assert "50 4b 03 04" in str(exc.value) and "b'GGUF'" in str(exc.value)
     with pytest.raises(FormatError, match=r"^weights/model\.gguf: not a GGUF file"):
-        QUANT.quantize([wf("weights/model.gguf", bad)], "q8_0", {}, TransformContext(tmp_path / "w"))
+        QUANT.quantize([weight_file(bad, "weights/model.gguf")], "q8_0", {}, transform_context())
 
 
 @pytest.mark.parametrize("cut", [0, 3, 20, 100, "data"])
-def test_truncated_file(tmp_path, cut):
+def test_truncated_file(tmp_path, cut, weight_file, transform_context):
     src = tmp_path / "m.gguf"
     make_model(src)
     data = src.read_bytes()
@@ -515,14 +511,14 @@ def test_truncated_file(tmp_path, cut):
     bad = tmp_path / "cut.gguf"
     bad.write_bytes(data[:n])
     with pytest.raises(FormatError, match=r"^cut\.gguf: .*(truncated|empty)") as exc:
-        FMT.read_info([wf("cut.gguf", bad)], None)
+        FMT.read_info([weight_file(bad, "cut.gguf")], None)
     assert exc.value.file == "cut.gguf"
     with pytest.raises(FormatError, match=r"^cut\.gguf: "):
-        SHARD.shard([wf("cut.gguf", bad)], 1000, TransformContext(tmp_path / "w"))
+        SHARD.shard([weight_file(bad, "cut.gguf")], 1000, transform_context())
 
 
 @pytest.mark.parametrize("version", [1, 4])
-def test_unsupported_version(tmp_path, version):
+def test_unsupported_version(tmp_path, version, weight_file):
     src = tmp_path / "m.gguf"
     make_model(src)
     data = bytearray(src.read_bytes())
@@ -530,10 +526,10 @@ def test_unsupported_version(tmp_path, version):
     bad = tmp_path / "v.gguf"
     bad.write_bytes(bytes(data))
     with pytest.raises(FormatError, match=rf"^v\.gguf: .*version {version}"):
-        FMT.read_info([wf("v.gguf", bad)], None)
+        FMT.read_info([weight_file(bad, "v.gguf")], None)
 
 
-def test_big_endian_file_is_read(tmp_path):
+def test_big_endian_file_is_read(tmp_path, weight_file, transform_context):
     path = tmp_path / "be.gguf"
     w = gguf.GGUFWriter(str(path), "llama", endianess=gguf.GGUFEndian.BIG)
     w.add_uint32("llama.attention.head_count", 4)
@@ -542,12 +538,12 @@ def test_big_endian_file_is_read(tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    info = FMT.read_info([wf("be.gguf", path)], None)
+    info = FMT.read_info([weight_file(path, "be.gguf")], None)
     assert (info.param_count, info.family, info.architecture) == (128, "llama", "transformer")
     (name, dtype, shape, load), = FMT.iter_tensors(str(path))
     assert (name, dtype, shape) == ("a.weight", "float32", (4, 32)) and np.array_equal(load(), np.ones((4, 32)))
     with pytest.raises(FormatError, match="big-endian"):
-        QUANT.quantize([wf("be.gguf", path)], "q8_0", {}, TransformContext(tmp_path / "w"))
+        QUANT.quantize([weight_file(path, "be.gguf")], "q8_0", {}, transform_context())
 
 
 def test_allows_quantization_rules():

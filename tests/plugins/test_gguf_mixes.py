@@ -26,7 +26,6 @@ The models (written with gguf.GGUFWriter, loadable by llama.cpp's quantizer):
 from __future__ import annotations
 
 import ctypes
-import hashlib
 from pathlib import Path
 
 import gguf
@@ -36,7 +35,7 @@ from modelbuild_plugins.gguf_format import mixes as gguf_mixes
 from modelbuild_plugins.gguf_format import GGUFQuantizer
 from modelbuild_plugins.gguf_format.mixes import MixFacts, llama_order, tensor_types
 
-from modelbuild.weights import TransformContext, WeightFile
+from modelbuild.weights import WeightFile
 
 MIXES = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
 QUANT = GGUFQuantizer()
@@ -213,11 +212,15 @@ def llama_quantize(src: Path, qtype: str, pure: bool = False) -> tuple[dict[str,
     return _LLAMA_CACHE[key]
 
 
-def ours(src: Path, qtype: str, tmp_path: Path, options: dict | None = None, jobs: int = 2):
-    data = src.read_bytes()
-    wf = WeightFile(src.name, str(src), "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
-    (out,) = QUANT.quantize([wf], qtype, options or {}, TransformContext(tmp_path / f"w-{qtype}", jobs=jobs))
-    return read_back(Path(out.file))
+@pytest.fixture
+def ours(weight_file, transform_context):
+    """``ours(src, qtype, options=None, jobs=2)``: *src* quantized by the plugin, read back."""
+
+    def run(src: Path, qtype: str, options: dict | None = None, jobs: int = 2):
+        (out,) = QUANT.quantize([weight_file(src)], qtype, options or {}, transform_context(jobs=jobs))
+        return read_back(Path(out.file))
+
+    return run
 
 
 def assert_same(got: dict[str, tuple[str, bytes]], want: dict[str, tuple[str, bytes]], what: str) -> None:
@@ -235,7 +238,7 @@ def assert_same(got: dict[str, tuple[str, bytes]], want: dict[str, tuple[str, by
 
 @pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("qtype", MIXES)
-def test_mix_types_and_bytes_match_llama_cpp(models, tmp_path, model, qtype):
+def test_mix_types_and_bytes_match_llama_cpp(models, model, qtype, ours):
     want, want_ftype = llama_quantize(models[model], qtype)
     # the pure function first: gguf_mixes alone, from names and shapes
     r = gguf.GGUFReader(str(models[model]))
@@ -245,16 +248,16 @@ def test_mix_types_and_bytes_match_llama_cpp(models, tmp_path, model, qtype):
     expected = {n: (c or inputs[n]) for n, c in chosen.items()}
     assert expected == {n: t for n, (t, _) in want.items()}, f"gguf_mixes.tensor_types, {model} {qtype}"
     # then the quantizer end to end: types and bytes
-    got, got_ftype = ours(models[model], qtype, tmp_path)
+    got, got_ftype = ours(models[model], qtype)
     assert got_ftype == want_ftype == int(gguf.LlamaFileType[f"MOSTLY_{qtype.upper()}"])
     assert_same(got, want, f"{model} {qtype}")
 
 
 @pytest.mark.parametrize("model", ["llama", "qwen2"])
 @pytest.mark.parametrize("qtype", ["q2_k", "q4_k_m", "q6_k"])
-def test_pure_matches_llama_cpp_pure(models, tmp_path, model, qtype):
+def test_pure_matches_llama_cpp_pure(models, model, qtype, ours):
     want, _ = llama_quantize(models[model], qtype, pure=True)
-    got, _ = ours(models[model], qtype, tmp_path, {"pure": "true"})
+    got, _ = ours(models[model], qtype, {"pure": "true"})
     assert_same(got, want, f"{model} {qtype} --pure")
     base = gguf_mixes.default_type(qtype)
     assert {t for t, _ in want.values()} <= {base, "F32", "F16", "Q4_0", "Q5_0", "Q5_1", "Q8_0"}
@@ -262,27 +265,27 @@ def test_pure_matches_llama_cpp_pure(models, tmp_path, model, qtype):
 
 @pytest.mark.parametrize("model", ["llama", "qwen2"])
 @pytest.mark.parametrize("qtype", ["q4_0", "q8_0", "q5_1"])
-def test_legacy_types_with_the_mix_match_llama_cpp(models, tmp_path, model, qtype):
+def test_legacy_types_with_the_mix_match_llama_cpp(models, model, qtype, ours):
     """--pure=false on a legacy type: llama-quantize's default (output.weight Q6_K…)."""
     want, _ = llama_quantize(models[model], qtype)
-    got, _ = ours(models[model], qtype, tmp_path, {"pure": "false"})
+    got, _ = ours(models[model], qtype, {"pure": "false"})
     assert_same(got, want, f"{model} {qtype} mix")
 
 
 @pytest.mark.parametrize("alias,full", [("q3_k", "q3_k_m"), ("q4_k", "q4_k_m"), ("q5_k", "q5_k_m")])
-def test_aliases_are_the_m_mixes(models, tmp_path, alias, full):
+def test_aliases_are_the_m_mixes(models, alias, full, ours):
     want, want_ftype = llama_quantize(models["llama"], full)
-    got, got_ftype = ours(models["llama"], alias, tmp_path)
+    got, got_ftype = ours(models["llama"], alias)
     assert got_ftype == want_ftype
     assert_same(got, want, f"{alias} = {full}")
 
 
-def test_jobs_and_chunks_do_not_change_the_output(models, tmp_path, monkeypatch):
+def test_jobs_and_chunks_do_not_change_the_output(models, monkeypatch, ours):
     from modelbuild_plugins.gguf_format import quantize
 
-    one, _ = ours(models["llama"], "q4_k_m", tmp_path / "1", jobs=1)
+    one, _ = ours(models["llama"], "q4_k_m", jobs=1)
     monkeypatch.setattr(quantize, "CHUNK_ELEMENTS", 256 * 7)  # 7-row work items
-    many, _ = ours(models["llama"], "q4_k_m", tmp_path / "3", jobs=3)
+    many, _ = ours(models["llama"], "q4_k_m", jobs=3)
     assert one == many
 
 
@@ -315,17 +318,15 @@ def test_experts_need_layer_numbers():
         tensor_types([("ffn_down_exps.weight", (256, 2, 8)), ("output.weight", (256, 4))], "q4_k_m", facts)
 
 
-def test_a_split_set_gets_the_mix_of_the_whole_model(models, tmp_path):
+def test_a_split_set_gets_the_mix_of_the_whole_model(models, weight_file, transform_context):
     """Each shard's tensors get the types of the unsplit model (the counters run over all shards)."""
     from modelbuild_plugins.gguf_format import GGUFShard
 
     src = models["llama"]
-    data = src.read_bytes()
-    wf = WeightFile("model.gguf", str(src), "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
-    shards = GGUFShard().shard([wf], 4_000_000, TransformContext(tmp_path / "split", jobs=1))
+    shards = GGUFShard().shard([weight_file(src, "model.gguf")], 4_000_000, transform_context(jobs=1))
     assert len(shards) > 2
     inputs = [WeightFile(o.path, o.file, "sha256:" + "0" * 64, Path(o.file).stat().st_size) for o in shards]
-    outs = QUANT.quantize(inputs, "q4_k_m", {}, TransformContext(tmp_path / "q", jobs=2))
+    outs = QUANT.quantize(inputs, "q4_k_m", {}, transform_context(jobs=2))
     got: dict[str, tuple[str, bytes]] = {}
     for o in outs:
         got.update(read_back(Path(o.file))[0])
@@ -333,14 +334,14 @@ def test_a_split_set_gets_the_mix_of_the_whole_model(models, tmp_path):
     assert_same(got, want, "split llama q4_k_m")
 
 
-def test_options_are_checked(models, tmp_path):
+def test_options_are_checked(models, tmp_path, ours):
     from modelbuild.errors import UsageError
     from modelbuild.weights import FormatError
 
     with pytest.raises(UsageError, match="not a boolean"):
-        ours(models["llama"], "q4_k_m", tmp_path, {"pure": "maybe"})
+        ours(models["llama"], "q4_k_m", {"pure": "maybe"})
     with pytest.raises(UsageError, match="no option 'imatrix'"):
-        ours(models["llama"], "q4_k_m", tmp_path, {"imatrix": "x"})
+        ours(models["llama"], "q4_k_m", {"imatrix": "x"})
     bare = tmp_path / "bare.gguf"  # no block_count: llama.cpp would not load it either
     w = gguf.GGUFWriter(str(bare), "llama")
     w.add_tensor("blk.0.ffn_down.weight", np.zeros((4, 256), np.float32))
@@ -349,34 +350,32 @@ def test_options_are_checked(models, tmp_path):
     w.write_tensors_to_file()
     w.close()
     with pytest.raises(FormatError, match="block_count"):
-        ours(bare, "q4_k_m", tmp_path)
-    got, _ = ours(bare, "q4_k_m", tmp_path / "pure", {"pure": "true"})  # --pure needs no facts
+        ours(bare, "q4_k_m")
+    got, _ = ours(bare, "q4_k_m", {"pure": "true"})  # --pure needs no facts
     assert got["blk.0.ffn_down.weight"][0] == "Q4_K"
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("qtype", ["q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m"])
-def test_mixes_on_the_converted_tiny_checkpoint_match_llama_cpp(tmp_path, arch, qtype):
+def test_mixes_on_the_converted_tiny_checkpoint_match_llama_cpp(tmp_path, arch, qtype, ours, transform_context,
+                                                                 model_set):
     """The issue's own check: convert the tiny HF checkpoint, then quantize it both ways."""
     import shutil
 
     from models import make_tiny_checkpoint
 
     from modelbuild.testing import plugin_host
-    from modelbuild.weights import TransformContext, WeightFile
 
     llama_cpp()
     src = tmp_path / "hf"
     make_tiny_checkpoint(src, arch)
-    files = [WeightFile(p.name, str(p), "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size,
-                        "model" if p.suffix == ".safetensors" else "config")
-             for p in sorted(src.iterdir()) if p.is_file()]
+    files = model_set(src)
     host = plugin_host()
-    ctx = TransformContext(tmp_path / "work", jobs=2, plugins=host)
+    ctx = transform_context(jobs=2, host=host)  # hf-to-gguf finds its architectures through ctx.plugins
     out = host.converters.get("hf-to-gguf").convert(files, {"outtype": "f32"}, ctx)
     gguf_out = next(o for o in out if o.path.endswith(".gguf"))
     f32 = tmp_path / "tiny-f32.gguf"
     shutil.copyfile(gguf_out.file, f32)
-    got, _ = ours(f32, qtype, tmp_path)
+    got, _ = ours(f32, qtype)
     want, _ = llama_quantize(f32, qtype)
     assert_same(got, want, f"{arch} {qtype}")

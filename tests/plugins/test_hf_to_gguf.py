@@ -9,7 +9,6 @@ fail: they are the only proof that the output runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -66,35 +65,30 @@ def hf_tokenizer(path: Path) -> Any:
     return Tokenizer.from_file(str(path))
 
 
-def model_set(directory: Path) -> list[WeightFile]:
-    out = []
-    for p in sorted(directory.rglob("*")):
-        if p.is_file():
-            data = p.read_bytes()
-            kind = "model" if p.suffix == ".safetensors" else "config"
-            out.append(WeightFile(p.relative_to(directory).as_posix(), str(p),
-                                  "sha256:" + hashlib.sha256(data).hexdigest(), len(data), kind))
-    return out
-
-
 HOST = plugin_host()
 
 
-def context(tmp: Path, *, jobs: int = 1, host: Any = HOST, logs: list[str] | None = None) -> TransformContext:
-    work = tmp / f"work-{len(list(tmp.glob('work-*')))}"
-    work.mkdir(parents=True)
-    return TransformContext(work, jobs=jobs, log=(logs.append if logs is not None else None), plugins=host)
+@pytest.fixture
+def convert(model_set, transform_context):
+    """``convert(directory, files=None, host=HOST, jobs=1, logs=None, **options)``: the checkpoint
+    in *directory* (or *files*) converted by hf-to-gguf: (the result, the one GGUF's path); the
+    context's log messages are added to *logs*."""
 
+    def run(directory: Path, *, files: list[WeightFile] | None = None, host: Any = HOST, jobs: int = 1,
+            logs: list[str] | None = None, **options: Any) -> tuple[list[Any], Path]:
+        converter = host.converters.get("hf-to-gguf")
+        options.setdefault("outtype", converter.outtypes[0])
+        ctx = transform_context(jobs=jobs, host=host)
+        try:
+            result = converter.convert(files if files is not None else model_set(directory), options, ctx)
+        finally:
+            if logs is not None:
+                logs.extend(ctx.logs)
+        ggufs = [r for r in result if isinstance(r, Output) and r.path.endswith(".gguf")]
+        assert len(ggufs) == 1, result
+        return result, Path(ggufs[0].file)
 
-def convert(directory: Path, tmp: Path, *, files: list[WeightFile] | None = None, host: Any = HOST,
-            jobs: int = 1, logs: list[str] | None = None, **options: Any) -> tuple[list[Any], Path]:
-    converter = host.converters.get("hf-to-gguf")
-    options.setdefault("outtype", converter.outtypes[0])
-    result = converter.convert(files if files is not None else model_set(directory), options,
-                               context(tmp, jobs=jobs, host=host, logs=logs))
-    ggufs = [r for r in result if isinstance(r, Output) and r.path.endswith(".gguf")]
-    assert len(ggufs) == 1, result
-    return result, Path(ggufs[0].file)
+    return run
 
 
 def load(path: Path, **kwargs: Any) -> Any:
@@ -185,9 +179,9 @@ def test_registered_through_entry_points():
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_llama_cpp_logits_match_reference(arch, tmp_path):
+def test_llama_cpp_logits_match_reference(arch, tmp_path, convert):
     src = make_tiny_checkpoint(tmp_path / arch, arch)
-    _, path = convert(src, tmp_path, outtype="f32")
+    _, path = convert(src, outtype="f32")
     ids = prompt_ids(src)
     got = llama_logits(path, ids)
     config, weights = load_checkpoint(src)
@@ -202,11 +196,11 @@ def test_llama_cpp_logits_match_reference(arch, tmp_path):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("outtype,tolerance", [("f16", 0.005), ("bf16", 0.01), ("q8_0", 0.015)])
-def test_outtypes_load_and_compute(arch, outtype, tolerance, tmp_path):
+def test_outtypes_load_and_compute(arch, outtype, tolerance, tmp_path, convert):
     import gguf
 
     src = make_tiny_checkpoint(tmp_path / arch, arch)
-    _, path = convert(src, tmp_path, outtype=outtype)
+    _, path = convert(src, outtype=outtype)
     r = reader(path)
     types = tensor_types(r)
     for name, ttype in types.items():
@@ -230,20 +224,20 @@ def test_outtypes_load_and_compute(arch, outtype, tolerance, tmp_path):
     assert np.abs(got - ref).max() < tolerance * np.abs(ref).max()
 
 
-def test_default_outtype_is_f16(tmp_path):
+def test_default_outtype_is_f16(tmp_path, transform_context, model_set):
     src = make_tiny_checkpoint(tmp_path / "m", "llama")
     converter = HOST.converters.get("hf-to-gguf")
-    result = converter.convert(model_set(src), {}, context(tmp_path))
+    result = converter.convert(model_set(src), {}, transform_context(host=HOST))
     path = next(r.file for r in result if isinstance(r, Output))
     assert tensor_types(reader(Path(path)))["blk.1.attn_q.weight"] == "F16"
 
 
-def test_bundled_example_q8_0_falls_back_to_f16_for_odd_rows(tmp_path):
+def test_bundled_example_q8_0_falls_back_to_f16_for_odd_rows(tmp_path, convert):
     """tiny-llama's intermediate size 172 is not a multiple of Q8_0's 32-element block:
     ffn_down (rows of 172) is F16, as llama.cpp's converter falls back; the rest Q8_0."""
     src = copy_bundled(tmp_path / "tiny-llama")
     logs: list[str] = []
-    _, path = convert(src, tmp_path, outtype="q8_0", logs=logs)
+    _, path = convert(src, outtype="q8_0", logs=logs)
     types = tensor_types(reader(path))
     assert types["blk.0.ffn_down.weight"] == "F16" and types["blk.0.ffn_up.weight"] == "Q8_0"
     assert types["output.weight"] == "Q8_0" and types["output_norm.weight"] == "F32"
@@ -255,9 +249,9 @@ def test_bundled_example_q8_0_falls_back_to_f16_for_odd_rows(tmp_path):
     assert np.abs(got - ref).max() < 0.015 * np.abs(ref).max()
 
 
-def test_bfloat16_checkpoint(tmp_path):
+def test_bfloat16_checkpoint(tmp_path, convert):
     src = make_tiny_checkpoint(tmp_path / "bf", "qwen2", dtype="bfloat16")
-    _, path = convert(src, tmp_path, outtype="f32")
+    _, path = convert(src, outtype="f32")
     ids = prompt_ids(src)
     config, weights = load_checkpoint(src)  # the bfloat16 values, widened
     assert np.abs(llama_logits(path, ids) - forward(config, weights, ids)).max() < 1e-3
@@ -267,10 +261,10 @@ def test_bfloat16_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("kind", TOKENIZERS)
-def test_tokenization_matches_hugging_face(kind, tmp_path):
+def test_tokenization_matches_hugging_face(kind, tmp_path, convert):
     arch = {"qwen2": "qwen2", "llama-spm": "mistral"}.get(kind, "llama")
     src = make_tiny_checkpoint(tmp_path / kind, arch, tokenizer=kind)
-    _, path = convert(src, tmp_path)
+    _, path = convert(src)
     llm = llama_cpp().Llama(model_path=str(path), vocab_only=True, verbose=False)
     hf = hf_tokenizer(src / "tokenizer.json")
     _, specials = token_count(kind)
@@ -299,11 +293,11 @@ def _vocab_keys(path: Path) -> dict[str, Any]:
     return {k: kv(r, k) for k in r.fields if k.startswith("tokenizer.")}
 
 
-def test_byte_level_vocab_keys(tmp_path):
+def test_byte_level_vocab_keys(tmp_path, convert):
     import gguf
 
     src = make_tiny_checkpoint(tmp_path / "q", "qwen2")
-    _, path = convert(src, tmp_path)
+    _, path = convert(src)
     keys = _vocab_keys(path)
     doc = json.loads((src / "tokenizer.json").read_text())
     config = json.loads((src / "config.json").read_text())
@@ -331,9 +325,9 @@ def test_byte_level_vocab_keys(tmp_path):
     assert keys["tokenizer.chat_template"] == tc["chat_template"]
 
 
-def test_bundled_example_vocab_keys(tmp_path):
+def test_bundled_example_vocab_keys(tmp_path, convert):
     src = copy_bundled(tmp_path / "tiny-llama")
-    _, path = convert(src, tmp_path)
+    _, path = convert(src)
     keys = _vocab_keys(path)
     assert keys["tokenizer.ggml.pre"] == "gpt-2"
     assert (keys["tokenizer.ggml.bos_token_id"], keys["tokenizer.ggml.eos_token_id"],
@@ -347,11 +341,11 @@ def test_bundled_example_vocab_keys(tmp_path):
     assert kv(r, "general.name") == "model"
 
 
-def test_sentencepiece_vocab_keys(tmp_path):
+def test_sentencepiece_vocab_keys(tmp_path, convert):
     import gguf
 
     src = make_tiny_checkpoint(tmp_path / "m", "mistral")
-    _, path = convert(src, tmp_path)
+    _, path = convert(src)
     keys = _vocab_keys(path)
     assert keys["tokenizer.ggml.model"] == "llama" and keys["tokenizer.ggml.pre"] == "default"
     assert keys["tokenizer.ggml.add_space_prefix"] is True and "tokenizer.ggml.merges" not in keys
@@ -392,7 +386,7 @@ def test_pre_tokenizer_derivation():
         derive({"pre_tokenizer": {**byte_level, "add_prefix_space": True}}, "t")
 
 
-def test_unknown_pre_tokenizer_is_an_error_unless_named(tmp_path):
+def test_unknown_pre_tokenizer_is_an_error_unless_named(tmp_path, convert):
     src = make_tiny_checkpoint(tmp_path / "m", "llama")
     doc = json.loads((src / "tokenizer.json").read_text())
     doc["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
@@ -401,8 +395,8 @@ def test_unknown_pre_tokenizer_is_an_error_unless_named(tmp_path):
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
     (src / "tokenizer.json").write_text(json.dumps(doc))
     with pytest.raises(FormatError, match="tokenizer.json: pre-tokenizer Sequence.*supported: .*gpt-2"):
-        convert(src, tmp_path)
-    _, path = convert(src, tmp_path, pre="gpt-2")
+        convert(src)
+    _, path = convert(src, pre="gpt-2")
     assert _vocab_keys(path)["tokenizer.ggml.pre"] == "gpt-2"
 
 
@@ -410,22 +404,22 @@ def test_unknown_pre_tokenizer_is_an_error_unless_named(tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_sharded_input_gives_the_same_bytes(arch, tmp_path):
+def test_sharded_input_gives_the_same_bytes(arch, tmp_path, convert):
     single = make_tiny_checkpoint(tmp_path / "single", arch)
     sharded = make_tiny_checkpoint(tmp_path / "sharded", arch, sharded=True)
     assert (sharded / "model.safetensors.index.json").exists() and not (sharded / "model.safetensors").exists()
     assert len(list(sharded.glob("model-0000?-of-00002.safetensors"))) == 2
-    _, a = convert(single, tmp_path, outtype="q8_0")
-    result, b = convert(sharded, tmp_path, outtype="q8_0", jobs=4)
+    _, a = convert(single, outtype="q8_0")
+    result, b = convert(sharded, outtype="q8_0", jobs=4)
     assert a.read_bytes() == b.read_bytes()
     assert not any(r.path.endswith((".safetensors", ".index.json")) for r in result)
 
 
-def test_result_set(tmp_path):
+def test_result_set(tmp_path, convert, model_set):
     src = make_tiny_checkpoint(tmp_path / "m", "llama", sharded=True)
     (src / "README.md").write_text("# tiny\n")
     files = model_set(src)
-    result, path = convert(src, tmp_path)
+    result, path = convert(src)
     kept = [f for f in files if not f.path.endswith((".safetensors", ".index.json"))]
     assert [r for r in result if isinstance(r, WeightFile)] == kept  # passed through, unchanged
     out = [r for r in result if isinstance(r, Output)]
@@ -433,27 +427,27 @@ def test_result_set(tmp_path):
     assert path.read_bytes()[:4] == b"GGUF"
 
 
-def test_weights_beside_the_checkpoint_are_left_out(tmp_path):
+def test_weights_beside_the_checkpoint_are_left_out(tmp_path, convert):
     """Mistral's repositories hold consolidated.safetensors beside the shards and index."""
     src = make_tiny_checkpoint(tmp_path / "m", "mistral", sharded=True)
     shutil.copy(src / "model-00001-of-00002.safetensors", src / "consolidated.safetensors")
     logs: list[str] = []
-    result, _ = convert(src, tmp_path, logs=logs)
+    result, _ = convert(src, logs=logs)
     assert not any(r.path.endswith(".safetensors") for r in result)
     assert any("consolidated.safetensors is not part of the checkpoint" in m for m in logs)
 
 
-def test_model_in_a_subdirectory(tmp_path):
+def test_model_in_a_subdirectory(tmp_path, convert, model_set):
     src = make_tiny_checkpoint(tmp_path / "repo" / "llm", "llama")
     files = model_set(tmp_path / "repo")
     assert files[0].path.startswith("llm/")
-    result, _ = convert(src, tmp_path, files=files)
+    result, _ = convert(src, files=files)
     assert "llm/model.gguf" in [r.path for r in result]
 
 
-def test_tensor_names_and_order(tmp_path):
+def test_tensor_names_and_order(tmp_path, convert):
     src = make_tiny_checkpoint(tmp_path / "q", "qwen2")
-    _, path = convert(src, tmp_path)
+    _, path = convert(src)
     names = [t.name for t in reader(path).tensors]
     assert names[0] == "token_embd.weight" and names[-1] == "output_norm.weight"
     assert "output.weight" not in names  # tied: llama.cpp reuses token_embd
@@ -462,12 +456,12 @@ def test_tensor_names_and_order(tmp_path):
     assert blocks == sorted(blocks)
 
 
-def test_q_and_k_are_permuted_for_llama_only(tmp_path):
+def test_q_and_k_are_permuted_for_llama_only(tmp_path, convert):
     from gguf.quants import dequantize
 
     for arch, permuted in (("llama", True), ("qwen2", False)):
         src = make_tiny_checkpoint(tmp_path / arch, arch)
-        _, path = convert(src, tmp_path, outtype="f32")
+        _, path = convert(src, outtype="f32")
         _, weights = load_checkpoint(src)
         tensors = {t.name: t for t in reader(path).tensors}
         for hf, gg, heads in (("q_proj", "attn_q", 4), ("k_proj", "attn_k", 2)):
@@ -479,21 +473,21 @@ def test_q_and_k_are_permuted_for_llama_only(tmp_path):
             assert np.array_equal(got, w) is (not permuted)
 
 
-def test_parallel_writing_gives_the_same_bytes(tmp_path):
+def test_parallel_writing_gives_the_same_bytes(tmp_path, convert):
     src = make_tiny_checkpoint(tmp_path / "m", "mistral")
-    _, a = convert(src, tmp_path, outtype="bf16", jobs=1)
-    _, b = convert(src, tmp_path, outtype="bf16", jobs=3)
+    _, a = convert(src, outtype="bf16", jobs=1)
+    _, b = convert(src, outtype="bf16", jobs=3)
     assert a.read_bytes() == b.read_bytes()
 
 
-def test_llama3_rope_scaling_adds_rope_freqs(tmp_path):
+def test_llama3_rope_scaling_adds_rope_freqs(tmp_path, convert):
     src = make_tiny_checkpoint(tmp_path / "m", "llama", tokenizer="llama-bpe")
     config = json.loads((src / "config.json").read_text())
     config["rope_scaling"] = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                               "original_max_position_embeddings": 64, "rope_type": "llama3"}
     config["rope_theta"] = 500000.0
     (src / "config.json").write_text(json.dumps(config))
-    _, path = convert(src, tmp_path)
+    _, path = convert(src)
     r = reader(path)
     t = next(t for t in r.tensors if t.name == "rope_freqs.weight")
     assert t.tensor_type.name == "F32" and list(t.shape) == [8]
@@ -504,7 +498,7 @@ def test_llama3_rope_scaling_adds_rope_freqs(tmp_path):
     llm.eval(prompt_ids(src))  # llama.cpp loads and runs it
 
 
-def test_third_party_adapter(tmp_path):
+def test_third_party_adapter(tmp_path, convert):
     """Adding an architecture is one small plugin."""
     from modelbuild.hookspecs import hookimpl
 
@@ -525,7 +519,7 @@ def test_third_party_adapter(tmp_path):
     config = json.loads((src / "config.json").read_text())
     config["architectures"] = ["MyLlamaForCausalLM"]
     (src / "config.json").write_text(json.dumps(config))
-    _, path = convert(src, tmp_path, host=host, outtype="f32")
+    _, path = convert(src, host=host, outtype="f32")
     ids = prompt_ids(src)
     c, w = load_checkpoint(src)
     assert np.abs(llama_logits(path, ids) - forward(c, w, ids)).max() < 1e-3
@@ -534,37 +528,37 @@ def test_third_party_adapter(tmp_path):
 # -- errors -------------------------------------------------------------------------------------
 
 
-def test_unsupported_architecture(tmp_path):
+def test_unsupported_architecture(tmp_path, convert):
     src = make_tiny_checkpoint(tmp_path / "m", "llama")
     config = json.loads((src / "config.json").read_text())
     config["architectures"] = ["GPTNeoXForCausalLM"]
     (src / "config.json").write_text(json.dumps(config))
     with pytest.raises(FormatError, match="config.json: architecture GPTNeoXForCausalLM is not supported") as info:
-        convert(src, tmp_path)
+        convert(src)
     assert "LlamaForCausalLM (llama)" in info.value.hint and "MistralForCausalLM (mistral)" in info.value.hint
     assert "Qwen2ForCausalLM (qwen2)" in info.value.hint
 
 
-def test_missing_tokenizer(tmp_path):
+def test_missing_tokenizer(tmp_path, convert):
     src = make_tiny_checkpoint(tmp_path / "m", "llama")
     (src / "tokenizer.json").unlink()
     with pytest.raises(FormatError, match=r"^tokenizer.json: missing: .*tokenizer"):
-        convert(src, tmp_path)
+        convert(src)
 
 
-def test_missing_config(tmp_path):
+def test_missing_config(tmp_path, convert):
     src = make_tiny_checkpoint(tmp_path / "m", "qwen2")
     (src / "config.json").unlink()
     with pytest.raises(FormatError, match=r"^config.json: missing"):
-        convert(src, tmp_path)
+        convert(src)
 
 
-def test_index_names_a_missing_shard(tmp_path):
+def test_index_names_a_missing_shard(tmp_path, convert, model_set):
     src = make_tiny_checkpoint(tmp_path / "m", "llama", sharded=True)
     files = [f for f in model_set(src) if f.path != "model-00002-of-00002.safetensors"]
     with pytest.raises(FormatError, match=r"^model.safetensors.index.json: names shard "
                                           r"'model-00002-of-00002.safetensors', which is not in the model set"):
-        convert(src, tmp_path, files=files)
+        convert(src, files=files)
 
 
 @pytest.mark.parametrize("key,value,tensor,expected,found", [
@@ -572,7 +566,7 @@ def test_index_names_a_missing_shard(tmp_path):
     ("intermediate_size", 100, "model.layers.0.mlp.gate_proj.weight", [100, 64], [128, 64]),
     ("vocab_size", 999, "model.embed_tokens.weight", [999, 64], None),
 ])
-def test_shapes_contradicting_config(key, value, tensor, expected, found, tmp_path):
+def test_shapes_contradicting_config(key, value, tensor, expected, found, tmp_path, convert):
     src = make_tiny_checkpoint(tmp_path / "m", "llama", sharded=True)
     config = json.loads((src / "config.json").read_text())
     config[key] = value
@@ -580,7 +574,7 @@ def test_shapes_contradicting_config(key, value, tensor, expected, found, tmp_pa
     index = json.loads((src / "model.safetensors.index.json").read_text())
     shard = index["weight_map"][tensor]
     with pytest.raises(FormatError) as info:
-        convert(src, tmp_path)
+        convert(src)
     message = str(info.value)
     assert message.startswith(f"{shard}: tensor {tensor!r} has shape ")
     if found is not None:
@@ -588,7 +582,7 @@ def test_shapes_contradicting_config(key, value, tensor, expected, found, tmp_pa
     assert key in message
 
 
-def test_missing_tensor(tmp_path):
+def test_missing_tensor(tmp_path, convert):
     from safetensors.numpy import load_file, save_file
 
     src = make_tiny_checkpoint(tmp_path / "m", "llama")
@@ -597,10 +591,10 @@ def test_missing_tensor(tmp_path):
     save_file(weights, str(src / "model.safetensors"))
     with pytest.raises(FormatError, match=r"^model.safetensors: tensor 'model.layers.1.mlp.up_proj.weight' is "
                                           r"missing"):
-        convert(src, tmp_path)
+        convert(src)
 
 
-def test_unknown_tensor(tmp_path):
+def test_unknown_tensor(tmp_path, convert):
     from safetensors.numpy import load_file, save_file
 
     src = make_tiny_checkpoint(tmp_path / "m", "llama")
@@ -608,10 +602,10 @@ def test_unknown_tensor(tmp_path):
     weights["model.vision_tower.proj.weight"] = np.zeros((2, 2), np.float32)
     save_file(weights, str(src / "model.safetensors"))
     with pytest.raises(FormatError, match="tensor 'model.vision_tower.proj.weight' has no GGUF name"):
-        convert(src, tmp_path)
+        convert(src)
 
 
-def test_vocab_larger_than_config(tmp_path):
+def test_vocab_larger_than_config(tmp_path, convert):
     from safetensors.numpy import load_file, save_file
 
     src = make_tiny_checkpoint(tmp_path / "m", "llama")
@@ -623,31 +617,31 @@ def test_vocab_larger_than_config(tmp_path):
         weights[name] = weights[name][:100]
     save_file(weights, str(src / "model.safetensors"))
     with pytest.raises(FormatError, match=r"^config.json: vocab_size=100 is smaller than the tokenizer's 512"):
-        convert(src, tmp_path)
+        convert(src)
 
 
-def test_options_and_context(tmp_path):
+def test_options_and_context(tmp_path, convert, transform_context, model_set):
     src = make_tiny_checkpoint(tmp_path / "m", "llama")
     converter = HOST.converters.get("hf-to-gguf")
     with pytest.raises(UsageError, match="outtype=q4_0"):
-        converter.convert(model_set(src), {"outtype": "q4_0"}, context(tmp_path))
+        converter.convert(model_set(src), {"outtype": "q4_0"}, transform_context(host=HOST))
     with pytest.raises(UsageError, match="no option --keep"):
-        converter.convert(model_set(src), {"outtype": "f16", "keep": ["x"]}, context(tmp_path))
+        converter.convert(model_set(src), {"outtype": "f16", "keep": ["x"]}, transform_context(host=HOST))
     bare = TransformContext(tmp_path / "bare")
     with pytest.raises(UsageError, match="ctx.plugins"):
         converter.convert(model_set(src), {"outtype": "f16"}, bare)
-    _, path = convert(src, tmp_path, name="tiny test")
+    _, path = convert(src, name="tiny test")
     assert kv(reader(path), "general.name") == "tiny test"
 
 
-def test_no_weights(tmp_path):
+def test_no_weights(tmp_path, convert, model_set):
     src = make_tiny_checkpoint(tmp_path / "m", "llama")
     files = [f for f in model_set(src) if not f.path.endswith(".safetensors")]
     with pytest.raises(FormatError, match="no .safetensors weights"):
-        convert(src, tmp_path, files=files)
+        convert(src, files=files)
 
 
-def test_quantized_checkpoint_is_refused(tmp_path):
+def test_quantized_checkpoint_is_refused(tmp_path, convert):
     from safetensors.numpy import load_file, save_file
 
     src = make_tiny_checkpoint(tmp_path / "m", "llama")
@@ -655,10 +649,10 @@ def test_quantized_checkpoint_is_refused(tmp_path):
     weights["model.layers.0.mlp.up_proj.weight"] = weights["model.layers.0.mlp.up_proj.weight"].astype(np.int8)
     save_file(weights, str(src / "model.safetensors"))
     with pytest.raises(FormatError, match="is I8: hf-to-gguf reads F32, F16, BF16"):
-        convert(src, tmp_path)
+        convert(src)
 
 
-def test_duplicate_token_texts_are_refused(tmp_path):
+def test_duplicate_token_texts_are_refused(tmp_path, convert):
     src = make_tiny_checkpoint(tmp_path / "m", "llama")
     doc = json.loads((src / "tokenizer.json").read_text())
     text = next(t for t, i in doc["model"]["vocab"].items() if i == 100)
@@ -666,4 +660,4 @@ def test_duplicate_token_texts_are_refused(tmp_path):
                                 "lstrip": False, "rstrip": False, "single_word": False})
     (src / "tokenizer.json").write_text(json.dumps(doc))
     with pytest.raises(FormatError, match="ids 3 and 100 both have the text"):
-        convert(src, tmp_path)
+        convert(src)

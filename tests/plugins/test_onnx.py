@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -17,7 +16,7 @@ from modelbuild_plugins.onnx_format import OnnxFormat
 from onnx import TensorProto, helper, numpy_helper
 
 from modelbuild.testing import plugin_host
-from modelbuild.weights import FormatError, WeightFile
+from modelbuild.weights import FormatError
 
 FMT = OnnxFormat()
 OPSET = [helper.make_opsetid("", 21)]
@@ -34,11 +33,6 @@ def silero_data() -> Path:
     if not (data / "silero_vad.onnx").is_file():
         pytest.fail(f"{data} lacks silero_vad.onnx: run scripts/fetch-test-data")
     return data
-
-
-def wf(path: str, source: Path) -> WeightFile:
-    data = source.read_bytes() if source.exists() else b""
-    return WeightFile(path, str(source), "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
 
 
 def independent_count(model: onnx.ModelProto) -> tuple[int, dict[str, int], int]:
@@ -121,8 +115,8 @@ def test_registered_under_the_onnx_plugin():
     assert host.format_for_path("sub/model.onnx") is handler
 
 
-def test_cli_lists_format_onnx(cli):
-    run = cli("plugins")
+def test_cli_lists_format_onnx(mb):
+    run = mb("plugins")
     assert run.rc == 0, run.err
     (line,) = [l for l in run.out.splitlines() if l.split()[:1] == ["onnx"]]
     assert "format:onnx" in line
@@ -141,10 +135,10 @@ def test_module_does_not_import_onnx_or_numpy():
 # -- real models ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["silero_vad.onnx", "silero_vad_half.onnx"])
-def test_silero_counts_match_an_independent_count(name):
+def test_silero_counts_match_an_independent_count(name, weight_file):
     path = silero_data() / name
     assert FMT.detect(str(path))
-    info = FMT.read_info([wf(name, path)], None)
+    info = FMT.read_info([weight_file(path)], None)
     model = onnx.load(str(path))
     total, per_dtype, init = independent_count(model)
     assert info.format == "onnx"
@@ -160,10 +154,10 @@ def test_silero_counts_match_an_independent_count(name):
     assert info.precision.split(",")[0] == "float32"
 
 
-def test_silero_vad_onnx_keeps_its_weights_in_constant_nodes():
+def test_silero_vad_onnx_keeps_its_weights_in_constant_nodes(weight_file):
     """No initializer at all: the weights are Constant nodes inside If branches (8k and 16k)."""
     path = silero_data() / "silero_vad.onnx"
-    info = FMT.read_info([wf("silero_vad.onnx", path)], None)
+    info = FMT.read_info([weight_file(path, "silero_vad.onnx")], None)
     assert info.extra["param_sources"]["initializer"] == 0
     assert info.param_count == info.extra["param_sources"]["constant"] > 500_000
     assert info.param_size == "545.6K"
@@ -174,9 +168,9 @@ def test_silero_vad_onnx_keeps_its_weights_in_constant_nodes():
     assert info.extra["inputs"][2] == {"name": "sr", "dtype": "int64", "shape": []}
 
 
-def test_silero_half_inputs_outputs_and_producer():
+def test_silero_half_inputs_outputs_and_producer(weight_file):
     path = silero_data() / "silero_vad_half.onnx"
-    info = FMT.read_info([wf("silero_vad_half.onnx", path)], {"model_type": "silero_vad"})
+    info = FMT.read_info([weight_file(path, "silero_vad_half.onnx")], {"model_type": "silero_vad"})
     assert info.extra["producer"] == {"name": "pytorch", "version": "2.3.1"}
     assert info.extra["inputs"] == [
         {"name": "input", "dtype": "float32", "shape": ["batch", "sequence"]},
@@ -187,9 +181,9 @@ def test_silero_half_inputs_outputs_and_producer():
 
 
 @pytest.mark.parametrize("name", ["silero_vad.onnx", "silero_vad_half.onnx"])
-def test_silero_iter_tensors_adds_up_to_param_count(name):
+def test_silero_iter_tensors_adds_up_to_param_count(name, weight_file):
     path = silero_data() / name
-    info = FMT.read_info([wf(name, path)], None)
+    info = FMT.read_info([weight_file(path)], None)
     total = 0
     for tname, dtype, shape, load in FMT.iter_tensors(str(path)):
         array = load()
@@ -201,9 +195,9 @@ def test_silero_iter_tensors_adds_up_to_param_count(name):
 
 # -- external data -------------------------------------------------------------------------
 
-def test_external_data_counted_from_dims_without_reading_the_data(external, monkeypatch):
+def test_external_data_counted_from_dims_without_reading_the_data(external, monkeypatch, weight_file):
     model_path, data_path, _ = external
-    files = [wf("model.onnx", model_path), wf("weights.bin", data_path)]
+    files = [weight_file(model_path, "model.onnx"), weight_file(data_path, "weights.bin", kind="model")]
     opened: list[str] = []
     real_open = builtins.open
 
@@ -226,63 +220,67 @@ def test_external_data_counted_from_dims_without_reading_the_data(external, monk
 
     # The same answer when the data file holds only zeros of the same size.
     data_path.write_bytes(b"\0" * data_path.stat().st_size)
-    again = FMT.read_info([wf("model.onnx", model_path), wf("weights.bin", data_path)], None)
+    again = FMT.read_info([weight_file(model_path, "model.onnx"),
+                           weight_file(data_path, "weights.bin", kind="model")], None)
     assert (again.param_count, again.dtype_params, again.extra) == (info.param_count, info.dtype_params, info.extra)
 
 
-def test_external_data_resolved_by_artifact_path_not_beside_the_blob(external, tmp_path):
+def test_external_data_resolved_by_artifact_path_not_beside_the_blob(external, tmp_path, weight_file):
     """Store blobs have no neighbours: the data file is found through the model set."""
     model_path, data_path, _ = external
     blobs = tmp_path / "blobs"
     blobs.mkdir()
     shutil.copy(model_path, blobs / "aaaa")
     shutil.copy(data_path, blobs / "bbbb")
-    files = [wf("onnx/model.onnx", blobs / "aaaa"), wf("onnx/weights.bin", blobs / "bbbb")]
+    files = [weight_file(blobs / "aaaa", "onnx/model.onnx"),
+             weight_file(blobs / "bbbb", "onnx/weights.bin", kind="model")]
     info = FMT.read_info(files, None)
     assert info.param_count == 40
     assert info.extra["external_data"] == ["weights.bin"]  # relative to the .onnx file
 
 
-def test_iter_tensors_loads_external_tensors(external, tmp_path):
+def test_iter_tensors_loads_external_tensors(external, tmp_path, weight_file):
     model_path, data_path, arrays = external
     for tensors in (
         list(FMT.iter_tensors(str(model_path))),  # beside the source
-        list(FMT.iter_tensors(wf("model.onnx", model_path),
-                              files=[wf("model.onnx", model_path), wf("weights.bin", data_path)])),
+        list(FMT.iter_tensors(weight_file(model_path, "model.onnx"),
+                              files=[weight_file(model_path, "model.onnx"),
+                                     weight_file(data_path, "weights.bin", kind="model")])),
     ):
         assert [(n, d, s) for n, d, s, _ in tensors] == [("W", "float32", (4, 8)), ("b", "float16", (8,))]
         for name, _, _, load in tensors:
             np.testing.assert_array_equal(np.asarray(load()), arrays[name])
 
 
-def test_missing_external_data_file_names_the_onnx_file(external):
+def test_missing_external_data_file_names_the_onnx_file(external, weight_file):
     model_path, _, _ = external
     with pytest.raises(FormatError) as err:
-        FMT.read_info([wf("model.onnx", model_path)], None)
+        FMT.read_info([weight_file(model_path, "model.onnx")], None)
     assert err.value.file == "model.onnx"
     assert "weights.bin" in str(err.value) and "not in the model set" in str(err.value)
     assert "MODEL" in (err.value.hint or "")
 
 
-def test_external_data_file_in_the_set_but_gone_from_disk(external):
+def test_external_data_file_in_the_set_but_gone_from_disk(external, weight_file):
     model_path, data_path, _ = external
-    files = [wf("model.onnx", model_path), wf("weights.bin", data_path)]
+    files = [weight_file(model_path, "model.onnx"), weight_file(data_path, "weights.bin", kind="model")]
     data_path.unlink()
     with pytest.raises(FormatError) as err:
         FMT.read_info(files, None)
     assert err.value.file == "model.onnx" and "does not exist" in str(err.value)
 
 
-def test_external_data_file_too_short(external):
+def test_external_data_file_too_short(external, weight_file):
     model_path, data_path, _ = external
     data_path.write_bytes(data_path.read_bytes()[:-4])
     with pytest.raises(FormatError) as err:
-        FMT.read_info([wf("model.onnx", model_path), wf("weights.bin", data_path)], None)
+        FMT.read_info([weight_file(model_path, "model.onnx"),
+                       weight_file(data_path, "weights.bin", kind="model")], None)
     assert err.value.file == "model.onnx" and "weights.bin" in str(err.value)
 
 
 @pytest.mark.parametrize("location", ["../weights.bin", "sub/../../weights.bin", "/etc/weights.bin", "C:\\w.bin"])
-def test_external_location_outside_the_model_directory(external, tmp_path, location):
+def test_external_location_outside_the_model_directory(external, tmp_path, location, weight_file):
     model_path, data_path, _ = external
     model = onnx.load(str(model_path), load_external_data=False)
     for t in model.graph.initializer:
@@ -291,48 +289,49 @@ def test_external_location_outside_the_model_directory(external, tmp_path, locat
                 entry.value = location
     bad = write_proto(model, tmp_path / "bad.onnx")
     with pytest.raises(FormatError) as err:
-        FMT.read_info([wf("bad.onnx", bad), wf("weights.bin", data_path)], None)
+        FMT.read_info([weight_file(bad, "bad.onnx"), weight_file(data_path, "weights.bin", kind="model")], None)
     assert err.value.file == "bad.onnx" and "outside the model's directory" in str(err.value)
     _, _, _, load = next(FMT.iter_tensors(str(bad)))  # lazily: the location is checked on load
     with pytest.raises(FormatError, match="outside the model's directory"):
         load()
 
 
-def test_external_data_in_a_subdirectory(tmp_path):
+def test_external_data_in_a_subdirectory(tmp_path, weight_file):
     model, _ = small_model()
     (tmp_path / "data").mkdir()
     save_with_external(model, tmp_path / "model.onnx", location="data/w.bin")
-    files = [wf("m/model.onnx", tmp_path / "model.onnx"), wf("m/data/w.bin", tmp_path / "data" / "w.bin")]
+    files = [weight_file(tmp_path / "model.onnx", "m/model.onnx"),
+             weight_file(tmp_path / "data" / "w.bin", "m/data/w.bin", kind="model")]
     assert FMT.read_info(files, None).extra["external_data"] == ["data/w.bin"]
     with pytest.raises(FormatError, match="not in the model set"):
-        FMT.read_info([files[0], wf("m/w.bin", tmp_path / "data" / "w.bin")], None)
+        FMT.read_info([files[0], weight_file(tmp_path / "data" / "w.bin", "m/w.bin", kind="model")], None)
 
 
 # -- bad input -----------------------------------------------------------------------------
 
-def test_garbage_bytes(tmp_path):
+def test_garbage_bytes(tmp_path, weight_file):
     path = tmp_path / "garbage.onnx"
     path.write_bytes(b"this is not a protobuf at all\xff\xfe" * 10)
     assert not FMT.detect(str(path))
     with pytest.raises(FormatError) as err:
-        FMT.read_info([wf("garbage.onnx", path)], None)
+        FMT.read_info([weight_file(path, "garbage.onnx")], None)
     assert err.value.file == "garbage.onnx" and "not an ONNX model" in str(err.value)
     with pytest.raises(FormatError):
         list(FMT.iter_tensors(str(path)))
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.999])
-def test_truncated_model(tmp_path, keep):
+def test_truncated_model(tmp_path, keep, weight_file):
     data = (silero_data() / "silero_vad_half.onnx").read_bytes()
     path = tmp_path / "cut.onnx"
     path.write_bytes(data[: int(len(data) * keep)])
     assert FMT.detect(str(path))  # the start is fine: detect is cheap, read_info is the check
     with pytest.raises(FormatError) as err:
-        FMT.read_info([wf("cut.onnx", path)], None)
+        FMT.read_info([weight_file(path, "cut.onnx")], None)
     assert err.value.file == "cut.onnx"
 
 
-def test_empty_file_and_model_without_graph(tmp_path):
+def test_empty_file_and_model_without_graph(tmp_path, weight_file):
     empty = tmp_path / "empty.onnx"
     empty.write_bytes(b"")
     no_graph = write_proto(helper.make_model(helper.make_graph([], "g", [], []), opset_imports=OPSET),
@@ -341,10 +340,10 @@ def test_empty_file_and_model_without_graph(tmp_path):
     model = onnx.ModelProto(ir_version=10)
     model.opset_import.extend(OPSET)
     header_only = write_proto(model, tmp_path / "header.onnx")
-    assert FMT.read_info([wf("nograph.onnx", no_graph)], None).param_count == 0  # an empty graph is a graph
+    assert FMT.read_info([weight_file(no_graph, "nograph.onnx")], None).param_count == 0  # an empty graph is a graph
     for path in (empty, header_only):
         with pytest.raises(FormatError) as err:
-            FMT.read_info([wf(path.name, path)], None)
+            FMT.read_info([weight_file(path)], None)
         assert err.value.file == path.name
 
 
@@ -376,16 +375,16 @@ def qdq_weight_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=OPSET)
 
 
-def test_quantized_qdq_int8(tmp_path):
+def test_quantized_qdq_int8(tmp_path, weight_file):
     path = write_proto(qdq_weight_model(), tmp_path / "q.onnx")
     onnx.checker.check_model(onnx.load(str(path)))
-    info = FMT.read_info([wf("q.onnx", path)], None)
+    info = FMT.read_info([weight_file(path, "q.onnx")], None)
     assert info.quantization == "int8"
     assert info.dtype_params == {"int8": 33, "float32": 1}
     assert info.precision == "int8,float32"
 
 
-def test_quantized_activation_qdq_uint8(tmp_path):
+def test_quantized_activation_qdq_uint8(tmp_path, weight_file):
     scale = numpy_helper.from_array(np.array(0.1, dtype=np.float32), "s")
     zp = numpy_helper.from_array(np.array(128, dtype=np.uint8), "zp")
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
@@ -393,10 +392,10 @@ def test_quantized_activation_qdq_uint8(tmp_path):
     graph = helper.make_graph(nodes, "act", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])], initializer=[scale, zp])
     path = write_proto(helper.make_model(graph, opset_imports=OPSET), tmp_path / "act.onnx")
-    assert FMT.read_info([wf("act.onnx", path)], None).quantization == "uint8"
+    assert FMT.read_info([weight_file(path, "act.onnx")], None).quantization == "uint8"
 
 
-def test_quantized_qlinear_and_matmulnbits(tmp_path):
+def test_quantized_qlinear_and_matmulnbits(tmp_path, weight_file):
     a = numpy_helper.from_array(np.ones((4, 4), dtype=np.uint8), "b_q")
     inputs = [numpy_helper.from_array(np.array(0.1, dtype=np.float32), "s"),
               numpy_helper.from_array(np.array(0, dtype=np.uint8), "z")]
@@ -404,7 +403,7 @@ def test_quantized_qlinear_and_matmulnbits(tmp_path):
     graph = helper.make_graph([qlinear], "ql", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 4])], initializer=[a, *inputs])
     path = write_proto(helper.make_model(graph, opset_imports=OPSET), tmp_path / "ql.onnx")
-    assert FMT.read_info([wf("ql.onnx", path)], None).quantization == "uint8"
+    assert FMT.read_info([weight_file(path, "ql.onnx")], None).quantization == "uint8"
 
     nbits = helper.make_node("MatMulNBits", ["x", "b_q", "s"], ["y"], domain="com.microsoft", K=8, N=4, bits=4,
                              block_size=32)
@@ -412,20 +411,20 @@ def test_quantized_qlinear_and_matmulnbits(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[a, inputs[0]])
     model = helper.make_model(graph, opset_imports=[*OPSET, helper.make_opsetid("com.microsoft", 1)])
     path = write_proto(model, tmp_path / "nb.onnx")
-    info = FMT.read_info([wf("nb.onnx", path)], None)
+    info = FMT.read_info([weight_file(path, "nb.onnx")], None)
     assert info.quantization == "int4"
     assert info.extra["opsets"] == {"ai.onnx": 21, "com.microsoft": 1}
 
 
-def test_float_models_are_not_quantized(tmp_path):
+def test_float_models_are_not_quantized(tmp_path, weight_file):
     model, _ = small_model()
     path = write_proto(model, tmp_path / "f.onnx")
-    assert FMT.read_info([wf("f.onnx", path)], None).quantization is None
+    assert FMT.read_info([weight_file(path, "f.onnx")], None).quantization is None
 
 
 # -- other tensor places, several models, write --------------------------------------------
 
-def test_sparse_initializer_and_constant_literals(tmp_path):
+def test_sparse_initializer_and_constant_literals(tmp_path, weight_file):
     values = numpy_helper.from_array(np.array([1.5, -2.0, 3.0], dtype=np.float32), "sp")
     indices = numpy_helper.from_array(np.array([0, 5, 11], dtype=np.int64), "sp_idx")
     sparse = helper.make_sparse_tensor(values, indices, [3, 4])
@@ -435,7 +434,7 @@ def test_sparse_initializer_and_constant_literals(tmp_path):
     graph = helper.make_graph(nodes, "g", [], [helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
                               sparse_initializer=[sparse])
     path = write_proto(helper.make_model(graph, opset_imports=OPSET), tmp_path / "sparse.onnx")
-    info = FMT.read_info([wf("sparse.onnx", path)], None)
+    info = FMT.read_info([weight_file(path, "sparse.onnx")], None)
     # 12 dense sparse parameters, 2 ints, 1 float; strings are not parameters.
     assert info.param_count == 15
     assert info.dtype_params == {"float32": 13, "int64": 2}
@@ -449,22 +448,23 @@ def test_sparse_initializer_and_constant_literals(tmp_path):
     assert tensors["one"][:2] == ("float32", ())
 
 
-def test_several_models_are_summed(tmp_path, external):
+def test_several_models_are_summed(tmp_path, external, weight_file):
     model_path, data_path, _ = external
     half = silero_data() / "silero_vad_half.onnx"
-    files = [wf("decoder.onnx", model_path), wf("weights.bin", data_path), wf("encoder.onnx", half)]
+    files = [weight_file(model_path, "decoder.onnx"), weight_file(data_path, "weights.bin", kind="model"),
+             weight_file(half, "encoder.onnx")]
     info = FMT.read_info(files, None)
-    alone = FMT.read_info([wf("encoder.onnx", half)], None)
+    alone = FMT.read_info([weight_file(half, "encoder.onnx")], None)
     assert info.param_count == alone.param_count + 40
     assert set(info.extra) == {"models"}
     assert list(info.extra["models"]) == ["decoder.onnx", "encoder.onnx"]
     assert info.extra["models"]["decoder.onnx"]["external_data"] == ["weights.bin"]
 
 
-def test_no_onnx_file_in_the_set(tmp_path, external):
+def test_no_onnx_file_in_the_set(tmp_path, external, weight_file):
     _, data_path, _ = external
     with pytest.raises(FormatError) as err:
-        FMT.read_info([wf("weights.bin", data_path)], None)
+        FMT.read_info([weight_file(data_path, "weights.bin", kind="model")], None)
     assert err.value.file == "weights.bin"
     assert FMT.read_info([], None).param_count == 0
 

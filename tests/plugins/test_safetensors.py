@@ -4,7 +4,6 @@ huggingface_hub themselves, on real files."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import struct
@@ -19,7 +18,7 @@ from safetensors.numpy import load_file, save, save_file
 
 from modelbuild.errors import UsageError
 from modelbuild.testing import plugin_host
-from modelbuild.weights import FormatError, Output, TransformContext, WeightFile
+from modelbuild.weights import FormatError, Output, WeightFile
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TINY_LLAMA = REPO / "Modelfile.examples" / "tiny-llama" / "model"
@@ -30,42 +29,6 @@ SHARD = stf.SafetensorsShard()
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def weight_file(root: Path, rel: str, kind: str = "model") -> WeightFile:
-    path = root / rel
-    data = path.read_bytes()
-    return WeightFile(rel, str(path), "sha256:" + hashlib.sha256(data).hexdigest(), len(data), kind)
-
-
-def model_set(root: Path) -> list[WeightFile]:
-    files = []
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            rel = p.relative_to(root).as_posix()
-            files.append(weight_file(root, rel, "model" if rel.endswith(".safetensors") else "config"))
-    return files
-
-
-class Progress:
-    def __init__(self) -> None:
-        self.total = 0
-        self.done = 0
-        self.logs: list[str] = []
-
-    def ctx(self, workdir: Path, jobs: int = 2) -> TransformContext:
-        return TransformContext(workdir, jobs=jobs, advance=self._advance, set_total=self._set_total,
-                                log=self.logs.append)
-
-    def _advance(self, n: int) -> None:
-        self.done += n
-
-    def _set_total(self, n: int) -> None:
-        self.total = n
-
-
-def ctx_for(tmp_path: Path, name: str = "work", jobs: int = 2) -> TransformContext:
-    return TransformContext(tmp_path / name, jobs=jobs)
 
 
 def outputs_by_path(result: list) -> dict[str, str]:
@@ -203,7 +166,7 @@ def test_write_streams_lazy_tensors_loading_each_once(tmp_path):
     assert (tmp_path / "x.safetensors").read_bytes() == save(arrays, metadata={"format": "pt"})
 
 
-def test_iter_tensors_is_lazy_and_memory_mapped(tmp_path):
+def test_iter_tensors_is_lazy_and_memory_mapped(tmp_path, weight_file):
     rng = np.random.default_rng(1)
     arrays = {"w": rng.standard_normal((8, 4)).astype(ml_dtypes.bfloat16),
               "f8": rng.standard_normal(16).astype(ml_dtypes.float8_e4m3fn),
@@ -223,7 +186,7 @@ def test_iter_tensors_is_lazy_and_memory_mapped(tmp_path):
         assert seen[name].dtype == arr.dtype
         np.testing.assert_array_equal(bits(seen[name]), bits(arr))
     # the round trip through write gives the same file
-    FMT.write(str(tmp_path / "again.safetensors"), FMT.iter_tensors(weight_file(tmp_path, "m.safetensors")), None)
+    FMT.write(str(tmp_path / "again.safetensors"), FMT.iter_tensors(weight_file(tmp_path / "m.safetensors")), None)
     assert (tmp_path / "again.safetensors").read_bytes() == path.read_bytes()
 
 
@@ -310,9 +273,9 @@ def test_the_library_and_our_parser_accept_the_same_good_file(tmp_path):
 # -- read_info ----------------------------------------------------------------------------
 
 
-def test_read_info_tiny_llama():
+def test_read_info_tiny_llama(weight_file):
     config = json.loads((TINY_LLAMA / "config.json").read_text())
-    info = FMT.read_info([weight_file(TINY_LLAMA, "model.safetensors")], config)
+    info = FMT.read_info([weight_file(TINY_LLAMA / "model.safetensors")], config)
     loaded = load_file(str(TINY_LLAMA / "model.safetensors"))
     assert info.param_count == params_of(loaded) == 156_480
     assert info.dtype_params == {"float32": 156_480}
@@ -324,13 +287,13 @@ def test_read_info_tiny_llama():
     assert info.extra["metadata"] == {"format": "pt"}
 
 
-def test_read_info_silero_vad():
+def test_read_info_silero_vad(weight_file):
     root = installed_data("silero_vad")
     if root is None:
         pytest.skip("silero-vad is not installed (scripts/fetch-test-data)")
     path = root / "data" / "silero_vad_16k.safetensors"
     loaded = load_file(str(path))
-    info = FMT.read_info([weight_file(path.parent, path.name)], None)
+    info = FMT.read_info([weight_file(path)], None)
     assert info.param_count == params_of(loaded)
     assert info.dtype_params == {"float32": params_of(loaded)}
     assert info.extra["tensor_count"] == len(loaded)
@@ -338,39 +301,39 @@ def test_read_info_silero_vad():
     assert (info.architecture, info.family, info.quantization) == (None, None, None)
 
 
-def test_read_info_fracast_float_and_int8():
+def test_read_info_fracast_float_and_int8(weight_file):
     root = installed_data("fracast")
     if root is None:
         pytest.skip("fracast is not installed (scripts/fetch-test-data)")
     weights = root / "weights"
     full = load_file(str(weights / "model.safetensors"))
     int8 = load_file(str(weights / "model.int8.safetensors"))
-    info = FMT.read_info([weight_file(weights, "model.safetensors")], None)
+    info = FMT.read_info([weight_file(weights / "model.safetensors")], None)
     assert info.param_count == params_of(full) == int(info.extra["metadata"]["parameter_count"])
     assert info.dtype_params == {"float32": params_of(full)}
     assert info.extra["metadata"]["model_name"] == "fracast-0"
 
     # int8: `P.scale` beside `P.qweight` are scales, not parameters; the rest count
     scales = {k for k in int8 if k.endswith(".scale") and k[:-6] + ".qweight" in int8}
-    info8 = FMT.read_info([weight_file(weights, "model.int8.safetensors")], None)
+    info8 = FMT.read_info([weight_file(weights / "model.int8.safetensors")], None)
     assert info8.param_count == params_of({k: v for k, v in int8.items() if k not in scales})
     assert info8.param_count == int(info8.extra["metadata"]["parameter_count"]) == info.param_count
     assert info8.dtype_params["int8"] == sum(v.size for v in int8.values() if v.dtype == np.int8)
     assert info8.extra["scale_tensors"] == len(scales)
     assert info8.extra["tensor_count"] == len(int8)
 
-    both = FMT.read_info([weight_file(weights, "model.safetensors"), weight_file(weights, "model.int8.safetensors")],
+    both = FMT.read_info([weight_file(weights / "model.safetensors"), weight_file(weights / "model.int8.safetensors")],
                          None)
     assert both.param_count == info.param_count + info8.param_count
     assert "metadata_by_file" in both.extra and both.extra["metadata"]["model_name"] == "fracast-0"
 
 
-def test_scales_beside_quantized_siblings_are_not_parameters(tmp_path):
+def test_scales_beside_quantized_siblings_are_not_parameters(tmp_path, weight_file):
     w = np.ones((8, 16), np.int8)
     src = {"proj.weight.int8": w, "proj.weight.scale": np.ones(8, np.float32), "norm.weight": np.ones(16, np.float32),
            "layer.scale": np.ones(16, np.float32)}  # a learned scale with no quantized sibling: a parameter
     root = write_model(tmp_path, src)
-    info = FMT.read_info([weight_file(root, "model.safetensors")], None)
+    info = FMT.read_info([weight_file(root / "model.safetensors")], None)
     assert info.param_count == 8 * 16 + 16 + 16
     assert info.dtype_params == {"int8": 128, "float32": 32}
     assert info.extra["scale_tensors"] == 1
@@ -391,14 +354,14 @@ def mixed_model(rng) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("qtype, np_type", [("bfloat16", ml_dtypes.bfloat16), ("float16", np.float16)])
-def test_cast_equals_numpy_conversion(tmp_path, qtype, np_type):
+def test_cast_equals_numpy_conversion(tmp_path, qtype, np_type, weight_file, model_set, transform_context):
     rng = np.random.default_rng(2)
     src = mixed_model(rng)
     root = write_model(tmp_path / "in", src, metadata={"format": "pt", "note": "kept"}, config=LLAMA_CONFIG)
     (root / "tokenizer.json").write_text("{}")
     files = model_set(root)
-    progress = Progress()
-    result = CAST.quantize(files, qtype, {}, progress.ctx(tmp_path / "work"))
+    ctx = transform_context(jobs=2)
+    result = CAST.quantize(files, qtype, {}, ctx)
 
     tok = next(r for r in result if r.path == "tokenizer.json")
     assert tok is next(f for f in files if f.path == "tokenizer.json")  # passed through, same object
@@ -418,23 +381,23 @@ def test_cast_equals_numpy_conversion(tmp_path, qtype, np_type):
     if qtype == "float16":
         loaded = load_file(out["model.safetensors"])  # the library's numpy loader reads it
         assert loaded["odd"].dtype == np.float16
-        assert any("odd" in line and "infinite" in line for line in progress.logs)  # 70000 overflows
+        assert any("odd" in line and "infinite" in line for line in ctx.logs)  # 70000 overflows
     config = json.loads(Path(out["config.json"]).read_text())
     assert config == {**LLAMA_CONFIG, "torch_dtype": qtype}
     assert Path(out["config.json"]).read_text() == json.dumps(config, indent=2, sort_keys=True) + "\n"
-    assert progress.total == sum(a.nbytes for a in src.values()) == progress.done
+    assert ctx.total == sum(a.nbytes for a in src.values()) == ctx.done
     # the declared parameter count does not change with the dtype
-    info = FMT.read_info([weight_file(Path(out["model.safetensors"]).parent, "model.safetensors")], config)
+    info = FMT.read_info([weight_file(Path(out["model.safetensors"]).parent / "model.safetensors")], config)
     assert info.param_count == params_of(src)
     assert info.precision.split(",")[0] == qtype
 
 
-def test_cast_honours_keep_patterns(tmp_path):
+def test_cast_honours_keep_patterns(tmp_path, model_set, transform_context):
     rng = np.random.default_rng(3)
     src = llama_like(rng)
     root = write_model(tmp_path / "in", src)
     keep = ["lm_head.*", "*.layers.1.mlp.*"]
-    result = CAST.quantize(model_set(root), "bfloat16", {"keep": keep}, ctx_for(tmp_path))
+    result = CAST.quantize(model_set(root), "bfloat16", {"keep": keep}, transform_context(jobs=2))
     got = read_all(outputs_by_path(result)["model.safetensors"])
     for name, arr in src.items():
         kept = name.startswith("lm_head.") or ".layers.1.mlp." in name
@@ -443,17 +406,17 @@ def test_cast_honours_keep_patterns(tmp_path):
             np.testing.assert_array_equal(got[name], arr)
 
 
-def test_cast_of_a_sharded_model_keeps_shard_names_and_rewrites_the_index(tmp_path):
+def test_cast_of_a_sharded_model_keeps_shard_names_and_rewrites_the_index(tmp_path, model_set, transform_context):
     rng = np.random.default_rng(4)
     src = llama_like(rng)
     root = tmp_path / "in"
     sharded = SHARD.shard(model_set(write_model(root, src, metadata={"format": "pt"}, config=LLAMA_CONFIG)),
-                          6_000, ctx_for(tmp_path, "shard"))
+                          6_000, transform_context(jobs=2))
     in_files = model_set(materialize(outputs_by_path(sharded), tmp_path / "sharded"))
     shard_names = sorted(f.path for f in in_files if f.path.endswith(".safetensors"))
     assert len(shard_names) > 2
 
-    result = CAST.quantize(in_files, "float8_e4m3", {}, ctx_for(tmp_path, "q"))
+    result = CAST.quantize(in_files, "float8_e4m3", {}, transform_context(jobs=2))
     out = outputs_by_path(result)
     assert sorted(p for p in out if p.endswith(".safetensors")) == shard_names
     index = json.loads(Path(out["model.safetensors.index.json"]).read_text())
@@ -481,7 +444,7 @@ def fp8_error_bound(x: np.ndarray, scale: float) -> np.ndarray:
     return np.maximum(np.abs(x) * 2.0**-4, scale * 2.0**-10) * (1 + 1e-6) + np.abs(x) * 1e-6
 
 
-def test_fp8_layout_scales_and_error_bound(tmp_path):
+def test_fp8_layout_scales_and_error_bound(tmp_path, weight_file, model_set, transform_context):
     rng = np.random.default_rng(5)
     src = llama_like(rng, dtype=ml_dtypes.bfloat16)
     src["model.layers.0.mlp.down_proj.weight"] = (rng.standard_normal((16, 40)) * 3).astype(np.float32)
@@ -489,7 +452,7 @@ def test_fp8_layout_scales_and_error_bound(tmp_path):
     src["model.layers.1.self_attn.o_proj.weight"][:] = 0  # an all-zero weight
     src["model.layers.0.self_attn.o_proj.bias"] = np.ones(16, ml_dtypes.bfloat16)
     root = write_model(tmp_path / "in", src, metadata={"format": "pt"}, config=LLAMA_CONFIG)
-    result = CAST.quantize(model_set(root), "float8_e4m3", {}, ctx_for(tmp_path))
+    result = CAST.quantize(model_set(root), "float8_e4m3", {}, transform_context(jobs=2))
     out = outputs_by_path(result)
     got = read_all(out["model.safetensors"])
 
@@ -519,20 +482,20 @@ def test_fp8_layout_scales_and_error_bound(tmp_path):
     assert config["quantization_config"] == {"quant_method": "fp8", "activation_scheme": "dynamic",
                                              "ignored_layers": ["lm_head", "model.embed_tokens"]}
     assert config["torch_dtype"] == "float32"  # the activation dtype is not the storage dtype
-    info = FMT.read_info([weight_file(Path(out["model.safetensors"]).parent, "model.safetensors")], config)
+    info = FMT.read_info([weight_file(Path(out["model.safetensors"]).parent / "model.safetensors")], config)
     assert info.quantization == "fp8"
     assert info.param_count == params_of(src)  # the scales are not parameters
     assert info.extra["scale_tensors"] == 14
     assert info.dtype_params["float8_e4m3"] == sum(src[k].size for k in linear)
 
 
-def test_fp8_keep_patterns_fused_siblings_and_refusals(tmp_path):
+def test_fp8_keep_patterns_fused_siblings_and_refusals(tmp_path, model_set, transform_context):
     rng = np.random.default_rng(6)
     src = llama_like(rng)
     root = write_model(tmp_path / "in", src, config=LLAMA_CONFIG)
-    progress = Progress()
+    ctx = transform_context(jobs=2)
     keep = ["*.layers.1.self_attn.q_proj.*", "*.layers.0.mlp.down_proj.weight"]
-    result = CAST.quantize(model_set(root), "float8_e4m3", {"keep": keep}, progress.ctx(tmp_path / "w"))
+    result = CAST.quantize(model_set(root), "float8_e4m3", {"keep": keep}, ctx)
     out = outputs_by_path(result)
     header = raw_header(out["model.safetensors"])[1]
     kept = {"model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj", "model.layers.1.self_attn.v_proj",
@@ -544,41 +507,41 @@ def test_fp8_keep_patterns_fused_siblings_and_refusals(tmp_path):
     assert header["model.layers.0.mlp.gate_proj.weight"]["dtype"] == "F8_E4M3"  # down_proj is not fused
     ignored = json.loads(Path(out["config.json"]).read_text())["quantization_config"]["ignored_layers"]
     assert ignored == sorted(kept | {"lm_head", "model.embed_tokens"})
-    assert sum("vLLM fuses" in line for line in progress.logs) == 2
+    assert sum("vLLM fuses" in line for line in ctx.logs) == 2
 
     # an already quantized model is refused, whatever the target; with or without its config
     requant = materialize(out, tmp_path / "requant")
     for qtype in ("float8_e4m3", "bfloat16"):
         with pytest.raises(UsageError, match="config.json has a quantization_config"):
-            CAST.quantize(model_set(requant), qtype, {}, ctx_for(tmp_path, "again" + qtype))
+            CAST.quantize(model_set(requant), qtype, {}, transform_context(jobs=2))
     (requant / "config.json").unlink()
     with pytest.raises(UsageError, match="is F8_E4M3: the model is quantized"):
-        CAST.quantize(model_set(requant), "float16", {}, ctx_for(tmp_path, "again16"))
+        CAST.quantize(model_set(requant), "float16", {}, transform_context(jobs=2))
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
-def test_fp8_refuses_non_finite_weights(tmp_path, bad):
+def test_fp8_refuses_non_finite_weights(tmp_path, bad, model_set, transform_context):
     src = {"layer.proj.weight": np.array([[1.0, bad], [0.0, 1.0]], np.float32)}
     root = write_model(tmp_path / "in", src, config=LLAMA_CONFIG)
     with pytest.raises(FormatError, match="layer.proj.weight.*inf or NaN"):
-        CAST.quantize(model_set(root), "float8_e4m3", {}, ctx_for(tmp_path))
+        CAST.quantize(model_set(root), "float8_e4m3", {}, transform_context(jobs=2))
 
 
-def test_unknown_options_and_types_are_refused(tmp_path):
+def test_unknown_options_and_types_are_refused(tmp_path, model_set, transform_context):
     root = write_model(tmp_path / "in", {"a.weight": np.ones((2, 2), np.float32)})
     with pytest.raises(UsageError, match="no option --kep"):
-        CAST.quantize(model_set(root), "bfloat16", {"kep": ["x"]}, ctx_for(tmp_path))
+        CAST.quantize(model_set(root), "bfloat16", {"kep": ["x"]}, transform_context(jobs=2))
     with pytest.raises(UsageError, match="cannot produce 'q8_0'"):
-        CAST.quantize(model_set(root), "q8_0", {}, ctx_for(tmp_path))
+        CAST.quantize(model_set(root), "q8_0", {}, transform_context(jobs=2))
 
 
-def test_casting_an_int8_checkpoint_leaves_its_scales_alone(tmp_path):
+def test_casting_an_int8_checkpoint_leaves_its_scales_alone(tmp_path, weight_file, transform_context):
     root = installed_data("fracast")
     if root is None:
         pytest.skip("fracast is not installed (scripts/fetch-test-data)")
     src_path = root / "weights" / "model.int8.safetensors"
     src = load_file(str(src_path))
-    result = CAST.quantize([weight_file(src_path.parent, src_path.name)], "bfloat16", {}, ctx_for(tmp_path))
+    result = CAST.quantize([weight_file(src_path)], "bfloat16", {}, transform_context(jobs=2))
     got = read_all(outputs_by_path(result)["model.int8.safetensors"])
     for name, arr in src.items():
         if name.endswith(".scale") or arr.dtype != np.float32:
@@ -588,7 +551,8 @@ def test_casting_an_int8_checkpoint_leaves_its_scales_alone(tmp_path):
 
 
 @pytest.mark.parametrize("qtype", ["bfloat16", "float8_e4m3"])
-def test_quantize_is_deterministic_whatever_the_jobs_and_chunks(tmp_path, monkeypatch, qtype):
+def test_quantize_is_deterministic_whatever_the_jobs_and_chunks(tmp_path, monkeypatch, qtype, model_set,
+                                                                transform_context):
     rng = np.random.default_rng(7)
     src = llama_like(rng)
     src["model.layers.0.mlp.up_proj.weight"] = (rng.standard_normal((300, 200)) * 2).astype(np.float32)
@@ -596,7 +560,7 @@ def test_quantize_is_deterministic_whatever_the_jobs_and_chunks(tmp_path, monkey
     files = model_set(root)
 
     def run(name, jobs):
-        result = CAST.quantize(files, qtype, {}, ctx_for(tmp_path, name, jobs))
+        result = CAST.quantize(files, qtype, {}, transform_context(jobs=jobs))
         return {p: Path(f).read_bytes() for p, f in outputs_by_path(result).items()}
 
     one = run("a", 1)
@@ -627,7 +591,7 @@ def shard_model(rng) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("limit", [5_000, 12_000, "2KB"])
-def test_shard_matches_huggingface_hub_then_merge_restores(tmp_path, limit):
+def test_shard_matches_huggingface_hub_then_merge_restores(tmp_path, limit, model_set, transform_context):
     from modelbuild.weights import parse_size
 
     max_bytes = parse_size(limit) if isinstance(limit, str) else limit
@@ -636,8 +600,8 @@ def test_shard_matches_huggingface_hub_then_merge_restores(tmp_path, limit):
     root = write_model(tmp_path / "in", src, metadata={"format": "pt"}, config=LLAMA_CONFIG)
     (root / "tokenizer.json").write_text("{}")
     files = model_set(root)
-    progress = Progress()
-    result = SHARD.shard(files, max_bytes, progress.ctx(tmp_path / "s"))
+    ctx = transform_context(jobs=2)
+    result = SHARD.shard(files, max_bytes, ctx)
     out = outputs_by_path(result)
     split = hf_split(src, max_bytes)
     assert split.is_sharded
@@ -659,16 +623,16 @@ def test_shard_matches_huggingface_hub_then_merge_restores(tmp_path, limit):
         assert raw_header(out[name])[1]["__metadata__"] == {"format": "pt"}
         # each shard is byte for byte what safetensors writes for those tensors
         assert Path(out[name]).read_bytes() == save({k: src[k] for k in members}, metadata={"format": "pt"})
-    assert progress.total == progress.done == sum(a.nbytes for a in src.values())
+    assert ctx.total == ctx.done == sum(a.nbytes for a in src.values())
 
     # merge: shards + index -> one model.safetensors, the index gone
     sroot = materialize(out, tmp_path / "sharded")
-    merged = outputs_by_path(SHARD.merge(model_set(sroot), ctx_for(tmp_path, "m")))
+    merged = outputs_by_path(SHARD.merge(model_set(sroot), transform_context(jobs=2)))
     assert set(merged) == {"model.safetensors", "config.json", "tokenizer.json"}
     assert Path(merged["model.safetensors"]).read_bytes() == save(src, metadata={"format": "pt"})
 
 
-def test_single_shard_is_a_plain_file_without_index(tmp_path):
+def test_single_shard_is_a_plain_file_without_index(tmp_path, model_set, transform_context):
     rng = np.random.default_rng(9)
     src = shard_model(rng)
     root = write_model(tmp_path / "in", src, metadata={"format": "pt"})
@@ -676,26 +640,26 @@ def test_single_shard_is_a_plain_file_without_index(tmp_path):
     split = hf_split(src, 10**9)
     assert not split.is_sharded and list(split.filename_to_tensors) == ["model.safetensors"]
     # one plain file that fits: nothing to do, the input passes through
-    result = SHARD.shard(files, 10**9, ctx_for(tmp_path, "s"))
+    result = SHARD.shard(files, 10**9, transform_context(jobs=2))
     assert result == files
-    assert SHARD.merge(files, ctx_for(tmp_path, "m")) == files
+    assert SHARD.merge(files, transform_context(jobs=2)) == files
 
     # a sharded model re-sharded into one: model.safetensors, no index
-    out = outputs_by_path(SHARD.shard(files, 3_000, ctx_for(tmp_path, "s2")))
+    out = outputs_by_path(SHARD.shard(files, 3_000, transform_context(jobs=2)))
     sroot = materialize(out, tmp_path / "sharded")
-    again = outputs_by_path(SHARD.shard(model_set(sroot), 10**9, ctx_for(tmp_path, "s3")))
+    again = outputs_by_path(SHARD.shard(model_set(sroot), 10**9, transform_context(jobs=2)))
     assert set(again) == {"model.safetensors"}
     assert Path(again["model.safetensors"]).read_bytes() == save(src, metadata={"format": "pt"})
 
 
-def test_groups_shard_independently(tmp_path):
+def test_groups_shard_independently(tmp_path, model_set, transform_context):
     rng = np.random.default_rng(10)
     a, b = llama_like(rng), llama_like(rng)
     root = tmp_path / "in"
     write_model(root, a, metadata={"format": "pt"})
     write_model(root, b, name="model.int8.safetensors")
     write_model(root / "text_encoder", a)
-    result = outputs_by_path(SHARD.shard(model_set(root), 8_000, ctx_for(tmp_path)))
+    result = outputs_by_path(SHARD.shard(model_set(root), 8_000, transform_context(jobs=2)))
     for prefix, tensors in (("model", a), ("model.int8", b), ("text_encoder/model", a)):
         split = hf_split(tensors, 8_000)
         index = json.loads(Path(result[f"{prefix}.safetensors.index.json"]).read_text())
@@ -706,11 +670,11 @@ def test_groups_shard_independently(tmp_path):
             assert directory + name in result
 
 
-def test_merge_rejects_an_index_naming_missing_shards(tmp_path):
+def test_merge_rejects_an_index_naming_missing_shards(tmp_path, model_set, transform_context):
     rng = np.random.default_rng(11)
     src = llama_like(rng)
-    out = outputs_by_path(SHARD.shard(model_set(write_model(tmp_path / "in", src)), 5_000, ctx_for(tmp_path, "s")))
+    out = outputs_by_path(SHARD.shard(model_set(write_model(tmp_path / "in", src)), 5_000, transform_context(jobs=2)))
     sroot = materialize(out, tmp_path / "sharded")
     files = [f for f in model_set(sroot) if not f.path.startswith("model-00001")]
     with pytest.raises(FormatError, match=r"model\.safetensors\.index\.json: names model-00001"):
-        SHARD.merge(files, ctx_for(tmp_path, "m"))
+        SHARD.merge(files, transform_context(jobs=2))

@@ -151,7 +151,7 @@ def build(
     cache_from: Sequence[Any] = (),
 ) -> BuildResult:
     """Build; *cache_to* / *cache_from* are ``--cache-to`` / ``--cache-from`` values (strings
-    or parsed :class:`modelbuild.remote_cache.CacheSpec`), see :mod:`modelbuild.remote_cache`."""
+    or parsed :class:`modelbuild.cache.CacheSpec`), see :mod:`modelbuild.cache`."""
     from modelbuild.cache import BuildCache
     from modelbuild.ops import ExecEnv
     from modelbuild.progress import PlainRenderer

@@ -174,11 +174,13 @@ def modelbuild_register_quantizers(registry: Registry[Quantizer]) -> None:
     Options: declare what ``--name=value`` options the ``QUANTIZE`` line may carry as
     ``options``, a tuple of :class:`modelbuild.api.OptionSpec` (name, type, choices,
     default, help), e.g. ``(OptionSpec("keep", list, help="tensor-name patterns left as
-    they are"),)``. The declarations are for the frontend to check a line against, at the
-    line, before any work; until it does, ``options`` reach ``quantize`` as written (strings;
-    ``keep`` always a list) and a quantizer checks them itself. A quantizer without an
-    ``options`` attribute keeps that behaviour for good. Also optional:
-    ``key_extras(files, plugins)`` and ``worker_modules`` (see the Protocol).
+    they are"),)``. The frontend checks every option of the line against them, at its
+    column, before any work, converts it to the declared type and fills in declared
+    defaults: ``quantize`` receives complete, typed options and checks none itself. A
+    quantizer without an ``options`` attribute receives them as written (strings; a
+    repeated option a list; ``keep`` always a list). Also optional:
+    ``key_extras(files, plugins)`` and ``worker_modules`` (the modules its worker
+    processes import, preloaded once by modelbuild's forkserver: see the Protocol).
 
     Parameters:
         ``registry``: the quantizer :class:`~modelbuild.api.Registry` to add to.

@@ -11,7 +11,7 @@ For each step, in a thread pool bounded by ``-j``:
    identical work started by two builds at once is done once;
 4. the result is recorded in the index only after its blobs are in the store.
 
-With ``--cache-from`` (``remote``, a :class:`modelbuild.remote_cache.CacheImporter`), a
+With ``--cache-from`` (``remote``, a :class:`modelbuild.cache.CacheImporter`), a
 local miss asks the imported cache records before running; such a hit is CACHED too. Its
 blobs may be fetched only once a step that reads them runs; if one turns out corrupt then,
 the solve starts again without that entry (:class:`StaleImport`). Every keyed step's key and

@@ -228,8 +228,8 @@ def test_builtin_plugins_satisfy_their_protocol(hook):
             inspect.signature(getattr(obj, method)).bind(*positional, **{k: k for k in keywords})
 
 
-# the options each built-in transform accepts today (its hand checks: quantize.py, cast.py,
-# convert.py); the shard strategies take none
+# the options each built-in transform accepts (the frontend checks them from these
+# declarations; the plugins check none by hand); the shard strategies take none
 DECLARED = {
     ("quantizers", "gguf-quantize"): {"keep": list, "pure": bool},
     ("quantizers", "safetensors-cast"): {"keep": list},
@@ -306,3 +306,35 @@ def test_the_documented_quantizer_satisfies_its_protocol():
 
 def test_the_plugin_host_is_the_lookup_plugins_get():
     assert isinstance(plugin_host(), api.PluginLookup)
+
+
+def test_the_documented_frontend_builds_what_the_equivalent_modelfile_builds(tmp_path):
+    """docs/plugins.md's frontend, run as written: its description builds the same artifact,
+    digest for digest, as the Modelfile that says the same, and its errors point at its lines."""
+    import re
+    import shutil
+
+    from modelbuild.errors import ModelfileError
+    from modelbuild.testing import build_with
+
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "plugins.md").read_text(), re.S)
+    code = next(b for b in blocks if "class Listfile" in b)
+    namespace: dict = {"__name__": "listfile_plugin"}
+    exec(compile(code, "docs/plugins.md", "exec"), namespace)
+    plugin = type("ListfilePlugin", (), {"modelbuild_register_frontends": staticmethod(
+        namespace["modelbuild_register_frontends"])})()
+
+    model = tmp_path / "model"
+    shutil.copytree(REPO / "Modelfile.examples" / "tiny-llama" / "model", model)
+    (model / "build.list").write_text("# syntax=listfile\nname tiny\nconfig *.json\nmodel *.safetensors\n"
+                                      "quantize bfloat16\n")
+    (model / "Modelfile").write_text("NAME tiny\nCONFIG *.json\nMODEL *.safetensors\nQUANTIZE bfloat16\n")
+    listed = build_with(model / "build.list", tmp_path / "a", plugin)
+    modelfile = build_with(model / "Modelfile", tmp_path / "b")
+    assert listed.digest == modelfile.digest
+    assert listed.config["config"]["precision"] == "bfloat16"
+
+    (model / "build.list").write_text("# syntax=listfile\nmodel *.safetensors\nquantize q9_9\n")
+    with pytest.raises(ModelfileError) as info:
+        build_with(model / "build.list", tmp_path / "a", plugin)
+    assert info.value.render().startswith(f"{model / 'build.list'}:3:1: unknown quant type q9_9")

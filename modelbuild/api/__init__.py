@@ -42,7 +42,7 @@ Values exchanged
     ``WeightFile``      a file of the model set: ``path`` in the artifact, ``source`` to read
     ``Output``          a file a transform wrote: ``Output(path, file, kind)``
     ``TransformContext``  what a transform gets: ``output_path``, ``jobs``, progress, ``log``,
-                        ``mp_context``, ``plugins``
+                        ``run_processes``, ``mp_context``, ``plugins``
     ``ModelInfo``       the facts a format reads from headers
     ``Member``          one archive entry handed to a codec
     ``write_tar``       writes reproducible tar streams

@@ -172,9 +172,16 @@ class Quantizer(Protocol):
     options it accepts, for the frontend to check at the line; without it, options reach
     the plugin unchecked); ``key_extras(files, plugins) -> dict``, JSON-able facts the output
     also depends on, added to the step's cache key (hf-to-gguf names the architecture
-    adapter it will use; *plugins* is a :class:`PluginLookup`); ``worker_modules``, the
-    modules the worker processes started from ``ctx.mp_context()`` import, for the build to
-    preload once.
+    adapter it will use; *plugins* is a :class:`PluginLookup`); ``worker_modules``, a
+    tuple of the dotted names of the modules its worker processes import (numpy, extension
+    modules, the module defining the function workers run). Before the first step the
+    build collects them from every transform, and modelbuild's one forkserver per process
+    imports them once, single-threaded, before it starts any worker: workers are never
+    forked from the threaded build. Run CPU-bound work with
+    ``ctx.run_processes(fn, items, preload=self.worker_modules, on_done=…)`` (or a pool of
+    your own on ``ctx.mp_context(self.worker_modules)``): ``fn`` is a module-level function
+    of pickled arguments, inherits nothing from the parent, gets one BLAS/OpenMP thread, and
+    may also run in the calling thread while the workers start. Since: 1.0.
     """
 
     name: str

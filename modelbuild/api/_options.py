@@ -16,11 +16,13 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 class OptionSpec:
     """One ``--name=value`` option a quantizer, converter or shard strategy accepts.
 
-    A plugin declares them as a class attribute, ``options: tuple[OptionSpec, ...]``, for
-    the frontend to check a ``QUANTIZE``/``CONVERT`` line against, at the line, before any
-    work (until the frontend does, plugins check their options themselves). A plugin with no
-    ``options`` attribute gets its options unchecked (plugins written before 1.0);
-    ``options = ()`` means it takes none.
+    A plugin declares them as a class attribute, ``options: tuple[OptionSpec, ...]``. The
+    frontend checks a ``QUANTIZE``/``CONVERT`` line against them (:mod:`modelbuild.frontend.options`),
+    reporting ``Modelfile:L:C`` at the option before any work, converts each value to its
+    type, fills in defaults, and the plugin receives them typed, checking none by hand. A
+    plugin with no ``options`` attribute gets its options unchecked (plugins written before
+    1.0); ``options = ()`` means it takes none. A ``str`` option's choices match in any case
+    and arrive spelled as declared.
 
     ``type`` is ``str``, ``int``, ``float``, ``bool`` (written ``true`` or ``false``) or
     ``list``: a list of strings, where the option may be repeated and each value is split at

@@ -402,13 +402,18 @@ class _Interpreter:
             if not text.startswith("--") or not eq or not key:
                 raise ModelfileError.at(word.span, f"expected an option --name=value, got {syntax.shown(text)}",
                                         hint="e.g. --keep=lm_head.weight")
+            # a repeated option becomes a list; the plugin's declaration decides whether it may
+            # be (a list option) or not (an error at the repetition); keep is always a list
             if key == "keep":
                 options.setdefault("keep", []).extend(v for v in value.split(",") if v)
+                spans.setdefault(key, word.span)
             elif key in options:
-                raise ModelfileError.at(word.span, f"option --{syntax.clip(key)} is given twice")
+                previous = options[key]
+                options[key] = [*(previous if isinstance(previous, list) else [previous]), value]
+                spans[key] = word.span
             else:
                 options[key] = value
-            spans.setdefault(key, word.span)
+                spans[key] = word.span
         action = "convert" if d.name == "CONVERT" else "quantize"
         self._add_transform(TransformSpec(action, arg.lower(), tuple(sorted(options.items())), ins.span,
                                           option_spans=tuple(sorted(spans.items()))))

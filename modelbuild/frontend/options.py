@@ -85,8 +85,11 @@ def _convert(spec: Any, value: Any, span: Span | None, plugin: str) -> Any:
             return float(text)
         except ValueError:
             raise bad("is not a number") from None
-    if spec.choices and text not in spec.choices:
-        raise bad("is not one of its choices")
+    if spec.choices:  # written in any case, passed on as declared (--outtype=F16 is f16)
+        match = next((c for c in spec.choices if c.lower() == text.lower()), None)
+        if match is None:
+            raise bad("is not one of its choices")
+        return match
     return text
 
 

@@ -59,10 +59,10 @@ Three plugins share one header parser:
     it: one ``<stem>.gguf``, the ``split.*`` keys removed (gguf-split --merge keeps them
     with split.count 0). Tensor bytes are copied with ``os.copy_file_range``.
 
-Quantization runs in ``ctx.jobs`` forked processes: the parent plans the layout, writes
-header, keys and tensor infos through ``gguf.GGUFWriter``, sizes the file, and workers
-quantize chunks of rows and ``os.pwrite`` them at their precomputed offsets; no tensor data
-crosses a pipe and a worker holds one chunk at a time.
+Quantization runs in ``ctx.jobs`` worker processes (from modelbuild's forkserver): the
+parent plans the layout, writes header, keys and tensor infos through ``gguf.GGUFWriter``,
+sizes the file, and workers quantize chunks of rows and ``os.pwrite`` them at their
+precomputed offsets; no tensor data crosses a pipe and a worker holds one chunk at a time.
 
 numpy and gguf are imported inside functions: the CLI imports this package on every run.
 

@@ -131,20 +131,6 @@ class _TensorPlan:
 _LEGACY_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 _KQUANT_FILE_TYPES = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",
                       "q3_k", "q4_k", "q5_k")  # the last three: llama-quantize's aliases of the _M mixes
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-
-
-def _flag(name: str, value: Any, default: bool) -> bool:
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise UsageError(f"gguf-quantize: --{name}={value} is not a boolean", hint=f"--{name}=true or --{name}=false")
 
 
 class GGUFQuantizer:
@@ -213,15 +199,13 @@ class GGUFQuantizer:
         qtype = qtype.lower()
         if qtype not in self.types:
             raise UsageError(f"gguf-quantize cannot produce {qtype!r}", hint=f"types: {', '.join(self.types)}")
-        unknown = sorted(set(options) - {"keep", "pure"})
-        if unknown:
-            raise UsageError(f"gguf-quantize has no option {unknown[0]!r}",
-                             hint="its options: --keep=PATTERN,… --pure=true|false")
+        # options arrive checked and typed from the frontend (the ``options`` declarations)
         if ctx.jobs > 1:
             ctx.mp_context(WORKER_MODULES)  # the workers' server starts importing while we plan
         keep = options.get("keep", [])
         keep = [keep] if isinstance(keep, str) else list(keep)
-        pure = _flag("pure", options.get("pure"), self.default_pure(qtype))
+        pure = options.get("pure")
+        pure = self.default_pure(qtype) if pure is None else bool(pure)
         ftype = int(LlamaFileType[FILE_TYPES[file_type(qtype)][0]])
         models = _read_models(files)
         rewritten: dict[str, Output] = {}

@@ -112,13 +112,8 @@ class HfToGguf:
 
     def convert(self, files: list[WeightFile], options: dict[str, Any],
                 ctx: TransformContext) -> list[WeightFile | Output]:
-        outtype = str(options.get("outtype") or OUTTYPES[0]).lower()
-        if outtype not in OUTTYPES:
-            raise UsageError(f"hf-to-gguf cannot write --outtype={outtype}", hint=f"one of {', '.join(OUTTYPES)}")
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise UsageError(f"hf-to-gguf has no option --{unknown[0]}",
-                             hint="its options: --outtype=" + "|".join(OUTTYPES) + ", --name=TEXT, --pre=NAME")
+        # options arrive checked and typed from the frontend (the ``options`` declarations)
+        outtype = options.get("outtype") or OUTTYPES[0]
         registry = self._architectures(getattr(ctx, "plugins", None))
 
         directory, weights, index = self._weights(files)

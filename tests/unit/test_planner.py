@@ -131,3 +131,11 @@ def test_a_boolean_option_is_typed_and_a_bad_one_is_an_error_at_it():
     with pytest.raises(ModelfileError) as info:
         resolve(bad, HOST)
     assert info.value.render() == "Modelfile:5:20: gguf-quantize: --pure=maybe is not a boolean (--pure=true|false)"
+
+
+def test_a_repeated_option_is_a_list_only_where_declared_so():
+    gguf = (FileSpec("model.gguf", FileKind.MODEL, False),)
+    twice = BuildDescription(Path("/ctx"), gguf, transforms=(_quantize(("pure", ["yes", "no"]), arg="q4_k_m"),))
+    with pytest.raises(ModelfileError) as info:
+        resolve(twice, HOST)
+    assert info.value.render() == "Modelfile:5:20: option --pure is given twice"

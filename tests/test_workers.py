@@ -266,7 +266,7 @@ def test_a_build_with_quantize_steps_forks_only_the_single_threaded_server(cli, 
     writer.write_tensors_to_file()
     writer.close()
     age(ctx / "model.gguf")
-    (ctx / "Modelfile").write_text("NAME g\nMODEL model.gguf\nQUANTIZE q8_0\n")
+    (ctx / "Modelfile").write_text("NAME g\nMODEL model.gguf\nQUANTIZE q4_k_m\n")  # the acceptance case
     run = cli("build", "-f", "Modelfile", "-j", "2", "--progress", "plain", cwd=ctx,
               env={**env, "PYTHONWARNINGS": "error::DeprecationWarning"})
     assert run.rc == 0, run.err

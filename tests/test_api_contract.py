@@ -154,6 +154,9 @@ def test_cross_plugin_names_are_public():
 
 def test_every_api_name_is_importable_documented_and_exported():
     assert len(set(api.__all__)) == len(api.__all__)
+    for name in api.__all__:  # names load on first use (PEP 562): load them all
+        getattr(api, name)
+    assert sorted(dir(api)) == sorted(api.__all__)
     public = {n for n, v in vars(api).items() if not n.startswith("_") and not inspect.ismodule(v)} - {"annotations"}
     assert public == set(api.__all__), "every public name is in __all__, and only those"
     doc = api.__doc__ or ""

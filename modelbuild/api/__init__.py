@@ -71,45 +71,86 @@ Errors (exit code 2 unless said)
 
 from __future__ import annotations
 
-from modelbuild.api._kinds import (
-    Converter,
-    Frontend,
-    LayerCodec,
-    LayerSink,
-    PluginLookup,
-    Quantizer,
-    ShardStrategy,
-    Source,
-    Target,
-    WeightFormat,
-)
-from modelbuild.api._options import OptionSpec
-from modelbuild.api._provisional import (
-    Attestation,
-    Attester,
-    Engine,
-    Executor,
-    PulledModel,
-    StepRequest,
-    Subject,
-)
-from modelbuild.description import BuildDescription, FileKind, FileSpec, StageSpec, TransformSpec
-from modelbuild.errors import BuildError, ModelbuildError, ModelfileError, PluginError, Span, UsageError
-from modelbuild.hookspecs import hookimpl, hookspec
-from modelbuild.plugins import Registry, SourceRegistry
-from modelbuild.tarball import Member, write_tar
-from modelbuild.targets import (
-    ANN_ACCELERATOR,
-    ANN_REQUIRES,
-    ANN_TARGET,
-    Accelerator,
-    Constraint,
-    ConstraintError,
-    HostInfo,
-    Stage,
-    version_tuple,
-)
-from modelbuild.weights import FormatError, ModelInfo, Output, TransformContext, WeightFile
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
+# Where each name lives. The names are imported on first use (PEP 562), so importing this
+# module costs almost nothing: a worker process that unpickles a plugin function imports
+# only what that plugin uses, and the CLI does not pay for the targets or the hookspecs
+# before it needs them.
+_WHERE = {
+    **dict.fromkeys(("Converter", "Frontend", "LayerCodec", "LayerSink", "PluginLookup", "Quantizer",
+                     "ShardStrategy", "Source", "Target", "WeightFormat"), "modelbuild.api._kinds"),
+    "OptionSpec": "modelbuild.api._options",
+    **dict.fromkeys(("Attestation", "Attester", "Engine", "Executor", "PulledModel", "StepRequest", "Subject"),
+                    "modelbuild.api._provisional"),
+    **dict.fromkeys(("BuildDescription", "FileKind", "FileSpec", "StageSpec", "TransformSpec"),
+                    "modelbuild.description"),
+    **dict.fromkeys(("BuildError", "ModelbuildError", "ModelfileError", "PluginError", "Span", "UsageError"),
+                    "modelbuild.errors"),
+    **dict.fromkeys(("hookimpl", "hookspec"), "modelbuild.hookspecs"),
+    **dict.fromkeys(("Registry", "SourceRegistry"), "modelbuild.plugins"),
+    **dict.fromkeys(("Member", "write_tar"), "modelbuild.tarball"),
+    **dict.fromkeys(("ANN_ACCELERATOR", "ANN_REQUIRES", "ANN_TARGET", "Accelerator", "Constraint", "ConstraintError",
+                     "HostInfo", "Stage", "version_tuple"), "modelbuild.targets"),
+    **dict.fromkeys(("FormatError", "ModelInfo", "Output", "TransformContext", "WeightFile"), "modelbuild.weights"),
+}
+
+
+def __getattr__(name: str) -> _Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelbuild.api' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value  # once: later look-ups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if _TYPE_CHECKING:
+    from modelbuild.api._kinds import (
+        Converter,
+        Frontend,
+        LayerCodec,
+        LayerSink,
+        PluginLookup,
+        Quantizer,
+        ShardStrategy,
+        Source,
+        Target,
+        WeightFormat,
+    )
+    from modelbuild.api._options import OptionSpec
+    from modelbuild.api._provisional import (
+        Attestation,
+        Attester,
+        Engine,
+        Executor,
+        PulledModel,
+        StepRequest,
+        Subject,
+    )
+    from modelbuild.description import BuildDescription, FileKind, FileSpec, StageSpec, TransformSpec
+    from modelbuild.errors import BuildError, ModelbuildError, ModelfileError, PluginError, Span, UsageError
+    from modelbuild.hookspecs import hookimpl, hookspec
+    from modelbuild.plugins import Registry, SourceRegistry
+    from modelbuild.tarball import Member, write_tar
+    from modelbuild.targets import (
+        ANN_ACCELERATOR,
+        ANN_REQUIRES,
+        ANN_TARGET,
+        Accelerator,
+        Constraint,
+        ConstraintError,
+        HostInfo,
+        Stage,
+        version_tuple,
+    )
+    from modelbuild.weights import FormatError, ModelInfo, Output, TransformContext, WeightFile
 
 
 def modelfile_frontend() -> Frontend:

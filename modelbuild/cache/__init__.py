@@ -8,17 +8,33 @@
 * :mod:`.exporter`: ``--cache-to``, written after a successful build;
 * :mod:`.errors`: what goes wrong with a cache, in one line.
 
-The names callers need are re-exported here.
+The names callers need are re-exported here, each imported on first use.
 """
 
 from __future__ import annotations
 
-from modelbuild.cache.errors import CacheError, StaleImport
-from modelbuild.cache.exporter import CacheExporter
-from modelbuild.cache.importer import CacheImporter
-from modelbuild.cache.index import BuildCache
-from modelbuild.cache.record import CACHE_MEDIA_TYPE
-from modelbuild.cache.spec import CacheSpec, parse_cache_spec, parse_cache_specs
+import importlib as _importlib
+from typing import Any as _Any
 
-__all__ = ["CACHE_MEDIA_TYPE", "BuildCache", "CacheError", "CacheExporter", "CacheImporter", "CacheSpec",
-           "StaleImport", "parse_cache_spec", "parse_cache_specs"]
+# Loaded on first use (PEP 562): every build needs the step index, only builds with
+# --cache-to/--cache-from need the importer and exporter (and the registry client behind them).
+_WHERE = {
+    "CACHE_MEDIA_TYPE": "record", "BuildCache": "index", "CacheError": "errors", "CacheExporter": "exporter",
+    "CacheImporter": "importer", "CacheSpec": "spec", "StaleImport": "errors", "parse_cache_spec": "spec",
+    "parse_cache_specs": "spec",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> _Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelbuild.cache' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"modelbuild.cache.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

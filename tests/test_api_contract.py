@@ -341,3 +341,13 @@ def test_the_documented_frontend_builds_what_the_equivalent_modelfile_builds(tmp
     with pytest.raises(ModelfileError) as info:
         build_with(model / "build.list", tmp_path / "a", plugin)
     assert info.value.render().startswith(f"{model / 'build.list'}:3:1: unknown quant type q9_9")
+
+
+def test_the_example_third_party_plugin_imports_only_modelbuild_api():
+    """tests/data/modelbuild-int8-plugin is docs/plugins.md's example distribution."""
+    for path in sorted((REPO / "tests" / "data" / "modelbuild-int8-plugin").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad = [n for n in names if n.split(".")[0] == "modelbuild" and n != "modelbuild.api"]
+            assert not bad, f"{path.name}:{node.lineno} imports {bad[0]}"

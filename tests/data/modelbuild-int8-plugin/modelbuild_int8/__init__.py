@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from modelbuild.hookspecs import hookimpl
-from modelbuild.weights import Output
+from modelbuild.api import OptionSpec, Output, hookimpl
 
 __version__ = "1.0.0"
 
@@ -21,6 +20,7 @@ class Int8Rowwise:
     summary = "int8 weights with a float32 scale per row (safetensors)"
     format = "safetensors"
     types = ("int8-rowwise",)
+    options = (OptionSpec("keep", list, help="tensor-name patterns left in full precision"),)
 
     def quantize(self, files, qtype, options, ctx):
         import numpy as np

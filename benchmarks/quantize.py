@@ -132,6 +132,79 @@ def generate(path: Path, size_gb: float, dtype: str) -> dict:
 
 # -- children ----------------------------------------------------------------------------
 
+class _WorkerPeak:
+    """The largest peak RSS (VmHWM) of this process's descendants, sampled while it runs.
+
+    Transform workers start from modelbuild's forkserver, so they are the server's children,
+    not ours: ``RUSAGE_CHILDREN`` never sees them. Every 20 ms this reads ``/proc`` for each
+    descendant except the forkserver itself and multiprocessing's resource tracker (which
+    only import modules); VmHWM only grows, so the last sample before a worker exits is its
+    peak, give or take 20 ms of growth."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "_WorkerPeak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mb(self) -> float:
+        return self.peak_kb / 1024
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            for pid in self._descendants(os.getpid()):
+                self.peak_kb = max(self.peak_kb, self._hwm_kb(pid))
+
+    @staticmethod
+    def _descendants(root: int) -> list[int]:
+        parents: dict[int, int] = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    with open(f"/proc/{entry.name}/stat") as fh:
+                        parents[int(entry.name)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+        workers, frontier = [], [root]
+        while frontier:
+            parent = frontier.pop()
+            for pid, ppid in parents.items():
+                if ppid != parent:
+                    continue
+                frontier.append(pid)
+                if parent == root:  # our own children: the forkserver or tracker, or forked workers
+                    try:
+                        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                            cmd = fh.read()
+                    except OSError:
+                        continue
+                    if b"forkserver" in cmd or b"resource_tracker" in cmd:
+                        continue  # its children (forked from it, same command line) are the workers
+                workers.append(pid)
+        return workers
+
+    @staticmethod
+    def _hwm_kb(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+
 def _peak_mb(who: int) -> float:
     return resource.getrusage(who).ru_maxrss * 1024 / MB  # KiB on Linux
 
@@ -179,11 +252,12 @@ def child_plugin(path: str, qtype: str, jobs: int, workdir: str) -> dict:
     done = [0, 0]
     ctx = TransformContext(Path(workdir), jobs=jobs, advance=lambda n: done.__setitem__(0, done[0] + n),
                            set_total=lambda n: done.__setitem__(1, n))
-    start = time.perf_counter()
-    (out,) = GGUFQuantizer().quantize([wf], qtype, {}, ctx)
-    wall = time.perf_counter() - start
+    with _WorkerPeak() as workers:
+        start = time.perf_counter()
+        (out,) = GGUFQuantizer().quantize([wf], qtype, {}, ctx)
+        wall = time.perf_counter() - start
     peak_self = _peak_mb(resource.RUSAGE_SELF)
-    peak_worker = _peak_mb(resource.RUSAGE_CHILDREN)
+    peak_worker = max(_peak_mb(resource.RUSAGE_CHILDREN), workers.mb)
     reader = gguf.GGUFReader(out.file)
     hashes = {t.name: hashlib.sha256(t.data.tobytes()).hexdigest() for t in reader.tensors
               if t.tensor_type.name.lower() == qtype}
@@ -238,11 +312,13 @@ def child_plugin_all(path: str, qtype: str, jobs: int, workdir: str) -> dict:
     done = [0, 0]
     ctx = TransformContext(Path(workdir), jobs=jobs, advance=lambda n: done.__setitem__(0, done[0] + n),
                            set_total=lambda n: done.__setitem__(1, n))
-    start = time.perf_counter()
-    (out,) = GGUFQuantizer().quantize([wf], qtype, {}, ctx)
-    wall = time.perf_counter() - start
+    with _WorkerPeak() as workers:
+        start = time.perf_counter()
+        (out,) = GGUFQuantizer().quantize([wf], qtype, {}, ctx)
+        wall = time.perf_counter() - start
     return {"wall_s": wall, "peak_rss_mb": _peak_mb(resource.RUSAGE_SELF),
-            "peak_worker_rss_mb": _peak_mb(resource.RUSAGE_CHILDREN), "hashes": _tensor_hashes(out.file),
+            "peak_worker_rss_mb": max(_peak_mb(resource.RUSAGE_CHILDREN), workers.mb),
+            "hashes": _tensor_hashes(out.file),
             "progress": done, "out_bytes": os.path.getsize(out.file)}
 
 

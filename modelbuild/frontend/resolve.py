@@ -61,6 +61,9 @@ def resolve_variants(desc: BuildDescription, host: "PluginHost", fmt: str | None
                      platforms: Sequence[str] = ()) -> list[Variant]:
     """The variants to build, generic (CPU) ones first, each with its checked chain."""
     if not desc.stages:
+        if platforms:
+            raise UsageError(f"--platform {','.join(platforms)}: {desc.source_file} has no TARGET stage to select",
+                             hint="drop --platform, or add TARGET stages: docs/modelfile.md")
         return [Variant(None, None)]
     from modelbuild.targets import ANN_STAGE, ConstraintError, Stage
 

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rm": ("modelbuild.commands.rm", "remove tags from the local store"),
     "prune": ("modelbuild.commands.prune", "free space: delete unreferenced blobs; --verify checks every blob"),
     "plugins": ("modelbuild.commands.plugins", "list installed plugins and what they provide"),
+    "version": ("modelbuild.commands.version", "show the version of modelbuild, its plugin API and Python"),
 }
 
 DESCRIPTION = """\

@@ -19,10 +19,21 @@ def test_help_lists_every_command(cli):
     # through `python -m modelbuild`: the real entry point and its exit status
     run = cli("--help")
     assert run.rc == 0
-    for name in ("build", "inspect", "ls", "rm", "prune", "plugins"):
+    for name in ("build", "inspect", "ls", "rm", "prune", "plugins", "version"):
         assert name in run.out
     build_help = cli("build", "--help")
     assert "--print-graph" in build_help.out and "examples:" in build_help.out
+
+
+def test_version_names_modelbuild_its_plugin_api_and_the_plugins(mb):
+    from modelbuild import __version__
+
+    run = mb("version")
+    assert run.rc == 0 and run.out.splitlines()[0] == f"modelbuild {__version__}"
+    assert f"plugin API: {'.'.join(__version__.split('.')[:2])}" in run.out
+    doc = mb("version", "--json").json()
+    assert doc["version"] == __version__
+    assert {"gguf", "safetensors", "hf-gguf", "targets"} <= {p["name"] for p in doc["plugins"]}
 
 
 def test_shorthand_builds_the_bundled_example(mb, home):

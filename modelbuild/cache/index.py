@@ -49,7 +49,11 @@ class BuildCache:
         except OSError as exc:
             raise os_failure(exc, doing, self.root) from None
         except sqlite3.Error as exc:
-            raise StoreError(f"{shown(self.root)}: cannot {doing}: {_read_only(self.root) or shown(exc)}") from None
+            # SQLite's "database or disk is full" is the OS's ENOSPC: worded as every other
+            # full-disk error is, so a full disk reads the same whichever write hit it first
+            full = "no space left on device" if "disk is full" in str(exc) else None
+            raise StoreError(f"{shown(self.root)}: cannot {doing}: {_read_only(self.root) or full or shown(exc)}"
+                             ) from None
 
     def close(self) -> None:
         with contextlib.suppress(OSError, sqlite3.Error):

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from modelbuild.oci.mediatypes import ANNOTATION_FILEPATH
+
 
 @dataclass(frozen=True, slots=True)
 class BlobRef:
@@ -180,8 +182,6 @@ class Layer:
 
     @property
     def path(self) -> str:
-        from modelbuild.oci.mediatypes import ANNOTATION_FILEPATH
-
         return (self.descriptor.annotations or {})[ANNOTATION_FILEPATH]
 
     def to_json(self) -> dict[str, Any]:

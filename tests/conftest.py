@@ -19,9 +19,22 @@ from pathlib import Path
 
 import pytest
 
-from support import Run
+from support import EXAMPLES, Run, age
 
 pytest_plugins = ["modelbuild.testing"]
+
+
+@pytest.fixture
+def tiny_llama(tmp_path: Path) -> Path:
+    """A copy of the bundled tiny-llama model directory, its files aged past the stat
+    cache's racy window (so a rebuild trusts their digests)."""
+    import shutil
+
+    dest = tmp_path / "model"
+    shutil.copytree(EXAMPLES / "tiny-llama" / "model", dest)
+    for p in dest.iterdir():
+        age(p)
+    return dest
 
 
 @pytest.fixture

@@ -7,11 +7,8 @@ converts to GGUF and quantizes (q8_0), and a CUDA stage that casts to bfloat16 a
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from support import EXAMPLES, age
 from modelbuild.api import hookimpl
 from modelbuild.testing import build_with
 
@@ -20,12 +17,8 @@ STAGES = "TARGET cpu\nCONVERT gguf --outtype=f32\nQUANTIZE q8_0\n\nTARGET cuda c
 
 
 @pytest.fixture
-def ctx(tmp_path):
-    dest = tmp_path / "model"
-    shutil.copytree(EXAMPLES / "tiny-llama" / "model", dest)
-    for p in dest.iterdir():
-        age(p)
-    return dest
+def ctx(tiny_llama):
+    return tiny_llama
 
 
 def build(ctx, home, *plugins, gpu="gpu"):

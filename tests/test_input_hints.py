@@ -3,21 +3,17 @@ weights should be, and --platform on a Modelfile without TARGET stages."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from support import EXAMPLES, error_line
+from support import error_line
 
 POINTER = (b"version https://git-lfs.github.com/spec/v1\n"
            b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 1240000\n")
 
 
 @pytest.fixture
-def ctx(tmp_path):
-    dest = tmp_path / "model"
-    shutil.copytree(EXAMPLES / "tiny-llama" / "model", dest)
-    return dest
+def ctx(tiny_llama):
+    return tiny_llama
 
 
 def test_a_git_lfs_pointer_is_named_with_the_fix(mb, ctx):

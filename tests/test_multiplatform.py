@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
 
-from support import EXAMPLES, age
 from helpers import read_artifact, validate_against_shared_schema
 from modelbuild.errors import NotFoundError
 from modelbuild.hookspecs import hookimpl
@@ -24,12 +22,8 @@ STAGES = {
 
 
 @pytest.fixture
-def ctx(tmp_path):
-    dest = tmp_path / "model"
-    shutil.copytree(EXAMPLES / "tiny-llama" / "model", dest)
-    for p in dest.iterdir():
-        age(p)
-    return dest
+def ctx(tiny_llama):
+    return tiny_llama
 
 
 def modelfile(stages):

@@ -4,26 +4,20 @@ filled in from the weights themselves."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from support import EXAMPLES, age
-from helpers import blob, read_artifact, validate_against_shared_schema
+from support import age
+from helpers import blob, validate_against_shared_schema
 
-EXAMPLE_MODEL = EXAMPLES / "tiny-llama" / "model"
 BASE = "NAME tiny\nCONFIG *.json\nMODEL *.safetensors\nDOC README.md\n"
 
 
 @pytest.fixture
-def ctx(tmp_path):
-    dest = tmp_path / "model"
-    shutil.copytree(EXAMPLE_MODEL, dest)
-    for p in dest.iterdir():
-        age(p)
-    return dest
+def ctx(tiny_llama):
+    return tiny_llama
 
 
 def layer_bytes(home, result, path):

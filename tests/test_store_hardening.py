@@ -246,6 +246,9 @@ def test_store_without_permission_is_one_error_naming_it(model, tmp_path):
         pytest.skip(message)
     base = Path(tempfile.mkdtemp(prefix="mb-perm-", dir="/tmp"))  # tmp_path is root's alone (0700)
     home = base / "home"
+    # the other user must reach the checkout and the virtualenv: a clone made in `mktemp -d`
+    # sits in a 0700 directory; let others search (not list) its ancestors while this runs
+    opened = _let_others_through([REPO, Path(sys.prefix)]) if root else []
     try:
         base.chmod(0o755)
         ctx = shutil.copytree(model, base / "ctx")
@@ -273,6 +276,25 @@ def test_store_without_permission_is_one_error_naming_it(model, tmp_path):
             if d.is_dir():
                 d.chmod(0o755)
         shutil.rmtree(base)
+        for path, mode in reversed(opened):
+            path.chmod(mode)
+
+
+def _let_others_through(paths: list[Path]) -> list[tuple[Path, int]]:
+    """Add the search bit for others to every ancestor of *paths* that lacks it; the
+    (directory, old mode) pairs changed, to restore."""
+    changed: list[tuple[Path, int]] = []
+    seen: set[Path] = set()
+    for path in paths:
+        for directory in reversed([path.resolve(), *path.resolve().parents]):
+            if directory in seen:
+                continue
+            seen.add(directory)
+            mode = directory.stat().st_mode & 0o7777
+            if not mode & 0o001:
+                directory.chmod(mode | 0o001)
+                changed.append((directory, mode))
+    return changed
 
 
 # -- a damaged index.json -------------------------------------------------------------------

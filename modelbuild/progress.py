@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
 from modelbuild.units import human_size
 
@@ -27,7 +27,7 @@ MODES = ("auto", "tty", "plain", "quiet", "json")
 
 @dataclass(slots=True)
 class Event:
-    kind: str  # "start", "progress", "log", "cached", "done", "error", "warning"
+    kind: str  # "start", "progress", "log", "cached", "done", "error", "warning", "result"
     step: int  # 1-based step number; 0 for build-level messages
     label: str = ""
     current: int = 0
@@ -35,6 +35,8 @@ class Event:
     message: str = ""
     duration: float = 0.0
     time: float = field(default_factory=time.time)
+    # "result" events only: what the command produced (``--json``'s document), the last event
+    data: dict[str, Any] | None = None
 
 
 Renderer = Callable[[Event], None]

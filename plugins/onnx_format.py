@@ -69,7 +69,7 @@ import posixpath
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from modelbuild.api import FormatError, ModelInfo, WeightFile, hookimpl
+from modelbuild.api import FormatError, ModelInfo, WeightFile, hookimpl, lfs_pointer_hint
 
 # Bump when read_info's answers change for the same file: it enters cache keys.
 FORMAT_VERSION = "1"
@@ -294,14 +294,15 @@ def _parse(path: str, source: str) -> Any:
     except OSError as exc:
         raise FormatError(path, f"cannot read: {exc.strerror or exc}") from None
     model = ModelProto()
+    head = data[:64]
     try:
         model.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise FormatError(path, f"not an ONNX model, or truncated ({exc})") from None
+        raise FormatError(path, f"not an ONNX model, or truncated ({exc})", hint=lfs_pointer_hint(data[:64])) from None
     del data
     if model.ir_version <= 0 or not model.HasField("graph"):
         missing = "graph" if model.ir_version > 0 else "ir_version"
-        raise FormatError(path, f"not an ONNX model, or truncated: no {missing}")
+        raise FormatError(path, f"not an ONNX model, or truncated: no {missing}", hint=lfs_pointer_hint(head))
     return model
 
 

@@ -57,6 +57,8 @@ Values exchanged
     ``BuildDescription``  what a frontend returns; made of ``FileSpec`` (with ``FileKind``),
                         ``TransformSpec`` and ``StageSpec``
     ``Span``            a place in a build file, for errors
+    ``lfs_pointer_hint``  ``lfs_pointer_hint(first_bytes)``: the hint for a format error on a
+                        file that is a Git LFS pointer (a clone without ``git lfs pull``), else None
 
 Errors (exit code 2 unless said)
     ``ModelbuildError``  the base of every expected error
@@ -90,6 +92,7 @@ _WHERE = {
     **dict.fromkeys(("BuildError", "ModelbuildError", "ModelfileError", "PluginError", "Span", "UsageError"),
                     "modelbuild.errors"),
     **dict.fromkeys(("hookimpl", "hookspec"), "modelbuild.hookspecs"),
+    "lfs_pointer_hint": "modelbuild.lfs",  # pointer_hint, under its public name
     **dict.fromkeys(("Registry", "SourceRegistry"), "modelbuild.plugins"),
     **dict.fromkeys(("Member", "write_tar"), "modelbuild.tarball"),
     **dict.fromkeys(("ANN_ACCELERATOR", "ANN_REQUIRES", "ANN_TARGET", "Accelerator", "Constraint", "ConstraintError",
@@ -97,12 +100,14 @@ _WHERE = {
     **dict.fromkeys(("FormatError", "ModelInfo", "Output", "TransformContext", "WeightFile"), "modelbuild.weights"),
 }
 
+_RENAMED = {"lfs_pointer_hint": "pointer_hint"}
+
 
 def __getattr__(name: str) -> _Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'modelbuild.api' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), _RENAMED.get(name, name))
     globals()[name] = value  # once: later look-ups are plain attribute reads
     return value
 
@@ -137,6 +142,7 @@ if _TYPE_CHECKING:
     from modelbuild.description import BuildDescription, FileKind, FileSpec, StageSpec, TransformSpec
     from modelbuild.errors import BuildError, ModelbuildError, ModelfileError, PluginError, Span, UsageError
     from modelbuild.hookspecs import hookimpl, hookspec
+    from modelbuild.lfs import pointer_hint as lfs_pointer_hint
     from modelbuild.plugins import Registry, SourceRegistry
     from modelbuild.tarball import Member, write_tar
     from modelbuild.targets import (
@@ -179,7 +185,7 @@ __all__ = [
     # values exchanged
     "ANN_ACCELERATOR", "ANN_REQUIRES", "ANN_TARGET", "Accelerator", "BuildDescription", "Constraint", "FileKind",
     "FileSpec", "HostInfo", "Member", "ModelInfo", "Output", "Span", "Stage", "StageSpec", "TransformContext",
-    "TransformSpec", "WeightFile", "version_tuple", "write_tar",
+    "TransformSpec", "WeightFile", "lfs_pointer_hint", "version_tuple", "write_tar",
     # errors
     "BuildError", "ConstraintError", "FormatError", "ModelbuildError", "ModelfileError", "PluginError",
     "UsageError",

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelbuild import lfs
 from modelbuild.context import walk_tree
 from modelbuild.digests import key_of
 from modelbuild.errors import BuildError
@@ -14,11 +15,6 @@ from modelbuild.graph import Step
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
 from modelbuild.results import ContextRoot, FileDigest, TreeEntry
 from modelbuild.tarball import normalise_mode
-
-# What a Git LFS pointer file starts with: a clone made without git-lfs (or before
-# `git lfs pull`) holds these ~130-byte text files where the weights should be.
-LFS_POINTER = b"version https://git-lfs.github.com/spec/"
-LFS_POINTER_MAX = 1024
 
 # A file modified less than this long before it was hashed is not put in the stat cache:
 # file-system clocks are coarse, so a write in the same tick would not change its mtime.
@@ -37,14 +33,11 @@ class SourceOp(Op):
         return Outcome(ContextRoot(root), cached=True)
 
 
-def _refuse_lfs_pointer(path: Path, rel: str) -> None:
-    """A MODEL file that is a Git LFS pointer is an error with the fix, not a confusing
-    format error from whatever reads it later."""
-    with open(path, "rb") as fh:
-        head = fh.read(len(LFS_POINTER))
-    if head == LFS_POINTER:
-        raise BuildError(f"{rel} is a Git LFS pointer, not the weights it names",
-                         hint="run `git lfs pull` in the model's repository, or clone it with git-lfs installed")
+def _refuse_lfs_pointer(path: Path, rel: str, size: int) -> None:
+    """A file that is a Git LFS pointer (weights, or a tokenizer) is an error with the fix,
+    not a confusing format error from whatever reads it later (:mod:`modelbuild.lfs`)."""
+    if lfs.is_pointer_file(path, size):
+        raise BuildError(f"{rel} is a Git LFS pointer, not the file it names", hint=lfs.HINT)
 
 
 class DigestOp(Op):
@@ -69,8 +62,6 @@ class DigestOp(Op):
     def _file(self, root: Path, rel: str, ingest: bool, ctx: StepContext) -> Outcome:
         path = root / rel
         st = os.stat(path)
-        if ctx.step.params.get("kind") == "model" and st.st_size <= LFS_POINTER_MAX:
-            _refuse_lfs_pointer(path, rel)
         digest, cached = self._digest(path, st, rel, ingest, ctx)
         return Outcome(FileDigest(rel, ctx.step.params.get("kind", "model"), digest, st.st_size,
                                   normalise_mode(st.st_mode), False, str(path)), cached=cached)
@@ -105,6 +96,7 @@ class DigestOp(Op):
         just when its content turns out to be new.
         """
         env = ctx.env
+        _refuse_lfs_pointer(path, rel, st.st_size)  # checked once: a hashed file is cached by its stat
         ctx.set_total(st.st_size)
         if ingest and not env.cache.seen_inode(st):
             digest, size, created = env.store.ingest_file(path, ctx.advance)

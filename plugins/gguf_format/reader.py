@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from modelbuild.api import FormatError, WeightFile
+from modelbuild.api import FormatError, WeightFile, lfs_pointer_hint
 
 from .constants import (
     _PRECISION,
@@ -183,6 +183,8 @@ def _describe_bytes(data: bytes) -> str:
 
 
 def _not_gguf_hint(head: bytes) -> str | None:
+    if lfs_pointer_hint(head):
+        return lfs_pointer_hint(head)
     if head.startswith(b"PK\x03\x04"):
         return "it looks like a zip archive (a PyTorch checkpoint?)"
     if len(head) >= 10 and head[8:10] == b'{"':
@@ -202,7 +204,7 @@ def parse_header(file: WeightFile | str | os.PathLike[str]) -> Header:
     try:
         try:
             size = os.fstat(fd).st_size
-            head = os.pread(fd, 16, 0)
+            head = os.pread(fd, 64, 0)  # enough to tell what else the file is
         except OSError as exc:
             raise FormatError(label, f"cannot read: {exc.strerror or exc}") from None
         if head[:4] != MAGIC:

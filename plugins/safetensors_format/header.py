@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from modelbuild.api import FormatError, WeightFile
+from modelbuild.api import FormatError, WeightFile, lfs_pointer_hint
 
 PLUGIN_VERSION = "1"
 
@@ -126,6 +126,9 @@ def read_header(source: str, label: str | None = None) -> Header:
                 raise FormatError(label, f"not a safetensors file: {size} bytes, shorter than the 8-byte header length")
             n = int.from_bytes(prefix, "little")
             if n > MAX_HEADER_SIZE:
+                hint = lfs_pointer_hint(prefix + fh.read(64))
+                if hint:
+                    raise FormatError(label, "not a safetensors file", hint=hint)
                 raise FormatError(label, f"header length {n:,} exceeds safetensors' limit of {MAX_HEADER_SIZE:,} bytes")
             if 8 + n > size:
                 raise FormatError(label, f"header length {n:,} runs past the end of the {size:,}-byte file (truncated?)")

@@ -5,6 +5,13 @@ config are read as untrusted input (verified against their digests, bounded in s
 descriptor validated), and every name shown from them is escaped
 (:func:`modelbuild.oci.verify.shown`). Anything malformed is one error line naming the file
 or digest, exit 1.
+
+The artifact is read with the one manifest-tree walker (:func:`modelbuild.oci.walk.read_tree`),
+one level deep. A manifest is shown with its config and layers. An OCI image index (a
+multi-platform build, docs/spec/multi-platform.md) is shown as its variants: one row per
+entry, with the stage, platform and accelerator its entry's annotations give and the format,
+quantization and size its manifest and config give. ``--platform auto|STAGE|TARGET`` picks
+one variant as ``pull`` would and shows it as a manifest.
 """
 
 from __future__ import annotations
@@ -13,17 +20,24 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelbuild.errors import NotFoundError
 
+if TYPE_CHECKING:
+    from modelbuild.oci.walk import Node, Tree
+    from modelbuild.store import Store
+
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
+VARIANT_COLUMNS = ["STAGE", "PLATFORM", "REQUIRES", "FORMAT", "QUANTIZATION", "PARAMS", "LAYERS", "SIZE", "DIGEST"]
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("ref", metavar="REF|DIR[:TAG]",
                    help="a tag or digest in the local store, or an OCI layout directory")
-    p.add_argument("--json", action="store_true", help="print manifest and config as JSON")
+    p.add_argument("--json", action="store_true", help="print manifest and config (an index: its variants) as JSON")
+    p.add_argument("--platform", default=None, metavar="auto|STAGE|TARGET",
+                   help="of a multi-platform artifact, show the one variant `pull` would pick (auto: for this host)")
 
 
 def _open(ref: str, home_override: str | None) -> tuple[Any, dict[str, Any], str]:
@@ -53,16 +67,22 @@ def _open(ref: str, home_override: str | None) -> tuple[Any, dict[str, Any], str
         raise
 
 
-def describe(store: Any, descriptor: dict[str, Any]) -> dict[str, Any]:
-    """Manifest and config, read verified; the config only when the manifest names one."""
-    from modelbuild.oci.verify import shown
-    from modelbuild.oci.verify import ManifestParts
+def read(store: Store, descriptor: dict[str, Any]) -> Tree:
+    """The artifact's tree, one level deep (an index and its manifests), every manifest and
+    index read verified through the store and validated by the one walker."""
+    from modelbuild.oci.verify import Descriptor, shown
+    from modelbuild.oci.walk import read_tree
 
-    manifest = store.read_json(descriptor["digest"], descriptor.get("size"))
-    parts = ManifestParts.parse(manifest, f"manifest {descriptor['digest']} in {shown(store.root)}")
-    doc: dict[str, Any] = {"digest": descriptor["digest"], "manifest": manifest, "parts": parts}
-    if parts.config is not None:
-        doc["config"] = store.read_json(parts.config.digest, parts.config.size)
+    return read_tree(Descriptor.parse(descriptor, "the artifact"), lambda d: store.read_blob(d.digest, d.size),
+                     max_depth=1, named=lambda d: f"blob {d.digest} in {shown(store.root)}")
+
+
+def describe(store: Store, node: Node) -> dict[str, Any]:
+    """A manifest's document and its config, read verified; the config only when the
+    manifest names one."""
+    doc: dict[str, Any] = {"digest": node.digest, "manifest": node.doc}
+    if node.parts.config is not None:
+        doc["config"] = store.read_json(node.parts.config.digest, node.parts.config.size)
     return doc
 
 
@@ -73,8 +93,17 @@ def _text(value: Any) -> str:
     return shown(json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else value)
 
 
-def _lines(label: str, digest: str, manifest: dict[str, Any], config: dict[str, Any]) -> list[str]:
+def _annotation_lines(digest: str, doc: dict[str, Any]) -> list[str]:
     from modelbuild.errors import BuildError
+    from modelbuild.oci.verify import shown
+
+    annotations = doc.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise BuildError(f"manifest {digest}: 'annotations' is not an object")
+    return [f"Label:         {shown(key, 60)}={_text(value)}" for key, value in annotations.items()]
+
+
+def _lines(label: str, digest: str, manifest: dict[str, Any], config: dict[str, Any]) -> list[str]:
     from modelbuild.oci.verify import shown
 
     kind = manifest.get("artifactType", manifest.get("mediaType"))
@@ -83,11 +112,7 @@ def _lines(label: str, digest: str, manifest: dict[str, Any], config: dict[str, 
         fields = config.get(section, {})
         if isinstance(fields, dict):
             lines.extend(f"{shown(key + ':', 60):<15}{_text(value)}" for key, value in fields.items())
-    annotations = manifest.get("annotations") or {}
-    if not isinstance(annotations, dict):
-        raise BuildError(f"manifest {digest}: 'annotations' is not an object")
-    lines.extend(f"Label:         {shown(key, 60)}={_text(value)}" for key, value in annotations.items())
-    return lines
+    return lines + _annotation_lines(digest, manifest)
 
 
 def _layer_row(layer: Any) -> list[str]:
@@ -102,21 +127,164 @@ def _layer_row(layer: Any) -> list[str]:
     return [shown(path), shown(kind, 60), human_size(layer.size), layer.digest[7:19]]
 
 
-def run(args: argparse.Namespace) -> int:
-    from modelbuild.commands._common import human_size, print_json, table
+def _print_manifest(label: str, doc: dict[str, Any], node: Node) -> None:
+    from modelbuild.commands._common import human_size, table
 
-    store, descriptor, label = _open(args.ref, args.home)
-    doc = describe(store, descriptor)
-    parts = doc.pop("parts")
-    doc = {"reference": label, **doc}
-    if args.json:
-        print_json(doc)
-        return 0
     lines = _lines(label, doc["digest"], doc["manifest"], doc.get("config", {}))
-    rows = [_layer_row(layer) for layer in parts.layers]
-    lines.append(f"Layers:        {len(rows)} ({human_size(sum(layer.size for layer in parts.layers))})")
+    rows = [_layer_row(layer) for layer in node.parts.layers]
+    lines.append(f"Layers:        {len(rows)} ({human_size(sum(layer.size for layer in node.parts.layers))})")
     print("\n".join(lines))
     if rows:
         print()
         print(table(rows, ["PATH", "TYPE", "SIZE", "DIGEST"]))
+
+
+# -- an index, as variants ----------------------------------------------------------------
+def _tags(store: Store) -> dict[str, list[str]]:
+    """Digest → the tags naming it, sorted."""
+    out: dict[str, list[str]] = {}
+    for ref, desc in sorted(store.tags().items()):
+        out.setdefault(desc["digest"], []).append(ref)
+    return out
+
+
+def variants(store: Store, tree: Tree, tags: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """One document per entry of the index, in its order: what the entry's platform and
+    annotations say (docs/spec/multi-platform.md §3), and what its manifest and config say.
+    Values are as found (untrusted): the text output escapes them."""
+    from modelbuild import targets as t
+
+    configs: dict[str, dict[str, Any]] = {}
+    out = []
+    for entry, node in tree.entries():
+        ann = dict(entry.annotations)
+        platform = entry.raw.get("platform") or {}
+        doc: dict[str, Any] = {
+            "stage": ann.get(t.ANN_STAGE), "target": ann.get(t.ANN_TARGET), "platform": platform,
+            "accelerator": ann.get(t.ANN_ACCELERATOR), "requires": ann.get(t.ANN_REQUIRES),
+            "format": None, "quantization": None, "precision": None, "paramSize": None,
+            "layerCount": 0, "size": entry.size, "digest": entry.digest,
+            "mediaType": node.media_type if node is not None else entry.media_type,
+            "config": None, "tags": tags.get(entry.digest, []), "annotations": ann,
+        }
+        fields: dict[str, Any] = {}
+        if node is not None:
+            parts = node.parts
+            doc["layerCount"] = len(parts.layers)
+            doc["size"] = entry.size + sum(b.size for b in parts.blobs())
+            if parts.config is not None:
+                doc["config"] = dict(parts.config.raw)
+                if parts.config.digest not in configs:
+                    configs[parts.config.digest] = store.read_json(parts.config.digest, parts.config.size)
+                section = configs[parts.config.digest].get("config")
+                fields = section if isinstance(section, dict) else {}
+        doc["format"] = fields.get("format") or ann.get(t.ANN_FORMAT)
+        doc["quantization"] = fields.get("quantization") or ann.get(t.ANN_QUANTIZATION)
+        doc["precision"] = fields.get("precision")
+        doc["paramSize"] = fields.get("paramSize")
+        out.append(doc)
+    return out
+
+
+def total_size(tree: Tree) -> int:
+    """The bytes the whole artifact takes: the index, and every manifest, config and layer
+    once however many variants share it."""
+    blobs = {tree.root.digest: tree.root.descriptor.size}
+    for node in tree.nodes.values():
+        blobs[node.digest] = node.descriptor.size
+        blobs.update((b.digest, b.size) for b in node.parts.blobs())
+    return sum(blobs.values())
+
+
+def _platform_text(variant: dict[str, Any]) -> str:
+    """``os/architecture[/variant]``, then the accelerator's resource name (``nvidia.com/gpu``)."""
+    from modelbuild.oci.verify import shown
+
+    plat = variant["platform"]
+    parts = [plat.get(key) for key in ("os", "architecture", "variant")]
+    text = "/".join(shown(str(p), 40) for p in parts if p not in (None, "")) or "-"
+    return f"{text} {shown(variant['accelerator'], 60)}" if variant["accelerator"] else text
+
+
+def _variant_row(variant: dict[str, Any]) -> list[str]:
+    from modelbuild.commands._common import human_size
+
+    def cell(value: Any) -> str:
+        return "-" if value in (None, "") else _text(value)
+
+    return [cell(variant["stage"] or variant["target"]), _platform_text(variant), cell(variant["requires"]),
+            cell(variant["format"]), cell(variant["quantization"]), cell(variant["paramSize"]),
+            str(variant["layerCount"]), human_size(variant["size"]), variant["digest"][7:19]]
+
+
+def _index_doc(label: str, tree: Tree, store: Store) -> dict[str, Any]:
+    tags = _tags(store)
+    doc = tree.root.doc
+    return {
+        "reference": label, "digest": tree.root.digest, "mediaType": tree.root.media_type,
+        "artifactType": doc.get("artifactType"), "tags": tags.get(tree.root.digest, []),
+        "size": total_size(tree), "annotations": doc.get("annotations") or {},
+        "variants": variants(store, tree, tags), "manifest": doc,
+    }
+
+
+def _print_index(doc: dict[str, Any], manifest: dict[str, Any]) -> None:
+    from modelbuild.commands._common import human_size, table
+    from modelbuild.oci.verify import shown
+
+    lines = [f"Reference:     {shown(doc['reference'])}", f"Digest:        {doc['digest']}",
+             f"Media type:    {_text(doc['mediaType'])}"]
+    if doc["artifactType"] is not None:
+        lines.append(f"Artifact type: {_text(doc['artifactType'])}")
+    lines.append(f"Tags:          {', '.join(shown(t) for t in doc['tags']) or '(none)'}")
+    lines.append(f"Variants:      {len(doc['variants'])} ({human_size(doc['size'])} in all)")
+    print("\n".join(lines + _annotation_lines(doc["digest"], manifest)))
+    if doc["variants"]:
+        print()
+        print(table([_variant_row(v) for v in doc["variants"]], VARIANT_COLUMNS))
+
+
+def _pick(tree: Tree, wanted: str, label: str) -> tuple[Node, str]:
+    """The variant ``pull --platform WANTED`` would take (docs/spec/multi-platform.md §5)."""
+    from modelbuild.errors import BuildError, UsageError
+    from modelbuild.oci.verify import shown
+    from modelbuild.plugins import make_plugin_manager
+    from modelbuild.targets import ConstraintError, detect_host, select_entry
+
+    if not tree.root.is_index:
+        raise UsageError(f"--platform {shown(wanted)}: {shown(label)} is one manifest, not a multi-platform index",
+                         hint="drop --platform")
+    try:
+        choice = select_entry(tree.root.doc, wanted, detect_host(), make_plugin_manager().targets)
+    except ConstraintError as exc:  # a requirement annotation that does not parse
+        raise BuildError(f"index {tree.root.digest}: {shown(exc)}") from None
+    except NotFoundError as exc:  # it lists every entry, by names from the index
+        raise NotFoundError(shown(exc.message, 4000), hint=exc.hint) from None
+    node = tree.nodes.get(choice.descriptor["digest"])
+    if node is None or node.is_index:
+        raise BuildError(f"index {tree.root.digest}: the entry for {shown(choice.stage)} is itself an index")
+    return node, choice.stage
+
+
+def run(args: argparse.Namespace) -> int:
+    from modelbuild.commands._common import print_json
+
+    store, descriptor, label = _open(args.ref, args.home)
+    tree = read(store, descriptor)
+    node, extra = tree.root, {}
+    if args.platform is not None:
+        node, stage = _pick(tree, args.platform, label)
+        extra = {"index": tree.root.digest, "stage": stage}
+    elif tree.root.is_index:
+        doc = _index_doc(label, tree, store)
+        if args.json:
+            print_json(doc)
+        else:
+            _print_index(doc, tree.root.doc)
+        return 0
+    doc = {"reference": label, **extra, **describe(store, node)}
+    if args.json:
+        print_json(doc)
+    else:
+        _print_manifest(f"{label} [{extra['stage']}]" if extra else label, doc, node)
     return 0

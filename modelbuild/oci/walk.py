@@ -11,6 +11,9 @@ depth bound and the error messages are the same everywhere.
 :func:`digests_named` is the other walk modelbuild makes over JSON: every digest a step's
 result mentions, wherever it sits (files, layer descriptors, a manifest's descriptor). A
 result is not a manifest tree, so it does not go through :func:`walk`.
+
+:func:`read_tree` is the same walk, gathered for a reader that looks at an index beside its
+entries (``inspect``): the root, every node by digest, and the index's entries in order.
 """
 
 from __future__ import annotations
@@ -109,6 +112,29 @@ def walk(root: Descriptor, read: Read, *, max_depth: int | None = MAX_DEPTH, str
             stack.append(opened)
 
 
+@dataclass(frozen=True, slots=True)
+class Tree:
+    """A manifest tree read whole by :func:`walk`: its root, and every node reached, by digest."""
+
+    root: Node
+    nodes: Mapping[str, Node]
+
+    def entries(self) -> list[tuple[Descriptor, Node | None]]:
+        """The root's entries in its own order (an index's variants; none for a manifest), each
+        with the node read for it. Two entries naming one manifest get the same node (the walk
+        reads a digest once); an entry the walk did not read (beyond its depth) gets None."""
+        return [(d, self.nodes.get(d.digest)) for d in self.root.parts.manifests]
+
+
+def read_tree(root: Descriptor, read: Read, *, max_depth: int | None = MAX_DEPTH, strict: bool = False,
+              named: Callable[[Descriptor], str] | None = None) -> Tree:
+    """:func:`walk` from *root*, gathered into a :class:`Tree` for callers that look at an
+    index together with its entries (``inspect``), not in upload order. Every read and
+    validation error of the walk is raised; nothing is tolerated."""
+    nodes = {node.digest: node for node in walk(root, read, max_depth=max_depth, strict=strict, named=named)}
+    return Tree(nodes[root.digest], nodes)
+
+
 def digests_named(obj: Any) -> set[str]:
     """Every digest a JSON document mentions as a ``digest`` field, at any depth."""
     out: set[str] = set()
@@ -125,5 +151,5 @@ def digests_named(obj: Any) -> set[str]:
     return out
 
 
-__all__ = ["DOCKER_INDEX", "DOCKER_MANIFEST", "INDEX_TYPES", "MAX_DEPTH", "Node", "digests_named", "is_index",
-           "media_type_of", "walk"]
+__all__ = ["DOCKER_INDEX", "DOCKER_MANIFEST", "INDEX_TYPES", "MAX_DEPTH", "Node", "Tree", "digests_named",
+           "is_index", "media_type_of", "read_tree", "walk"]

@@ -237,3 +237,13 @@ def test_every_variant_manifest_and_config_is_read_verified(mb, tmp_path):
     line = error_line(mb("inspect", ref, "--json"), 1)
     assert other["digest"] in line and "does not match" in line
     assert manifest_path.read_bytes() == bytes(data)  # a layout is not ours to repair
+
+
+def test_ls_counts_an_index_with_its_variants(mb, home, built):
+    """``ls`` gives a multi-platform tag the size ``inspect`` gives it (every blob once),
+    not the size of the index document alone, and the name its variants carry."""
+    _sizes, total = expected_sizes(home / "store", built["digest"])
+    rows_ = {r["reference"]: r for r in mb("ls", "--json").json()}
+    assert rows_[TAG]["size"] == total
+    assert rows_[TAG]["name"] == "tiny-llama-multi"
+    assert rows_["tiny-llama-multi:latest-cpu"]["size"] < total

@@ -186,16 +186,6 @@ def variants(store: Store, tree: Tree, tags: dict[str, list[str]]) -> list[dict[
     return out
 
 
-def total_size(tree: Tree) -> int:
-    """The bytes the whole artifact takes: the index, and every manifest, config and layer
-    once however many variants share it."""
-    blobs = {tree.root.digest: tree.root.descriptor.size}
-    for node in tree.nodes.values():
-        blobs[node.digest] = node.descriptor.size
-        blobs.update((b.digest, b.size) for b in node.parts.blobs())
-    return sum(blobs.values())
-
-
 def _platform_text(variant: dict[str, Any]) -> str:
     """``os/architecture[/variant]``, then the accelerator's resource name (``nvidia.com/gpu``)."""
     from modelbuild.oci.verify import shown
@@ -223,7 +213,7 @@ def _index_doc(label: str, tree: Tree, store: Store) -> dict[str, Any]:
     return {
         "reference": label, "digest": tree.root.digest, "mediaType": tree.root.media_type,
         "artifactType": doc.get("artifactType"), "tags": tags.get(tree.root.digest, []),
-        "size": total_size(tree), "annotations": doc.get("annotations") or {},
+        "size": tree.size(), "annotations": doc.get("annotations") or {},
         "variants": variants(store, tree, tags), "manifest": doc,
     }
 

@@ -20,16 +20,18 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _entry(store: Any, ref: str, desc: dict[str, Any]) -> dict[str, Any]:
-    """One row: the total size of the artifact and the name its config gives it."""
+    """One row: the total size of the artifact (an index with every variant, each blob once,
+    as ``inspect`` counts it) and the name its config gives it (an index: its first variant's)."""
+    from modelbuild.commands.inspect import read
     from modelbuild.errors import ModelbuildError
-    from modelbuild.oci.verify import ManifestParts
 
     size, name = desc["size"], ""
     try:
-        parts = ManifestParts.parse(store.read_json(desc["digest"], desc["size"]), f"manifest {desc['digest']}")
-        size += sum(b.size for b in parts.blobs())
-        config = store.read_json(parts.config.digest, parts.config.size) if parts.config else {}
-        described = config.get("descriptor")
+        tree = read(store, desc)
+        size = tree.size()
+        node = next((n for _, n in tree.entries() if n is not None), tree.root)
+        config = store.read_json(node.parts.config.digest, node.parts.config.size) if node.parts.config else {}
+        described = config.get("descriptor") if isinstance(config, dict) else None
         name = described.get("name", "") if isinstance(described, dict) else ""
     except ModelbuildError as exc:  # still listed; `prune --verify` explains
         from modelbuild.oci.verify import shown

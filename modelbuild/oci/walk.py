@@ -125,6 +125,15 @@ class Tree:
         reads a digest once); an entry the walk did not read (beyond its depth) gets None."""
         return [(d, self.nodes.get(d.digest)) for d in self.root.parts.manifests]
 
+    def size(self) -> int:
+        """The bytes the whole artifact takes: the root, and every manifest, config and layer
+        once however many variants share it (``inspect``'s and ``ls``'s size)."""
+        blobs = {self.root.digest: self.root.descriptor.size}
+        for node in self.nodes.values():
+            blobs[node.digest] = node.descriptor.size
+            blobs.update((b.digest, b.size) for b in node.parts.blobs())
+        return sum(blobs.values())
+
 
 def read_tree(root: Descriptor, read: Read, *, max_depth: int | None = MAX_DEPTH, strict: bool = False,
               named: Callable[[Descriptor], str] | None = None) -> Tree:

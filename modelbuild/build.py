@@ -3,14 +3,20 @@
 ``modelbuild.build.build(...)`` is what the CLI calls, and what scripts and tests may call
 directly; it returns a :class:`BuildResult` rather than printing.
 
-Tags are the build's last act: every step, every ``--output`` layout and every
-``--cache-to`` export succeeds first, then all the tags move in one rewrite of the store's
-``index.json``. A build that fails anywhere leaves every tag as it was.
+Tags are the build's last act: every step, every ``--output`` and every ``--cache-to``
+export succeeds first, then all the tags move in one rewrite of the store's ``index.json``.
+A build that fails anywhere leaves every tag as it was.
+
+Labels and annotations (``--label``, ``--annotation``, buildx's syntax) are placed here,
+once the stages are known, so the planner receives each manifest's, the index's and each
+index entry's annotations ready to write: they enter only the manifest and index steps'
+keys, so a new annotation rewrites two small JSON blobs and re-runs nothing else.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,6 +37,7 @@ class BuildResult:
     stats: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     variants: list[dict[str, Any]] = field(default_factory=list)  # one per TARGET stage
+    config_digest: str | None = None  # the config blob's, for a build of one manifest
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -59,21 +66,148 @@ def source_date_epoch() -> tuple[str | None, int]:
     return created, epoch
 
 
+OUTPUT_TYPES = ("local", "oci")
+
+
 def parse_output(spec: str) -> dict[str, str]:
-    """``type=oci,dest=DIR`` (BuildKit's --output syntax); a bare path means an OCI layout."""
+    """BuildKit's ``--output``: ``type=local,dest=DIR`` (the artifact's files, as ``pull -o``
+    writes them), ``type=oci,dest=DIR`` (an OCI image layout); a bare ``DIR`` means
+    ``type=local,dest=DIR``, as it does for ``docker buildx build -o DIR``."""
     if "=" not in spec:
-        return {"type": "oci", "dest": str(Path(spec).resolve())}
+        if not spec:
+            raise UsageError("--output needs a directory", hint="use -o DIR or type=local|oci,dest=DIR")
+        return {"type": "local", "dest": str(Path(spec).resolve())}
     fields = {}
     for part in spec.split(","):
         key, eq, value = part.partition("=")
         if not eq:
-            raise UsageError(f"bad --output {spec!r}", hint="use type=oci,dest=DIR")
+            raise UsageError(f"bad --output {spec!r}", hint="use type=local|oci,dest=DIR")
         fields[key.strip()] = value.strip()
-    if fields.get("type", "oci") != "oci":
-        raise UsageError(f"unsupported output type {fields['type']!r}", hint="supported: oci")
-    if "dest" not in fields:
+    kind = fields.get("type", "local")
+    if kind not in OUTPUT_TYPES:
+        raise UsageError(f"unsupported output type {kind!r}", hint="supported: local (the files), oci (an OCI layout)")
+    if not fields.get("dest"):
         raise UsageError(f"--output {spec!r} needs dest=DIR")
-    return {"type": "oci", "dest": str(Path(fields["dest"]).resolve())}
+    unknown = sorted(set(fields) - {"type", "dest"})
+    if unknown:
+        raise UsageError(f"--output {spec!r}: unknown key {unknown[0]!r}", hint="keys: type, dest")
+    return {"type": kind, "dest": str(Path(fields["dest"]).resolve())}
+
+
+# -- labels and annotations -------------------------------------------------------------------
+# buildx's --annotation levels: manifest (the default), index (a multi-platform build's
+# index), manifest-descriptor (the index's entry for each manifest), index-descriptor (the
+# entry for the result in an OCI layout's index.json: the store's tags, --output type=oci)
+ANNOTATION_LEVELS = ("manifest", "index", "manifest-descriptor", "index-descriptor")
+_LEVELS = re.compile(r"([a-z-]+(?:\[[^\]]*\])?(?:,[a-z-]+(?:\[[^\]]*\])?)*):(.*)", re.DOTALL)
+_LEVEL = re.compile(r"([a-z-]+)(?:\[([^\]]*)\])?")
+RESERVED_ENTRY_PREFIX = "dev.modelbuild."  # the index entries' stage-selection annotations
+
+
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    """One ``--annotation``, at one level, for one stage (or every one)."""
+
+    level: str
+    stage: str | None
+    key: str
+    value: str
+    written: str  # the flag's value, for messages
+
+
+def key_value(text: str, flag: str) -> tuple[str, str]:
+    """``KEY=VALUE`` split at the first ``=``; the key must be non-empty, without blanks."""
+    from modelbuild.frontend.syntax import shown
+
+    key, eq, value = text.partition("=")
+    if not eq:
+        raise UsageError(f"{flag} {shown(text)}: expected KEY=VALUE")
+    _check_key(key, f"{flag} {shown(text)}")
+    return key, value
+
+
+def _check_key(key: str, where: str) -> None:
+    if not key:
+        raise UsageError(f"{where}: the key is empty")
+    if not key.isprintable() or any(c.isspace() for c in key):
+        raise UsageError(f"{where}: the key contains a space or a control character")
+
+
+def parse_labels(texts: Sequence[str]) -> dict[str, str]:
+    """``--label KEY=VALUE`` values; a later one for a key wins."""
+    return dict(key_value(t, "--label") for t in texts)
+
+
+def parse_annotations(texts: Sequence[str]) -> list[Annotation]:
+    """``--annotation [LEVEL[,LEVEL…]:]KEY=VALUE`` values, LEVEL optionally ``level[STAGE]``."""
+    from modelbuild.frontend.syntax import shown
+
+    out = []
+    for text in texts:
+        key, value = key_value(text, "--annotation")
+        match = _LEVELS.fullmatch(key)
+        levels: list[tuple[str, str | None]] = [("manifest", None)]
+        if match is not None:
+            key = match.group(2)
+            levels = []
+            for level in match.group(1).split(","):
+                name, stage = _LEVEL.fullmatch(level).groups()  # type: ignore[union-attr]
+                if name not in ANNOTATION_LEVELS:
+                    raise UsageError(f"--annotation {shown(text)}: unknown level {name!r}",
+                                     hint=f"levels: {', '.join(ANNOTATION_LEVELS)}")
+                if stage is not None and name not in ("manifest", "manifest-descriptor"):
+                    raise UsageError(f"--annotation {shown(text)}: {name} is one document; [STAGE] selects "
+                                     "a manifest", hint="manifest[STAGE]: or manifest-descriptor[STAGE]:")
+                if stage == "":
+                    raise UsageError(f"--annotation {shown(text)}: [] names no stage")
+                levels.append((name, stage))
+            _check_key(key, f"--annotation {shown(text)}")  # the key after the levels
+        out.extend(Annotation(level, stage, key, value, text) for level, stage in levels)
+    return out
+
+
+def place_annotations(labels: Mapping[str, str], annotations: Sequence[Annotation], resolved: Any) -> dict[str, Any]:
+    """Where each label and annotation goes, as :class:`~modelbuild.planner.BuildOptions`
+    fields. A manifest's annotations are the Modelfile's LABELs (the planner adds them), then
+    ``--label``, then ``--annotation KEY`` / ``manifest:KEY``, then ``manifest[STAGE]:KEY``:
+    later wins. An annotation for something the build does not write is a usage error."""
+    from modelbuild.frontend.syntax import shown
+
+    variants = resolved.variants
+    stages = resolved.description.stages
+    single = len(variants) == 1 and variants[0].stage is None
+    manifests: dict[str | None, dict[str, str]] = {v.stage: dict(labels) for v in variants}
+    entries: dict[str | None, dict[str, str]] = {v.stage: {} for v in variants}
+    index: dict[str, str] = {}
+    layout: dict[str, str] = {}
+    selected = []
+    for a in sorted(annotations, key=lambda a: a.stage is not None):  # a stage's own last: it wins
+        flag = f"--annotation {shown(a.written)}"
+        if a.level in ("index", "manifest-descriptor") and single:
+            raise UsageError(f"{flag}: this build writes one manifest and no index",
+                             hint="use manifest: (the default), or build TARGET stages")
+        if a.level == "manifest-descriptor" and a.key.startswith(RESERVED_ENTRY_PREFIX):
+            raise UsageError(f"{flag}: {RESERVED_ENTRY_PREFIX}* keys are modelbuild's own (how pull picks a variant)")
+        if a.level == "index-descriptor" and a.key == "org.opencontainers.image.ref.name":
+            raise UsageError(f"{flag}: the layout's ref.name is the tag", hint="use -t")
+        if a.stage is not None:
+            if not any(a.stage in (s.name, s.target) for s in stages):
+                known = ", ".join(s.name for s in stages)
+                raise UsageError(f"{flag}: no stage {shown(a.stage)}",
+                                 hint=f"stages: {known}" if known else "the Modelfile has no TARGET stage")
+            selected = [v.stage for v in variants if v.stage is not None
+                        and any(v.stage == s.name and a.stage in (s.name, s.target) for s in stages)]
+        else:
+            selected = list(manifests)
+        if a.level == "index":
+            index[a.key] = a.value
+        elif a.level == "index-descriptor":
+            layout[a.key] = a.value
+        else:
+            for stage in selected:  # a stage that --platform left out is not built: nothing to annotate
+                (manifests if a.level == "manifest" else entries)[stage][a.key] = a.value
+    return {"manifest_annotations": manifests, "index_annotations": index, "entry_annotations": entries,
+            "layout_annotations": layout}
 
 
 def prepare(
@@ -86,31 +220,51 @@ def prepare(
     outputs: Sequence[str] = (),
     layer_format: str = "raw",
     platforms: Sequence[str] = (),
+    labels: Sequence[str] = (),
+    annotations: Sequence[str] = (),
 ) -> tuple[Any, Any, Any]:
-    """Everything up to the graph: plugins, frontend, tags, options, plan. Reads no weights."""
+    """Everything up to the graph: plugins, frontend, tags, options, plan. Reads no weights.
+    *labels* and *annotations* are ``--label`` / ``--annotation`` values (``KEY=VALUE``)."""
     from modelbuild.frontend import load_description
     from modelbuild.frontend.resolve import resolve
-    from modelbuild.oci.reference import parse_reference, reference_from_name
+    from modelbuild.oci.reference import parse_reference
     from modelbuild.planner import BuildOptions, plan
     from modelbuild.plugins import make_plugin_manager
 
+    # the command line first: a bad -t, --output or --annotation is reported before the Modelfile is read
+    refs = [str(parse_reference(t)) for t in tags]
+    parsed_outputs = tuple(parse_output(o) for o in outputs)
+    label_map, parsed_annotations = parse_labels(labels), parse_annotations(annotations)
     host = host or make_plugin_manager()
     host.codecs.get(layer_format)  # a clear error before any work
     desc = load_description(modelfile, host=host, build_args=build_args, context=context)
     if context is not None and desc.context != context.resolve():
         desc = _with_warning(desc, f"the Modelfile's FROM ({desc.context}) overrides the CONTEXT argument ({context})")
-    refs = [str(parse_reference(t)) for t in tags]
     if not refs and desc.name:
-        refs = [str(reference_from_name(desc.name))]
+        refs = [default_tag(desc)]
     created, epoch = source_date_epoch()
+    resolved = resolve(desc, host, platforms=platforms)
     options = BuildOptions(
         layer_format=layer_format,
         tags=tuple(refs),
-        outputs=tuple(parse_output(o) for o in outputs),
+        outputs=parsed_outputs,
         created=created,
         epoch=epoch,
+        **place_annotations(label_map, parsed_annotations, resolved),
     )
-    return host, desc, plan(resolve(desc, host, platforms=platforms), options)
+    return host, desc, plan(resolved, options)
+
+
+def default_tag(desc: Any) -> str:
+    """The tag of a build without ``-t``: the NAME, a valid reference itself; a
+    Modelfile error at NAME's value when it is not (nothing is folded into a tag)."""
+    from modelbuild.errors import ModelfileError
+    from modelbuild.oci.reference import reference_from_name
+
+    try:
+        return str(reference_from_name(desc.name))
+    except UsageError as exc:
+        raise ModelfileError(exc.message, desc.name_origin, hint=exc.hint) from None
 
 
 def _with_warning(desc: Any, warning: str) -> Any:
@@ -149,6 +303,8 @@ def build(
     platforms: Sequence[str] = (),
     cache_to: Sequence[Any] = (),
     cache_from: Sequence[Any] = (),
+    labels: Sequence[str] = (),
+    annotations: Sequence[str] = (),
 ) -> BuildResult:
     """Build; *cache_to* / *cache_from* are ``--cache-to`` / ``--cache-from`` values (strings
     or parsed :class:`modelbuild.cache.CacheSpec`), see :mod:`modelbuild.cache`."""
@@ -164,7 +320,8 @@ def build(
         cache_to = [parse_cache_spec(c, direction="to") if isinstance(c, str) else c for c in cache_to]
         cache_from = [parse_cache_spec(c, direction="from") if isinstance(c, str) else c for c in cache_from]
     host, desc, graph = prepare(modelfile, host=host, context=context, build_args=build_args, tags=tags,
-                                outputs=outputs, layer_format=layer_format, platforms=platforms)
+                                outputs=outputs, layer_format=layer_format, platforms=platforms, labels=labels,
+                                annotations=annotations)
     emitter = Emitter(renderer or PlainRenderer(sys.stderr))
     store = Store(home / "store").ensure()
     store.manifests()  # a damaged index.json fails the build now, not once its work is done
@@ -206,4 +363,5 @@ def build(
         stats=env.stats.as_dict(),
         warnings=warnings,
         variants=[] if single else variants,
+        config_digest=results[graph.variants[0].config].descriptor.digest if single else None,
     )

@@ -90,8 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in COMMANDS:
         module = importlib.import_module(COMMANDS[command][0])
         subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        module.configure(subparsers.choices[command])
-    args = parser.parse_args(args_list)
+        subparser = subparsers.choices[command]
+        module.configure(subparser)
+        # argparse hands a subcommand's unknown arguments up to the top-level parser, whose
+        # usage line says nothing about them: the subcommand's usage is what helps (exit 2)
+        args, extra = parser.parse_known_args(args_list)
+        if extra:
+            subparser.error(f"unrecognized arguments: {' '.join(extra)}")
+    else:
+        args = parser.parse_args(args_list)
     if module is None:
         parser.print_help()
         return 0 if not args_list else EXIT_USER_ERROR

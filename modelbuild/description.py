@@ -98,6 +98,7 @@ class BuildDescription:
     stages: tuple[StageSpec, ...] = ()
     source_file: str = "Modelfile"
     warnings: tuple[str, ...] = ()
+    name_origin: Span | None = None  # where the name is written: a NAME that is no valid tag is an error there
 
 
 # -- resolved: what the planner takes ------------------------------------------------------

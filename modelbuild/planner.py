@@ -22,8 +22,8 @@ config and manifest steps) and its top step, so nothing downstream parses step i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from modelbuild.description import BuildDescription, ResolvedBuild, Transform, Variant
 from modelbuild.graph import BuildGraph, Step, VariantSteps
@@ -38,6 +38,12 @@ class BuildOptions:
     outputs: tuple[dict[str, str], ...] = ()
     created: str | None = None  # RFC 3339, from SOURCE_DATE_EPOCH
     epoch: int = 0  # tar and file-metadata mtime, from SOURCE_DATE_EPOCH
+    # --label and --annotation, placed by modelbuild.build.place_annotations: per variant
+    # (keyed by stage, None for a build without stages), over the Modelfile's LABELs
+    manifest_annotations: Mapping[str | None, Mapping[str, str]] = field(default_factory=dict)
+    index_annotations: Mapping[str, str] = field(default_factory=dict)  # the index itself
+    entry_annotations: Mapping[str | None, Mapping[str, str]] = field(default_factory=dict)  # its entries
+    layout_annotations: Mapping[str, str] = field(default_factory=dict)  # the result's entry in index.json
 
 
 def plan(resolved: ResolvedBuild, options: BuildOptions) -> BuildGraph:
@@ -100,7 +106,8 @@ def plan(resolved: ResolvedBuild, options: BuildOptions) -> BuildGraph:
     else:
         top = graph.add(
             Step.make("index", "index", "write index",
-                      {"entries": [_index_entry(v) for v in variants], "created": options.created}),
+                      {"entries": [_index_entry(v, options) for v in variants], "created": options.created,
+                       **({"annotations": dict(options.index_annotations)} if options.index_annotations else {})}),
             manifests,
         )
     graph.top = top.id
@@ -108,7 +115,8 @@ def plan(resolved: ResolvedBuild, options: BuildOptions) -> BuildGraph:
     graph.export = graph.add(
         Step.make("export", "export", export_label,
                   {"tags": list(options.tags), "outputs": list(options.outputs),
-                   "stages": [v.stage for v in variants if v.stage]}),
+                   "stages": [v.stage for v in variants if v.stage],
+                   **({"annotations": dict(options.layout_annotations)} if options.layout_annotations else {})}),
         [top, *(manifests if top not in manifests else [])],
     ).id
     return graph
@@ -163,14 +171,17 @@ def _add_artifact(graph: BuildGraph, desc: BuildDescription, options: BuildOptio
         ),
         [describe, *layers],
     )
+    # the Modelfile's LABELs, then the command line's --label and --annotation: later wins
+    labels = {**desc.labels, **options.manifest_annotations.get(v.stage, {})}
     manifest = graph.add(
         Step.make(f"manifest{_suffix(v)}", "manifest", "write manifest" + tag,
-                  {"labels": dict(desc.labels), "created": options.created}, **where),
+                  {"labels": labels, "created": options.created}, **where),
         [config, *layers],
     )
     graph.variants.append(VariantSteps(v.stage, config.id, manifest.id))
     return manifest
 
 
-def _index_entry(v: Variant) -> dict[str, Any]:
-    return {"stage": v.stage, "platform": dict(v.index_platform), "annotations": dict(v.index_annotations)}
+def _index_entry(v: Variant, options: BuildOptions) -> dict[str, Any]:
+    annotations = {**v.index_annotations, **options.entry_annotations.get(v.stage, {})}
+    return {"stage": v.stage, "platform": dict(v.index_platform), "annotations": dict(sorted(annotations.items()))}

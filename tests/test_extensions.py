@@ -52,8 +52,9 @@ def test_every_extension_builds_and_lands_in_the_config(cli, home, tmp_path):
         "README.md": "hi\n",
     })
     (ctx / "Modelfile").write_text(EVERYTHING)
-    run = cli("build", "-f", str(ctx / "Modelfile"), "--build-arg", "REV=abc123", "--json", "--progress", "quiet",
-              env={"SOURCE_DATE_EPOCH": "1700000000"}, cwd=tmp_path)
+    # NAME is a display name here (spaces): the tag comes from -t, as with modctl
+    run = cli("build", "-f", str(ctx / "Modelfile"), "-t", "my-model-base", "--build-arg", "REV=abc123", "--json",
+              "--progress", "quiet", env={"SOURCE_DATE_EPOCH": "1700000000"}, cwd=tmp_path)
     assert run.rc == 0, run.err
     result = run.json()
     manifest, config = read_artifact(home / "store", result["digest"])

@@ -1,4 +1,10 @@
-"""``modelbuild build``: Modelfile → ModelPack artifact in the local store."""
+"""``modelbuild build``: Modelfile → ModelPack artifact in the local store.
+
+What it prints follows ``docker buildx build``: progress on standard error (``--progress
+json``: nothing but NDJSON events there, the result being the last), the result on standard
+output in every mode (the digest, or with ``--json`` the whole result), ``-q`` for the digest
+alone, ``--metadata-file`` for buildx's metadata JSON.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from modelbuild.errors import UsageError
 
@@ -17,14 +24,48 @@ stats the input files.
 examples:
   modelbuild build -f Modelfile.examples/tiny-llama/Modelfile
   modelbuild build -f Modelfile -t qwen2:0.5b --build-arg REV=main .
-  modelbuild build -f Modelfile --output type=oci,dest=./out   also write an OCI layout
+  modelbuild build -f Modelfile -o ./model                 also write the built files into ./model
+  modelbuild build -f Modelfile -o type=oci,dest=./layout  also write an OCI image layout
+  modelbuild build -f Modelfile -q                         print the digest only
+  modelbuild build -f Modelfile --label org.opencontainers.image.source=https://example.com/m \\
+      --annotation index:org.opencontainers.image.description="one model, three targets"
+  modelbuild build -f Modelfile --metadata-file build.json --progress json 2>events.ndjson
   modelbuild build -f Modelfile --print-graph=dot | dot -Tsvg > graph.svg
   modelbuild build -f Modelfile -t registry.example.com/team/m:1 --push   build, then push
   SOURCE_DATE_EPOCH=1700000000 modelbuild build -f Modelfile   pin createdAt
-  modelbuild build -f Modelfile --cache-from type=registry,ref=reg.example.com/team/m:buildcache \
+  modelbuild build -f Modelfile --cache-from type=registry,ref=reg.example.com/team/m:buildcache \\
       --cache-to type=registry,ref=reg.example.com/team/m:buildcache,mode=max
                                      CI on an empty machine: reuse conversions and quantizations
   modelbuild build -f Modelfile --cache-to type=local,dest=./cache,mode=max   (--cache-from type=local,src=./cache)
+
+output (standard output, whatever --progress says): "DIGEST  TAGS" (--progress quiet or json:
+the digest alone; -q: the digest alone and nothing on standard error but errors; --json: the
+result document). With --progress json, standard error carries only NDJSON events, the
+last one of kind "result" holding the --json document.
+
+tags: -t REF, else the Modelfile's NAME, which must then be a reference itself
+([registry[:port]/]lower-case/path[:tag], default tag latest). A build with TARGET stages
+also tags each stage's manifest TAG-STAGE.
+
+-o/--output: DIR or type=local,dest=DIR writes the artifact's files (as `pull -o` does; a
+multi-platform build writes DIR/STAGE/ for each stage); type=oci,dest=DIR writes an OCI image
+layout. Outputs are written once every step has succeeded; a build that fails moves no tag.
+
+--label KEY=VALUE: the command-line LABEL. The ModelPack config has no labels field (its
+schema is closed), so labels are annotations of each manifest, as LABEL in a Modelfile;
+--label overrides a LABEL of the Modelfile for the same key.
+--annotation [LEVEL[,LEVEL]:]KEY=VALUE (docker buildx's syntax), LEVEL one of
+  manifest               each manifest (the default when no LEVEL is given)
+  manifest[STAGE]        one stage's manifest (STAGE: a stage or target name)
+  index                  the OCI index of a build with TARGET stages
+  manifest-descriptor    the index's entry for each manifest (also [STAGE])
+  index-descriptor       the result's entry in the store's index.json and --output type=oci's
+A manifest's annotations are, later winning: the Modelfile's LABELs, --label, --annotation,
+--annotation manifest[STAGE]:. They change the manifest (and index) digest, so the tags,
+and re-run only the manifest and index steps. Keys must be non-empty, without blanks.
+
+--metadata-file FILE: buildx's metadata JSON (containerimage.digest, containerimage.descriptor,
+containerimage.config.digest, image.name) plus modelbuild.* fields, written atomically.
 
 --cache-to keys: type=registry|local, ref=HOST/REPO:TAG, dest=DIR, tag=TAG (local, default latest),
 mode=min|max (min, the default: the artifact's steps only; max: every step, transforms too),
@@ -43,14 +84,22 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="tag the result, e.g. qwen2:0.5b (repeatable; default: from NAME)")
     p.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
                    help="set a build argument declared with ARG (repeatable)")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="annotate each manifest, as a Modelfile LABEL does, over it (repeatable)")
+    p.add_argument("--annotation", action="append", default=[], metavar="[LEVEL:]KEY=VALUE",
+                   help="add an annotation (repeatable); LEVEL: manifest (default), manifest[STAGE], index, "
+                        "manifest-descriptor, index-descriptor")
     p.add_argument("--layer-format", default="raw", metavar="FORMAT",
                    help="raw (default), tar, tar+gzip or tar+zstd; directories are always archives")
-    p.add_argument("-o", "--output", action="append", default=[], metavar="type=oci,dest=DIR",
-                   help="also export to a standalone OCI image layout (repeatable)")
+    p.add_argument("-o", "--output", action="append", default=[], metavar="DIR|type=local|oci,dest=DIR",
+                   help="also write the files (DIR, type=local) or an OCI layout (type=oci) (repeatable)")
     p.add_argument("--platform", default=None, metavar="STAGE[,STAGE]",
                    help="build only these TARGET stages (by stage or target name)")
     p.add_argument("--progress", default="auto", choices=["auto", "tty", "plain", "quiet", "json"],
                    help="progress display (default: tty on a terminal, else plain)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print the digest only; nothing on standard error but errors")
+    p.add_argument("--metadata-file", default=None, metavar="FILE", help="write the build result's metadata to FILE")
     p.add_argument("--print-graph", nargs="?", const="text", choices=["text", "dot", "json"], default=None,
                    help="print the step graph and exit without building")
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
@@ -91,11 +140,23 @@ def _modelfile(args: argparse.Namespace) -> str:
     return str(candidate)
 
 
+def _progress(args: argparse.Namespace) -> str:
+    """The progress mode: ``-q`` is ``--progress quiet`` and prints the digest alone."""
+    if args.quiet:
+        if args.progress not in ("auto", "quiet"):
+            raise UsageError(f"-q and --progress {args.progress} contradict each other", hint="drop one")
+        if args.json:
+            raise UsageError("-q prints the digest only; --json prints the result document", hint="drop one")
+        return "quiet"
+    return args.progress
+
+
 def run(args: argparse.Namespace) -> int:
     from modelbuild.home import home_dir
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    progress = _progress(args)
     modelfile = _modelfile(args)
     context = Path(args.context).resolve() if args.context else None
     if context is not None and not context.is_dir():
@@ -117,11 +178,12 @@ def run(args: argparse.Namespace) -> int:
 
         if not any(names_registry(t) for t in args.tag):
             raise UsageError("--push needs a tag that names a registry", hint="add -t registry.example.com/team/model:tag")
+    metadata_file = _metadata_target(args.metadata_file) if args.metadata_file else None
 
     from modelbuild.build import build
-    from modelbuild.progress import make_renderer
+    from modelbuild.progress import Emitter, Event, make_renderer
 
-    renderer = make_renderer(args.progress)
+    renderer = make_renderer(progress)
     result = build(
         modelfile,
         home=home_dir(args.home),
@@ -136,21 +198,71 @@ def run(args: argparse.Namespace) -> int:
         platforms=_platforms(args),
         cache_to=cache_to,
         cache_from=cache_from,
+        labels=args.label,
+        annotations=args.annotation,
     )
-    pushed = _push(args, result) if args.push else []
+    pushed = _push(args, result, progress) if args.push else []
+    doc = {**result.as_dict(), **({"pushed": pushed} if args.push else {})}
+    if metadata_file is not None:
+        write_metadata(metadata_file, result, pushed if args.push else None)
+    Emitter(renderer).emit(Event("result", 0, data=doc))  # the last event of the progress stream
     if args.json:
         from modelbuild.commands._common import print_json
 
-        print_json({**result.as_dict(), **({"pushed": pushed} if args.push else {})})
-    elif args.progress != "quiet":
-        names = ", ".join(result.tags) if result.tags else "(untagged)"
-        print(f"{result.digest}  {names}", file=sys.stderr if args.progress == "json" else sys.stdout)
-    else:
+        print_json(doc)
+    elif progress in ("quiet", "json"):
         print(result.digest)
+    else:
+        names = ", ".join(result.tags) if result.tags else "(untagged)"
+        print(f"{result.digest}  {names}")
     return 0
 
 
-def _push(args: argparse.Namespace, result: object) -> list[dict]:
+def _metadata_target(name: str) -> Path:
+    """``--metadata-file``'s path, checked before the build: its directory must exist."""
+    path = Path(name)
+    if path.is_dir():
+        raise UsageError(f"--metadata-file {name} is a directory", hint="name a file")
+    if not path.resolve().parent.is_dir():
+        raise UsageError(f"--metadata-file {name}: directory {path.parent} does not exist")
+    return path
+
+
+def metadata(result: Any, pushed: list[dict] | None = None) -> dict[str, Any]:
+    """What ``--metadata-file`` holds: buildx's keys, then modelbuild's own."""
+    doc: dict[str, Any] = {
+        "containerimage.descriptor": dict(result.descriptor),
+        "containerimage.digest": result.digest,
+    }
+    if result.config_digest:
+        doc["containerimage.config.digest"] = result.config_digest
+    if result.tags:
+        doc["image.name"] = ",".join(result.tags)
+    doc["modelbuild.tags"] = list(result.tags)
+    if result.variants:
+        doc["modelbuild.variants"] = [{"stage": v["stage"], "digest": v["digest"]} for v in result.variants]
+    if result.warnings:
+        doc["modelbuild.warnings"] = list(result.warnings)
+    if pushed is not None:
+        doc["modelbuild.pushed"] = pushed
+    return doc
+
+
+def write_metadata(path: Path, result: Any, pushed: list[dict] | None = None) -> None:
+    """Write :func:`metadata` to *path* atomically: a reader sees the old file or the new one."""
+    import json
+
+    from modelbuild.errors import BuildError
+    from modelbuild.storage.files import atomic_write
+
+    data = (json.dumps(metadata(result, pushed), indent=2) + "\n").encode()
+    try:
+        atomic_write(path.resolve(), data)
+    except OSError as exc:
+        raise BuildError(f"cannot write --metadata-file {path}: {exc.strerror or exc}") from None
+
+
+def _push(args: argparse.Namespace, result: object, progress: str) -> list[dict]:
     """Push the tags that name a registry, straight from the store (nothing is copied)."""
     from modelbuild.home import home_dir
     from modelbuild.oci.push import push_refs
@@ -159,13 +271,13 @@ def _push(args: argparse.Namespace, result: object) -> list[dict]:
     from modelbuild.store import Store
 
     tags = [t for t in result.tags if names_registry(t)]  # type: ignore[attr-defined]
-    emitter = Emitter(make_renderer(args.progress))
+    emitter = Emitter(make_renderer(progress))
     try:
         pushed = push_refs(Store(home_dir(args.home) / "store"), [(t, t) for t in tags], plain_http=args.plain_http,
                            insecure=args.insecure, jobs=args.jobs or DEFAULT_JOBS, progress=emitter)
     finally:
         emitter.close()
-    if not args.json and args.progress != "quiet":
+    if not args.json and progress not in ("quiet", "json"):  # json: the result event carries them
         for p in pushed:
             print(f"pushed {p['reference']}@{p['digest']} ({p['uploaded']} of {p['blobs']} blobs sent)", file=sys.stderr)
     return pushed
@@ -177,7 +289,8 @@ def _print_graph(args: argparse.Namespace, modelfile: str, context: Path | None,
     from modelbuild.build import prepare
 
     _, _, graph = prepare(modelfile, context=context, build_args=build_args, layer_format=args.layer_format,
-                          tags=args.tag, outputs=args.output, platforms=_platforms(args))
+                          tags=args.tag, outputs=args.output, platforms=_platforms(args), labels=args.label,
+                          annotations=args.annotation)
     if args.print_graph == "dot":
         sys.stdout.write(graph.to_dot())
     elif args.print_graph == "json":

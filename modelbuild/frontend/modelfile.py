@@ -82,6 +82,7 @@ class _Interpreter:
         self.from_span: Span | None = None
         self.first_file_span: Span | None = None
         self.set_at: dict[str, Span] = {}
+        self.value_at: dict[str, Span] = {}  # where each scalar's value is written
         self.descriptor: dict[str, Any] = {}
         self.config: dict[str, Any] = {}
         self.capabilities: dict[str, Any] = {}
@@ -128,6 +129,7 @@ class _Interpreter:
             context=self._context().root,
             files=tuple(files[p] for p in sorted(files)),
             name=self.descriptor.get("name"),
+            name_origin=self.value_at.get("NAME"),
             descriptor=self.descriptor,
             config=self.config,
             capabilities=self.capabilities,
@@ -296,6 +298,7 @@ class _Interpreter:
         if not value:
             raise ModelfileError.at(word.span, f"{d.name} must not be empty")
         self.set_at[d.name] = ins.span
+        self.value_at[d.name] = word.span
         self._lint_scalar(d, value, word.span)
         section, key = d.target.split(".")
         (self.descriptor if section == "descriptor" else self.config)[key] = value

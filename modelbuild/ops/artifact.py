@@ -166,16 +166,20 @@ class IndexOp(_DescriptorOp):
             "artifactType": mt.MODEL_ARTIFACT,
             "manifests": entries,
         }
-        if step.params.get("created"):
-            index["annotations"] = {mt.ANNOTATION_CREATED: step.params["created"]}
+        annotations = {**({mt.ANNOTATION_CREATED: step.params["created"]} if step.params.get("created") else {}),
+                       **step.params.get("annotations", {})}  # --annotation index:KEY=VALUE wins
+        if annotations:
+            index["annotations"] = dict(sorted(annotations.items()))
         data = canonical_json(index)
         digest = ctx.env.store.put_bytes(data)
         return Outcome(IndexBlob(Descriptor(mt.OCI_INDEX, digest, len(data), mt.MODEL_ARTIFACT)))
 
 
 class ExportOp(Op):
-    """Write any ``--output`` layouts, and say which tags the build sets: the result (the
-    index, and each stage's manifest as ``TAG-STAGE`` for tools that cannot read an index).
+    """Write the ``--output``s (``type=oci``: an OCI layout; ``type=local``: the files, one
+    directory per stage for a multi-platform build), and say which tags the build sets: the
+    result (the index, and each stage's manifest as ``TAG-STAGE`` for tools that cannot read
+    an index).
 
     The tags are not written here: :func:`modelbuild.build.build` writes them all at once
     (:meth:`Store.set_tags`) after every step, ``--output`` and ``--cache-to`` succeeded, so
@@ -184,21 +188,57 @@ class ExportOp(Op):
     name = "export"
 
     def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
+        import dataclasses
+
         from modelbuild.oci.layout import export_layout
         from modelbuild.storage.tags import tag_entry
 
         top, *manifests = inputs
-        desc = top.descriptor.to_oci()
+        descriptor = top.descriptor
+        if step.params.get("annotations"):  # --annotation index-descriptor:KEY=VALUE
+            descriptor = dataclasses.replace(descriptor, annotations=dict(sorted(step.params["annotations"].items())))
+        desc = descriptor.to_oci()
         entries = tag_entries(step.params["tags"], step.params.get("stages", []), desc,
                               [m.descriptor.to_oci() for m in manifests])
         current = ctx.env.store.tags()
         changed = any(current.get(ref) != tag_entry(ref, d) for ref, d in entries)
         for output in step.params["outputs"]:
+            if output["type"] == "local":
+                stages = step.params.get("stages", [])
+                changed |= write_files(ctx, list(zip(stages, manifests)) if stages else [(None, top)],
+                                       Path(output["dest"]))
+                continue
             if output["type"] != "oci":
                 raise ModelbuildError(f"unsupported output type {output['type']!r}")
             ref = step.params["tags"][0] if step.params["tags"] else None
             changed |= export_layout(ctx.env.store, desc, Path(output["dest"]), ref)
-        return Outcome(Exported(top.descriptor, tuple(ref for ref, _ in entries), tuple(entries)), cached=not changed)
+        return Outcome(Exported(descriptor, tuple(ref for ref, _ in entries), tuple(entries)), cached=not changed)
+
+
+def write_files(ctx: StepContext, manifests: list[tuple[str | None, ManifestBlob]], dest: Path) -> bool:
+    """``--output type=local``: each manifest's files into *dest* (a stage's into
+    ``dest/STAGE``), by the one verified materialisation ``pull -o`` uses; return whether a
+    file was written (files already there with the right bytes are left alone)."""
+    from modelbuild.oci.materialize import StoreSource, materialize
+
+    store = ctx.env.store
+    changed = False
+    for stage, manifest in manifests:
+        doc = store.read_json(manifest.descriptor.digest, manifest.descriptor.size)
+        config = manifest.config.descriptor
+        outcome = materialize(StoreSource(store, "the local store"), doc, store.read_json(config.digest, config.size),
+                              dest / stage_dir(stage) if stage else dest, jobs=max(1, ctx.env.jobs))
+        for warning in outcome.warnings:
+            ctx.env.emitter.warn(warning)
+        changed |= outcome.fetched > 0
+    return changed
+
+
+def stage_dir(stage: str) -> str:
+    """A stage's directory under a ``type=local`` output: its name, one path component
+    (buildx writes ``linux/amd64`` as ``linux_amd64``)."""
+    name = stage.replace("/", "_").replace("\\", "_")
+    return name if name not in ("", ".", "..") else f"_{name}"
 
 
 def tag_entries(tags: list[str], stages: list[str], top: dict[str, Any],

@@ -102,16 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if module is None:
         parser.print_help()
         return 0 if not args_list else EXIT_USER_ERROR
+    # with --progress json, standard error is an NDJSON stream: the final error is an event too
+    report = _json_error if getattr(args, "progress", None) == "json" else _text_error
     try:
         return int(module.run(args) or 0)
     except ModelbuildError as exc:
-        print(f"modelbuild: error: {exc.render()}", file=sys.stderr) if not _is_located(exc) else print(
-            exc.render(), file=sys.stderr
-        )
-        return exc.exit_code
+        return report(exc.render() if _is_located(exc) else f"modelbuild: error: {exc.render()}", exc.exit_code)
     except KeyboardInterrupt:
-        print("modelbuild: interrupted", file=sys.stderr)
-        return 130
+        return report("modelbuild: interrupted", 130)
     except BrokenPipeError:
         return 0
     except Exception as exc:  # a bug: say so, hide the traceback unless asked
@@ -120,13 +118,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             traceback.print_exc()
             return EXIT_INTERNAL_ERROR
-        print(
+        return report(
             f"modelbuild: internal error: {type(exc).__name__}: {exc}\n"
             "This is a bug in modelbuild or one of its plugins; please report it "
             "(set MODELBUILD_DEBUG=1 to see the traceback).",
-            file=sys.stderr,
+            EXIT_INTERNAL_ERROR,
         )
-        return EXIT_INTERNAL_ERROR
+
+
+def _text_error(message: str, code: int) -> int:
+    print(message, file=sys.stderr)
+    return code
+
+
+def _json_error(message: str, code: int) -> int:
+    """The error as the last event of a ``--progress json`` stream (``kind: "error"``,
+    step 0: the build's, not a step's), so every line of standard error parses."""
+    import json
+
+    print(json.dumps({"kind": "error", "step": 0, "message": message, "exitCode": code}, sort_keys=True),
+          file=sys.stderr, flush=True)
+    return code
 
 
 def _is_located(exc: ModelbuildError) -> bool:

@@ -122,6 +122,24 @@ def test_progress_json_keeps_stderr_ndjson_and_puts_the_result_on_stdout(cli, ct
     assert json.loads(both.err.splitlines()[-1])["data"]["digest"] == result["digest"]
 
 
+@pytest.mark.parametrize("modelfile, code", [
+    ("NAME tiny\nMODEL missing.safetensors\n", 2),  # bad input, before any step
+    ("NAME tiny\nCONFIG config.json\nMODEL model.safetensors\n", 1),  # a step fails
+])
+def test_progress_json_errors_are_events_too(cli, ctx, modelfile, code):
+    """A failed build keeps standard error NDJSON: the final error is the last event."""
+    (ctx / "Modelfile").write_text(modelfile)
+    if code == 1:  # a Git LFS pointer where the weights should be
+        (ctx / "model.safetensors").write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
+    run = cli("build", "-f", "Modelfile", "--progress", "json", cwd=ctx)
+    assert run.rc == code and run.out == ""
+    events = [json.loads(line) for line in run.err.splitlines()]  # every line is JSON
+    last = events[-1]
+    assert last["kind"] == "error" and last["step"] == 0 and last["exitCode"] == code
+    assert "missing.safetensors" in last["message"] if code == 2 else "Git LFS pointer" in last["message"]
+    assert code == 2 or any(e["kind"] == "error" and e["step"] > 0 for e in events)  # the step's own error
+
+
 def test_plain_progress_prints_digest_and_tags_on_stdout(mb, ctx):
     run = mb("build", "-f", "Modelfile", "--progress", "plain", cwd=ctx)
     digest, tag = run.out.split()

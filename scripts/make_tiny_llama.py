@@ -240,8 +240,12 @@ def build_tokenizer_config() -> dict[str, Any]:
 
 
 def build_readme(vocab_size: int, n_params: int) -> str:
+    # The front matter is the model card: a GGUF converter (llama.cpp's, modelbuild's
+    # hf-to-gguf) takes general.name from model_name, general.license and general.tags from
+    # license, tags and pipeline_tag.
     return f"""\
 ---
+model_name: Tiny Llama
 license: apache-2.0
 library_name: transformers
 pipeline_tag: text-generation

@@ -229,6 +229,83 @@ def token_count(kind: str) -> tuple[int, dict[str, int]]:
     return max(ids.values()) + 1, {a["content"]: a["id"] for a in doc["added_tokens"]}
 
 
+# SentencePiece's piece types (sentencepiece_model.proto), the same numbers as gguf.TokenType
+SP_NORMAL, SP_UNKNOWN, SP_CONTROL, SP_USER_DEFINED, SP_UNUSED, SP_BYTE = 1, 2, 3, 4, 5, 6
+
+
+def spm_pieces() -> list[tuple[str, float, int]]:
+    """The pieces (text, score, type) of the SentencePiece model the ``llama-spm`` tokenizer
+    would have been converted from: ``<unk>`` UNKNOWN, ``<s>`` and ``</s>`` CONTROL, the byte
+    pieces BYTE, then the merged pieces NORMAL with scores falling with their id (a BPE
+    model's merge order, which its tokenizer.json's merges follow), in quarter steps."""
+    vocab = json.loads(tokenizer_files("llama-spm")[0])["model"]["vocab"]
+    out = []
+    for text, tid in sorted(vocab.items(), key=lambda kv: kv[1]):
+        if text == "<unk>":
+            out.append((text, 0.0, SP_UNKNOWN))
+        elif text in ("<s>", "</s>"):
+            out.append((text, 0.0, SP_CONTROL))
+        elif tid < 259:
+            out.append((text, 0.0, SP_BYTE))
+        else:
+            out.append((text, -0.5 * (tid - 259) - 0.25, SP_NORMAL))
+    return out
+
+
+def sentencepiece_model(pieces: list[tuple[str, float, int]]) -> bytes:
+    """A SentencePiece ``tokenizer.model`` holding *pieces* (text, score, type): a
+    ``ModelProto`` serialized by the protobuf library from a descriptor of
+    sentencepiece_model.proto's messages (an encoder independent of the converter's reader),
+    with a trainer spec (a negative ``pad_id``: a 10-byte varint) and a normalizer spec
+    (bytes, booleans) that a reader skips."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    f = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="tests_sentencepiece_model.proto", package="tests_sp",
+                                               syntax="proto2")
+    model = proto.message_type.add(name="ModelProto")
+    piece = model.nested_type.add(name="SentencePiece")
+    kind = piece.enum_type.add(name="Type")
+    for name, number in (("NORMAL", 1), ("UNKNOWN", 2), ("CONTROL", 3), ("USER_DEFINED", 4), ("BYTE", 6),
+                         ("UNUSED", 5)):
+        kind.value.add(name=name, number=number)
+    piece.field.add(name="piece", number=1, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL)
+    piece.field.add(name="score", number=2, type=f.TYPE_FLOAT, label=f.LABEL_OPTIONAL)
+    piece.field.add(name="type", number=3, type=f.TYPE_ENUM, label=f.LABEL_OPTIONAL,
+                    type_name=".tests_sp.ModelProto.SentencePiece.Type")
+    trainer = proto.message_type.add(name="TrainerSpec")
+    for name, number, ftype in (("input", 1, f.TYPE_STRING), ("model_type", 3, f.TYPE_INT32),
+                                ("vocab_size", 4, f.TYPE_INT32), ("character_coverage", 10, f.TYPE_FLOAT),
+                                ("unk_id", 40, f.TYPE_INT32), ("pad_id", 43, f.TYPE_INT32)):
+        trainer.field.add(name=name, number=number, type=ftype, label=f.LABEL_OPTIONAL)
+    normalizer = proto.message_type.add(name="NormalizerSpec")
+    for name, number, ftype in (("name", 1, f.TYPE_STRING), ("precompiled_charsmap", 2, f.TYPE_BYTES),
+                                ("add_dummy_prefix", 3, f.TYPE_BOOL)):
+        normalizer.field.add(name=name, number=number, type=ftype, label=f.LABEL_OPTIONAL)
+    model.field.add(name="pieces", number=1, type=f.TYPE_MESSAGE, label=f.LABEL_REPEATED,
+                    type_name=".tests_sp.ModelProto.SentencePiece")
+    model.field.add(name="trainer_spec", number=2, type=f.TYPE_MESSAGE, label=f.LABEL_OPTIONAL,
+                    type_name=".tests_sp.TrainerSpec")
+    model.field.add(name="normalizer_spec", number=3, type=f.TYPE_MESSAGE, label=f.LABEL_OPTIONAL,
+                    type_name=".tests_sp.NormalizerSpec")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    message = message_factory.GetMessageClass(pool.FindMessageTypeByName("tests_sp.ModelProto"))()
+    message.trainer_spec.input = "corpus.txt"  # type: ignore[attr-defined]
+    message.trainer_spec.model_type = 2  # type: ignore[attr-defined]  # BPE
+    message.trainer_spec.vocab_size = len(pieces)  # type: ignore[attr-defined]
+    message.trainer_spec.character_coverage = 0.9995  # type: ignore[attr-defined]
+    message.trainer_spec.unk_id = 0  # type: ignore[attr-defined]
+    message.trainer_spec.pad_id = -1  # type: ignore[attr-defined]
+    for text, score, ptype in pieces:
+        p = message.pieces.add()  # type: ignore[attr-defined]
+        p.piece, p.score, p.type = text, score, ptype
+    message.normalizer_spec.name = "identity"  # type: ignore[attr-defined]
+    message.normalizer_spec.precompiled_charsmap = b"\x00\x01\x02"  # type: ignore[attr-defined]
+    message.normalizer_spec.add_dummy_prefix = True  # type: ignore[attr-defined]
+    return message.SerializeToString()
+
+
 # -- checkpoints --------------------------------------------------------------------------------
 
 

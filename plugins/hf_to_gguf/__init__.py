@@ -5,31 +5,41 @@ does for the architectures it knows, without torch or transformers:
 
 * **Input**: the model set of one Hugging Face checkpoint: ``config.json``, the weights
   (one ``*.safetensors`` file, or the shards a ``*.safetensors.index.json`` names),
-  ``tokenizer.json``, and where present ``tokenizer_config.json``, ``generation_config.json``
-  and ``chat_template.jinja`` / ``chat_template.json``.
+  ``tokenizer.json``, and where present ``tokenizer_config.json``, ``generation_config.json``,
+  ``tokenizer.model`` and ``added_tokens.json`` (SentencePiece), ``chat_template.jinja`` (and
+  ``additional_chat_templates/*.jinja``) / ``chat_template.json``, and ``README.md`` (its YAML
+  front matter: the model card; in a Modelfile, list it with ``CONFIG``: ``DOC`` files are
+  not part of the model set a converter gets).
 * **Output**: the same set with every ``.safetensors`` file and the index replaced by one
   ``model.gguf`` in the checkpoint's directory. Every other file (``config.json``, the
   tokenizer files, ``generation_config.json``, a README…) is passed through unchanged: the
   GGUF file is self-contained, but the JSON files stay useful to tools that read them.
 * **Options**: ``--outtype=f16|f32|bf16|q8_0`` (f16 is the default, as it was llama.cpp's);
-  ``--name=TEXT`` for ``general.name`` (default: the base name of ``_name_or_path`` in
-  config.json, else ``model``); ``--pre=NAME`` to name llama.cpp's pre-tokenizer for a
+  ``--name=TEXT`` for ``general.name`` (llama.cpp's ``--model-name``; default: as below);
+  ``--pre=NAME`` to name llama.cpp's pre-tokenizer for a
   byte-level tokenizer whose structure is not recognised (see below).
 
-What the file holds, in llama.cpp's order: ``general.architecture``, ``general.type``,
-``general.name``; the architecture's hyperparameters (from its adapter);
-``general.file_type``; ``general.quantization_version`` (llama.cpp's converter writes it
-for every output type, so this does too); the tokenizer; then the tensors. Tensor types
+What the file holds, in llama.cpp's order: ``general.architecture``, ``general.type``; the
+metadata (:mod:`.metadata`: ``general.sampling.*`` from generation_config.json, then
+``general.name``, ``basename``, ``size_label``, ``license``, ``tags``… from the model
+card, config.json's ``_name_or_path``, the checkpoint's directory name in the model set
+and the parameter count, by gguf-py's ``gguf.Metadata`` rules); the architecture's
+hyperparameters (from its adapter) with ``general.file_type`` where llama.cpp puts it;
+``general.quantization_version`` (llama.cpp's converter writes it for every output type,
+so this does too); the tokenizer; then the tensors. Tensor types
 follow llama.cpp's converter: tensors of one dimension and ``*_norm.weight`` are F32,
 every other tensor is the output type; a q8_0 tensor whose rows are not a multiple of 32
 falls back to F16 (as ``gguf.QuantError`` makes llama.cpp's converter do). F16 is numpy's
 ``astype(float16)``; BF16 and Q8_0 are ``gguf.quants.quantize`` of the float32 values
 (llama.cpp's converter uses the same functions, so bytes match).
 
-Tensors are written in an order that depends only on the tensors, never on how the input
-was sharded: extra tensors an adapter generates (``rope_freqs``), the token embedding,
-the blocks in order (by Hugging Face name within a block), then the rest (output norm,
-output). A sharded checkpoint and the same checkpoint in one file give identical bytes.
+Tensors are written in llama.cpp's order for a checkpoint in one file: the extra tensors an
+adapter generates (``rope_freqs``), then the checkpoint's tensors as safetensors lays them
+out in a file (by dtype: F64, F32, BF16, F16; then by Hugging Face name, so ``lm_head``
+→ ``output.weight`` comes first and ``model.layers.10`` before ``model.layers.2``). The
+order depends only on the tensors, never on how the input was sharded: a sharded
+checkpoint and the same checkpoint in one file give identical bytes (llama.cpp's
+converter writes a sharded checkpoint shard by shard instead).
 
 **Streaming.** Headers are read first (:func:`modelbuild_plugins.safetensors_format.read_header`),
 the GGUF header, keys and tensor infos are written with the data region sized, and each
@@ -69,20 +79,36 @@ Llama 2 and Mistral 7B)
     concatenation has the highest *score*; the scores are derived from the merges, the
     token made by merge *r* (its first) scoring ``-r``, so that llama.cpp merges in the
     order Hugging Face does (llama.cpp's own tokenizer.json path writes -1000 for every
-    token, which merges left to right instead). Added tokens score -1000.
-    ``tokenizer.ggml.add_space_prefix`` is written (true when the normalizer prepends ▁).
+    token, which merges left to right instead). Added tokens score -1000. (With a
+    ``tokenizer.model`` beside it, the vocabulary comes from that instead: see below.)
     As in llama.cpp, the prefix space is added at the start and after each special token
     (Hugging Face's legacy behaviour; a ``Metaspace`` with ``prepend_scheme: first``
     differs after special tokens).
 
-Special tokens follow gguf-py's ``SpecialVocab``: ``bos/eos/unk/sep/pad/mask`` from
-``tokenizer_config.json``'s ``*_token`` strings (looked up among ``added_tokens``), then
+``tokenizer.model`` (SentencePiece), when it is beside a ``llama`` tokenizer.json, gives the
+tokens, scores and types as llama.cpp's converter takes them (:mod:`.sentencepiece` reads
+its protobuf): each piece's own score, UNKNOWN for the unknown piece, CONTROL, BYTE and
+UNUSED pieces as typed, the rest NORMAL; ids up to ``vocab_size`` past the pieces are
+``[PAD{id}]`` (UNUSED, -10000); ``added_tokens.json`` and ``tokenizer_config.json``'s
+``added_tokens_decoder`` then override the tokens they name (score -1000; CONTROL when
+special, which makes ``<unk>`` CONTROL too where they mark it special, as in llama.cpp).
+Beside a byte-level tokenizer.json, ``tokenizer.model`` is not used (llama.cpp's converter
+would build a SentencePiece vocabulary from it instead).
+
+Special tokens follow gguf-py's ``SpecialVocab``: ``bos/eos/unk/sep/pad/mask`` (and
+``eot``/``eom`` when the post-processor's trailing token replaces the EOS) from
+``tokenizer_config.json``'s ``*_token`` (looked up among ``added_tokens``), then
 ``config.json``'s ``*_token_id``, then (beyond llama.cpp) ``generation_config.json``'s, the
-first found winning, integers only, below the vocabulary size; ``add_bos_token`` /
-``add_eos_token`` from a ``TemplateProcessing`` post-processor (a ``ByteLevel`` one means
-false) and then ``tokenizer_config.json``; the chat template from
-``tokenizer_config.json``, else ``chat_template.jinja``, else ``chat_template.json`` (a list
-of named templates becomes ``tokenizer.chat_template.NAME`` keys, as gguf-py writes them).
+first found winning, integers only, below the vocabulary size, written in the order found;
+``add_bos_token`` / ``add_eos_token`` / ``add_sep_token`` from a ``TemplateProcessing`` (or
+``RobertaProcessing``) post-processor, overridden by ``tokenizer_config.json``'s
+``add_*_token``; the chat template from ``tokenizer_config.json`` (only when there is one),
+else ``chat_template.jinja`` (with ``additional_chat_templates/*.jinja``, by name), else
+``chat_template.json`` (a list of named templates becomes ``tokenizer.chat_template.NAME``
+keys, as gguf-py writes them). ``tokenizer.ggml.add_space_prefix`` of a ``llama`` tokenizer
+is ``tokenizer_config.json``'s ``add_prefix_space`` when it has one (written first, as
+llama.cpp's converter does), else false when the normalizer does not prepend ``▁``, else
+not written (llama.cpp's default is true).
 
 **Architectures** are adapters (:class:`ArchitectureAdapter`), registered through the
 ``modelbuild_register_architectures`` hook, which this plugin declares itself
@@ -95,8 +121,10 @@ of named templates becomes ``tokenizer.chat_template.NAME`` keys, as gguf-py wri
 numpy and gguf are imported inside functions: the CLI imports this package on every run.
 
 Modules: :mod:`.adapters` (:class:`ArchitectureAdapter` and the llama, mistral and qwen2
-adapters), :mod:`.tokenizer` (vocabulary, pre-tokenizer, special tokens), :mod:`.keys`
-(GGUF value types of the keys), :mod:`.convert` (:class:`HfToGguf` and its streaming writer).
+adapters), :mod:`.tokenizer` (vocabulary, pre-tokenizer, special tokens),
+:mod:`.sentencepiece` (``tokenizer.model``'s pieces), :mod:`.metadata` (the ``general.*``
+keys), :mod:`.keys` (GGUF value types of the keys), :mod:`.convert` (:class:`HfToGguf` and
+its streaming writer).
 """
 
 from __future__ import annotations
@@ -107,6 +135,7 @@ from modelbuild.api import hookimpl
 
 from .adapters import (
     BUILTIN_ADAPTERS,
+    FILE_TYPE,
     ArchitectureAdapter,
     Dims,
     LlamaAdapter,
@@ -119,6 +148,8 @@ from .adapters import (
 )
 from .convert import OPTIONS, OUTPUT_NAME, OUTTYPES, HfToGguf
 from .keys import gguf_value
+from .metadata import Metadata, NameParts, name_parts, parameter_counts, read_metadata, size_label, title
+from .sentencepiece import Piece, ProtoError, read_pieces
 from .tokenizer import (
     GPT2_REGEX,
     PRE_TOKENIZER_REGEXES,
@@ -137,11 +168,13 @@ from .tokenizer import (
 )
 
 __all__ = [
-    "BUILTIN_ADAPTERS", "GPT2_REGEX", "OPTIONS", "OUTPUT_NAME", "OUTTYPES", "PRE_TOKENIZER_REGEXES",
+    "BUILTIN_ADAPTERS", "FILE_TYPE", "GPT2_REGEX", "OPTIONS", "OUTPUT_NAME", "OUTTYPES", "PRE_TOKENIZER_REGEXES",
     "SPECIAL_ID_KEYS", "SUPPORTED_PRE_TOKENIZERS", "TOKEN_BYTE", "TOKEN_CONTROL", "TOKEN_NORMAL",
     "TOKEN_UNKNOWN", "TOKEN_UNUSED", "TOKEN_USER_DEFINED", "ArchitectureAdapter", "Dims", "HfToGguf",
     "LlamaAdapter", "LlamaFamilyAdapter", "MistralAdapter", "Qwen2Adapter", "ShapeMismatch", "Vocab",
     "config_error", "derive_pre", "gguf_value", "looks_special", "permute_rope", "read_vocab",
+    "Metadata", "NameParts", "Piece", "ProtoError", "name_parts", "parameter_counts", "read_metadata",
+    "read_pieces", "size_label", "title",
 ]
 
 

@@ -33,6 +33,12 @@ class ShapeMismatch(Exception):
                 f"{list(self.expected or ())}{because}")
 
 
+# In an adapter's hparams(): where general.file_type goes (llama.cpp writes it among the
+# architecture's keys: after the generic ones, before those its model class adds). Without it,
+# after the adapter's keys.
+FILE_TYPE = ("general.file_type", None)
+
+
 def config_error(message: str, *, hint: str | None = None) -> FormatError:
     """The error an adapter raises for a ``config.json`` it cannot use."""
     return FormatError("config.json", message, hint=hint)
@@ -76,8 +82,10 @@ class ArchitectureAdapter:
         can be used as they are. Values: ``bool`` → BOOL, ``int`` → UINT32 (INT32 when
         negative, 64-bit when large), ``float`` → FLOAT32, ``str`` → STRING, a list →
         ARRAY (int items INT32, float FLOAT32, str STRING); a ``gguf.GGUFValue`` gives the
-        type explicitly. ``general.*`` and ``tokenizer.*`` keys are the converter's.
-        Raise :func:`config_error` for a config it cannot convert.
+        type explicitly. ``general.*`` and ``tokenizer.*`` keys are the converter's, except
+        :data:`FILE_TYPE`, which says where ``general.file_type`` goes (llama.cpp's order;
+        after the adapter's keys when absent). Raise :func:`config_error` for a config it
+        cannot convert.
     ``tensor_name(hf_name, n_blocks) -> str | None``
         The GGUF name of a checkpoint tensor (``model.layers.0.self_attn.q_proj.weight``
         → ``blk.0.attn_q.weight``), or None to leave the tensor out (rotary caches).
@@ -295,8 +303,12 @@ class LlamaFamilyAdapter(ArchitectureAdapter):
             keys.append(("{arch}.attention.layer_norm_rms_epsilon", eps))
         if config.get("head_dim") is not None:
             keys += [("{arch}.attention.key_length", d.head_dim), ("{arch}.attention.value_length", d.head_dim)]
-        keys += [("{arch}.vocab_size", d.vocab), ("{arch}.rope.dimension_count", d.head_dim)]
-        return keys
+        keys.append(FILE_TYPE)
+        return keys + self.model_keys(config, d)
+
+    def model_keys(self, config: dict[str, Any], d: Dims) -> list[tuple[str, Any]]:
+        """The keys llama.cpp's model class adds after the generic ones (and the file type)."""
+        return []
 
     # -- tensors
 
@@ -374,11 +386,14 @@ def permute_rope(array: Any, n_head: int) -> Any:
 
 class LlamaAdapter(LlamaFamilyAdapter):
     name = "llama"
-    version = "1"
+    version = "2"
     summary = "Llama 1/2/3 (LlamaForCausalLM): q/k permuted for GGML's RoPE, Llama 3.1 rope_freqs"
     hf_architectures = ("LlamaForCausalLM",)
     permute_qk = True
     rope_types = ("default", "linear", "yarn", "llama3")
+
+    def model_keys(self, config: dict[str, Any], d: Dims) -> list[tuple[str, Any]]:
+        return [("{arch}.vocab_size", d.vocab), ("{arch}.rope.dimension_count", d.head_dim)]
 
     def extra_tensors(self, config: dict[str, Any]) -> list[tuple[str, Any]]:
         theta, rtype, params = self.rope(config)
@@ -410,7 +425,7 @@ class LlamaAdapter(LlamaFamilyAdapter):
 class MistralAdapter(LlamaAdapter):
     name = "mistral"
     gguf_arch = "llama"
-    version = "1"
+    version = "2"
     summary = "Mistral (MistralForCausalLM), written as GGUF architecture llama as llama.cpp does"
     hf_architectures = ("MistralForCausalLM",)
     rope_types = ("default", "linear", "yarn")
@@ -418,10 +433,12 @@ class MistralAdapter(LlamaAdapter):
 
 class Qwen2Adapter(LlamaFamilyAdapter):
     name = "qwen2"
-    version = "1"
+    version = "2"
     summary = "Qwen2 / Qwen2.5 (Qwen2ForCausalLM): q/k/v biases, no q/k permutation"
     hf_architectures = ("Qwen2ForCausalLM",)
     permute_qk = False  # llama.cpp's qwen2 graph uses NEOX-style RoPE on HF's layout
+    # no model_keys: llama.cpp's Qwen2 converter writes neither vocab_size nor rope.dimension_count
+    # (the runtime takes them from the token list and the head size)
 
     def qkv_bias(self, config: dict[str, Any]) -> bool:
         return True

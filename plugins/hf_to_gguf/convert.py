@@ -12,8 +12,10 @@ from typing import Any
 
 from modelbuild.api import FormatError, OptionSpec, Output, TransformContext, UsageError, WeightFile
 
-from .adapters import ShapeMismatch
+from .adapters import FILE_TYPE, ShapeMismatch
 from .keys import gguf_value
+from .metadata import model_card, parameter_counts, read_metadata, size_label
+from .sentencepiece import ProtoError, read_pieces
 from .tokenizer import Vocab, read_vocab
 
 OUTTYPES = ("f16", "f32", "bf16", "q8_0")
@@ -25,6 +27,8 @@ CHUNK_ELEMENTS = 4 << 20  # elements converted at a time (16 MiB of float32)
 _INDEX_SUFFIX = ".safetensors.index.json"
 # safetensors dtypes the converter reads (as numpy dtype names; BF16 through ml_dtypes)
 _READABLE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+# the order safetensors lays them out in a file (by dtype, descending, then by name)
+_LAYOUT_ORDER = ("F64", "F32", "BF16", "F16")
 
 
 # -- reading the model set ---------------------------------------------------------------------
@@ -61,6 +65,16 @@ def _load_json(f: WeightFile) -> Any:
         raise FormatError(f.path, f"not valid JSON ({exc})") from None
 
 
+def _read_text(f: WeightFile) -> str:
+    try:
+        with open(f.source, encoding="utf-8") as fh:  # text mode, as gguf-py reads it: \r\n → \n
+            return fh.read()
+    except UnicodeDecodeError as exc:
+        raise FormatError(f.path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise FormatError(f.path, f"cannot read: {exc.strerror or exc}") from None
+
+
 def _json_object(f: WeightFile) -> dict[str, Any]:
     doc = _load_json(f)
     if not isinstance(doc, dict):
@@ -72,7 +86,7 @@ class HfToGguf:
     """The converter. See the package docstring (:mod:`modelbuild_plugins.hf_to_gguf`)."""
 
     name = "hf-to-gguf"
-    version = "1"
+    version = "2"
     summary = "Hugging Face safetensors checkpoint → one GGUF file llama.cpp loads (llama, mistral, qwen2, …)"
     source_format = "safetensors"
     target_format = "gguf"
@@ -80,8 +94,8 @@ class HfToGguf:
     options = (
         OptionSpec("outtype", str, choices=OUTTYPES, default=OUTTYPES[0],
                    help="the type of the weight tensors (1-D and norm tensors stay f32)"),
-        OptionSpec("name", str, help="general.name; default: the base name of config.json's _name_or_path, "
-                                     "else model"),
+        OptionSpec("name", str, help="general.name; default: from README.md's front matter, config.json's "
+                                     "_name_or_path or the checkpoint's directory, as llama.cpp's converter"),
         OptionSpec("pre", str, help="llama.cpp's pre-tokenizer name, for a byte-level tokenizer whose "
                                     "structure is not recognised"),
     )
@@ -152,7 +166,7 @@ class HfToGguf:
             n_blocks = adapter.block_count(config)
             hparams = adapter.hparams(config)
             extras = adapter.extra_tensors(config)
-            vocab = self._vocab(tok_file, config, beside, adapter, options, ctx)
+            vocab = self._vocab(tok_file, config, beside, files, options, ctx)
         except FormatError as exc:
             if exc.file == "config.json":  # adapters name config.json by its bare name
                 raise FormatError(cfg_file.path, exc.message.split(": ", 1)[1], hint=exc.hint) from None
@@ -165,7 +179,8 @@ class HfToGguf:
             raise FormatError(out_path, "the model set already holds a file of this name: hf-to-gguf writes "
                                         "the converted model there")
         plan = self._plan(sources, extras, adapter, n_blocks, outtype, ctx)
-        kvs = self._keys(adapter, config, options, hparams, vocab, outtype)
+        general = self._metadata(plan, config, options, beside, directory, ctx)
+        kvs = self._keys(adapter, general, hparams, vocab, outtype)
         out = ctx.output_path(out_path)
         self._write(out, kvs, plan, adapter, config, ctx)
         result.append(Output(out_path, out, "model"))
@@ -254,7 +269,7 @@ class HfToGguf:
                                     f"{', '.join(a.name for a in found)}")
         return found[0]
 
-    def _vocab(self, tok_file: WeightFile, config: dict[str, Any], beside: Any, adapter: Any,
+    def _vocab(self, tok_file: WeightFile, config: dict[str, Any], beside: Any, files: list[WeightFile],
                options: dict[str, Any], ctx: TransformContext) -> Vocab:
         tok = _json_object(tok_file)
         tc_file = beside("tokenizer_config.json")
@@ -262,17 +277,52 @@ class HfToGguf:
         alt: Any = None
         jinja, cjson = beside("chat_template.jinja"), beside("chat_template.json")
         if jinja is not None:
-            with open(jinja.source, encoding="utf-8") as fh:
-                alt = fh.read()
+            alt = _read_text(jinja)
+            prefix = posixpath.join(posixpath.dirname(jinja.path), "additional_chat_templates", "")
+            extra = sorted((f for f in files if f.path.startswith(prefix) and f.path.endswith(".jinja")
+                            and "/" not in f.path[len(prefix):]), key=lambda f: f.path)
+            if extra:  # as gguf-py: the default template and the named ones
+                alt = [{"name": "default", "template": alt}] + [
+                    {"name": posixpath.basename(f.path)[:-len(".jinja")], "template": _read_text(f)} for f in extra]
         elif cjson is not None:
             doc = _load_json(cjson)
             alt = doc.get("chat_template") if isinstance(doc, dict) else None
+        sp_file, added_file = beside("tokenizer.model"), beside("added_tokens.json")
+        pieces = None
+        if sp_file is not None:
+            with open(sp_file.source, "rb") as fh:
+                data = fh.read()
+            try:
+                pieces = read_pieces(data)
+            except ProtoError as exc:
+                raise FormatError(sp_file.path, f"not a SentencePiece model ({exc})") from None
+        added_json = _json_object(added_file) if added_file is not None else None
         n_vocab = config.get("vocab_size")
         pre = options.get("pre")
         return read_vocab(tok, n_vocab if isinstance(n_vocab, int) else None, label=tok_file.path,
                           tok_config=_json_object(tc_file) if tc_file else None, config=config,
                           gen_config=_json_object(gen_file) if gen_file else None, chat_template_alt=alt,
-                          pre_override=str(pre) if pre else None, log=ctx.log)
+                          pre_override=str(pre) if pre else None, log=ctx.log, sp_pieces=pieces,
+                          sp_label=sp_file.path if sp_file else "", added_tokens_json=added_json)
+
+    @staticmethod
+    def _metadata(plan: list[_Planned], config: dict[str, Any], options: dict[str, Any], beside: Any,
+                  directory: str, ctx: TransformContext) -> list[tuple[str, Any]]:
+        """The ``general.*`` keys after the architecture and type (:mod:`.metadata`)."""
+        card: dict[str, Any] = {}
+        readme = beside("README.md")
+        if readme is not None:
+            try:
+                card = model_card(_read_text(readme), ctx.log, readme.path)
+            except FormatError as exc:
+                ctx.log(f"warning: hf-to-gguf: {exc.message}; its front matter is not used")
+        gen_file = beside("generation_config.json")
+        counts = parameter_counts([(p.gguf_name, p.shape) for p in plan])
+        meta = read_metadata(card=card, config=config, gen_config=_json_object(gen_file) if gen_file else None,
+                             directory_name=posixpath.basename(directory) or None, total_params=counts[0],
+                             size_label_fallback=size_label(*counts) if counts[0] > 0 else None,
+                             name_option=options.get("name") or None, log=ctx.log)
+        return meta.keys(ctx.log)
 
     # -- planning
 
@@ -305,7 +355,7 @@ class HfToGguf:
         for i, (gname, array) in enumerate(extras):
             shape = tuple(int(d) for d in array.shape)
             gtype = type_for(gname, shape)
-            plans.append(_Planned((0, 0, i, gname), gname, shape, int(gtype), size(gtype, shape), array=array))
+            plans.append(_Planned((0, i, gname), gname, shape, int(gtype), size(gtype, shape), array=array))
             names[gname] = "(generated)"
         for s in sources.values():
             try:
@@ -318,33 +368,38 @@ class HfToGguf:
             if gname in names:
                 raise FormatError(s.file.path, f"tensors {names[gname]!r} and {s.name!r} both map to {gname!r}")
             names[gname] = s.name
-            bid = next((int(p) for p in gname.split(".") if p.isdecimal()), None)
-            group = (1, 0) if gname.startswith("token_embd") else (2, bid) if bid is not None else (3, 0)
             gtype = type_for(gname, s.shape)
-            plans.append(_Planned((*group, s.name), gname, s.shape, int(gtype), size(gtype, s.shape), source=s))
+            order = (1, _LAYOUT_ORDER.index(s.dtype), s.name)  # as one safetensors file lays them out
+            plans.append(_Planned(order, gname, s.shape, int(gtype), size(gtype, s.shape), source=s))
         plans.sort(key=lambda p: p.order)
         return plans
 
     @staticmethod
-    def _keys(adapter: Any, config: dict[str, Any], options: dict[str, Any], hparams: list[tuple[str, Any]],
-              vocab: Vocab, outtype: str) -> list[tuple[str, int, bytes]]:
+    def _keys(adapter: Any, general: list[tuple[str, Any]], hparams: list[tuple[str, Any]], vocab: Vocab,
+              outtype: str) -> list[tuple[str, int, bytes]]:
+        """Every key, in llama.cpp's order: architecture, type, the metadata, the adapter's
+        keys with ``general.file_type`` where the adapter puts :data:`FILE_TYPE` (else
+        after them), the quantization version, the tokenizer."""
         from gguf.constants import GGML_QUANT_VERSION, LlamaFileType
 
         ftype = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
                  "bf16": LlamaFileType.MOSTLY_BF16, "q8_0": LlamaFileType.MOSTLY_Q8_0}[outtype]
-        name = options.get("name")
-        if not name:
-            path = config.get("_name_or_path")
-            name = posixpath.basename(str(path).rstrip("/")) if isinstance(path, str) and path.strip("/") else "model"
-        items: list[tuple[str, Any]] = [("general.architecture", adapter.arch), ("general.type", "model"),
-                                        ("general.name", str(name))]
+        items: list[tuple[str, Any]] = [("general.architecture", adapter.arch), ("general.type", "model")]
+        items += general
+        placed = False
         for key, value in hparams:
+            if key == FILE_TYPE[0] and value is None and not placed:
+                items.append(("general.file_type", int(ftype)))
+                placed = True
+                continue
             key = key.replace("{arch}", adapter.arch)
             if key.startswith(("general.", "tokenizer.")):
                 raise ValueError(f"adapter {adapter.name} set {key}: general.* and tokenizer.* keys are the "
                                  f"converter's")
             items.append((key, value))
-        items += [("general.file_type", int(ftype)), ("general.quantization_version", GGML_QUANT_VERSION)]
+        if not placed:
+            items.append(("general.file_type", int(ftype)))
+        items.append(("general.quantization_version", GGML_QUANT_VERSION))
         items += vocab.keys()
         out: list[tuple[str, int, bytes]] = []
         seen: set[str] = set()

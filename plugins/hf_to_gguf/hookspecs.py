@@ -29,7 +29,8 @@ def modelbuild_register_architectures(registry: Registry[ArchitectureAdapter]) -
     the converter calls::
 
         block_count(config) -> int
-        hparams(config) -> list[tuple[str, Any]]         # full GGUF keys; "{arch}" is replaced
+        hparams(config) -> list[tuple[str, Any]]         # full GGUF keys; "{arch}" is replaced;
+                                                         # FILE_TYPE marks where general.file_type goes
         tensor_name(hf_name, n_blocks) -> str | None     # None: skip; KeyError: unknown tensor
         transform(hf_name, array, config) -> array       # e.g. llama's q/k permutation
         check(config, shapes) -> None                    # raise ShapeMismatch for a contradiction

@@ -35,11 +35,15 @@ SUPPORTED_PRE_TOKENIZERS = (
     "Sequence[Split(Regex, Isolated), ByteLevel(use_regex=false)] with the regex of "
     + ", ".join(f"{name}" for name in PRE_TOKENIZER_REGEXES.values()),
 )
-_SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "mask")
+# gguf-py's SpecialVocab: the special token types it looks up, in this order ("cls" is looked
+# up, but GGUF has no key for it), and the keys of those written
+_SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 # gguf.Keys.Tokenizer's names for them (note llama.cpp's spelling of "seperator")
 SPECIAL_ID_KEYS = {"bos": "tokenizer.ggml.bos_token_id", "eos": "tokenizer.ggml.eos_token_id",
                    "unk": "tokenizer.ggml.unknown_token_id", "sep": "tokenizer.ggml.seperator_token_id",
-                   "pad": "tokenizer.ggml.padding_token_id", "mask": "tokenizer.ggml.mask_token_id"}
+                   "pad": "tokenizer.ggml.padding_token_id", "mask": "tokenizer.ggml.mask_token_id",
+                   "eot": "tokenizer.ggml.eot_token_id", "eom": "tokenizer.ggml.eom_token_id"}
+_ADD_SPECIAL = ("bos", "eos", "sep")  # the add_*_token flags GGUF has keys for
 _BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 
@@ -54,32 +58,39 @@ class Vocab:
     scores: list[float] | None = None
     merges: list[str] | None = None
     add_space_prefix: bool | None = None
-    special_ids: dict[str, int] = field(default_factory=dict)
-    add_special: dict[str, bool] = field(default_factory=dict)
+    special_ids: dict[str, int] = field(default_factory=dict)  # in the order they were found
+    add_special: dict[str, bool] = field(default_factory=dict)  # likewise
     chat_template: Any = None
 
     def keys(self) -> list[tuple[str, Any]]:
+        """The keys in llama.cpp's order: ``add_space_prefix`` first (llama.cpp's Llama
+        converter writes it before the vocabulary), then gguf-py's: the vocabulary, the
+        merges, the special token ids and ``add_*`` flags as ``SpecialVocab`` found them,
+        the chat template."""
         import gguf
 
-        out: list[tuple[str, Any]] = [("tokenizer.ggml.model", self.model), ("tokenizer.ggml.pre", self.pre),
-                                      ("tokenizer.ggml.tokens", self.tokens)]
+        out: list[tuple[str, Any]] = []
+        if self.add_space_prefix is not None:
+            out.append(("tokenizer.ggml.add_space_prefix", self.add_space_prefix))
+        out += [("tokenizer.ggml.model", self.model), ("tokenizer.ggml.pre", self.pre),
+                ("tokenizer.ggml.tokens", self.tokens)]
         if self.scores is not None:
             out.append(("tokenizer.ggml.scores",
                         gguf.GGUFValue(self.scores, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.FLOAT32)))
         out.append(("tokenizer.ggml.token_type",
                     gguf.GGUFValue(self.types, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32)))
-        if self.add_space_prefix is not None:
-            out.append(("tokenizer.ggml.add_space_prefix", self.add_space_prefix))
         if self.merges:
             out.append(("tokenizer.ggml.merges", self.merges))
         for typ, tid in self.special_ids.items():
-            out.append((SPECIAL_ID_KEYS[typ], gguf.GGUFValue(tid, gguf.GGUFValueType.UINT32)))
+            if typ in SPECIAL_ID_KEYS:
+                out.append((SPECIAL_ID_KEYS[typ], gguf.GGUFValue(tid, gguf.GGUFValueType.UINT32)))
         for typ, value in self.add_special.items():
-            out.append((f"tokenizer.ggml.add_{typ}_token", bool(value)))
+            if typ in _ADD_SPECIAL:
+                out.append((f"tokenizer.ggml.add_{typ}_token", bool(value)))
         template = self.chat_template
         if isinstance(template, list):
             default = None
-            names = []
+            named: dict[str, str] = {}
             for choice in template:
                 if not isinstance(choice, dict):
                     continue
@@ -89,10 +100,10 @@ class Vocab:
                     if name == "default":
                         default = text
                     else:
-                        names.append(name)
-                        out.append((f"tokenizer.chat_template.{name}", text))
-            if names:
-                out.append(("tokenizer.chat_templates", names))
+                        named[name] = text
+            out += [(f"tokenizer.chat_template.{name}", text) for name, text in named.items()]
+            if named:
+                out.append(("tokenizer.chat_templates", list(named)))
             template = default
         if isinstance(template, str):
             out.append(("tokenizer.chat_template", template))
@@ -204,7 +215,13 @@ def _token_text(entry: Any) -> str | None:
 
 def read_vocab(tok: dict[str, Any], n_vocab: int | None, *, label: str, tok_config: dict[str, Any] | None,
                config: dict[str, Any], gen_config: dict[str, Any] | None, chat_template_alt: Any,
-               pre_override: str | None, log: Any) -> Vocab:
+               pre_override: str | None, log: Any, sp_pieces: list[Any] | None = None, sp_label: str = "",
+               added_tokens_json: dict[str, Any] | None = None) -> Vocab:
+    """The ``tokenizer.*`` keys of a checkpoint. *sp_pieces* are the pieces of its
+    ``tokenizer.model`` (:func:`.sentencepiece.read_pieces`), when it has one: a
+    SentencePiece-style tokenizer then takes its tokens, scores and types from them, as
+    llama.cpp's converter does; *added_tokens_json* is ``added_tokens.json``, which that
+    path reads too."""
     model = tok.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("vocab"), dict):
         raise FormatError(label, "no model.vocab: not a tokenizers tokenizer.json")
@@ -248,6 +265,7 @@ def read_vocab(tok: dict[str, Any], n_vocab: int | None, *, label: str, tok_conf
     for tid, a in added.items():
         by_id[tid] = a["content"]
     largest = max(by_id) + 1 if by_id else 0
+    configured = n_vocab
     if n_vocab is None:
         n_vocab = largest
     elif largest > n_vocab:
@@ -255,24 +273,59 @@ def read_vocab(tok: dict[str, Any], n_vocab: int | None, *, label: str, tok_conf
                                          f"(tokenizer.json)")
 
     merges = _merges(model, label)
+    source = label
+    if kind == "llama" and sp_pieces is not None:
+        source = sp_label
+        tokens, types, scores = _sentencepiece_tokens(sp_pieces, configured, tok_config, added_tokens_json,
+                                                      sp_label, log)
+    else:
+        if sp_pieces is not None:
+            log(f"hf-to-gguf: {sp_label} is not used: {label} is a byte-level BPE tokenizer")
+        tokens, types, scores = _tokenizer_json_tokens(kind, by_id, added, merges, n_vocab)
+    seen: dict[str, int] = {}
+    for i, text in enumerate(tokens):
+        if text in seen:
+            raise FormatError(source, f"ids {seen[text]} and {i} both have the text {text!r}: llama.cpp needs "
+                                      f"distinct token texts")
+        if not text:
+            raise FormatError(source, f"token {i} is empty")
+        seen[text] = i
+
+    v = Vocab(kind, pre, tokens, types)
+    if kind == "gpt2":
+        if not merges:
+            raise FormatError(label, "a byte-level BPE tokenizer without merges")
+        v.merges = merges
+    else:
+        v.scores = scores
+        v.add_space_prefix = _add_space_prefix(tok, steps, tok_config)
+    _special_tokens(v, tok, tok_config, config, gen_config, len(tokens), chat_template_alt, log)
+    return v
+
+
+def _tokenizer_json_tokens(kind: str, by_id: dict[int, str], added: dict[int, dict[str, Any]], merges: list[str],
+                           n_vocab: int) -> tuple[list[str], list[int], list[float]]:
+    """Tokens, types and scores from tokenizer.json: ids without a token are ``[PAD{id}]``
+    (UNUSED); added tokens are CONTROL when special (or when they look special),
+    USER_DEFINED otherwise; ``<0xXX>`` of a SentencePiece-style tokenizer are BYTE. A
+    SentencePiece-style token scores ``-r`` for the first merge *r* that makes it, so that
+    llama.cpp, which merges the pair of highest score, merges in the order Hugging Face
+    does (llama.cpp's converter scores every token -1000 on this path)."""
     first_merge: dict[str, int] = {}
     if kind == "llama":
         for rank, m in enumerate(merges):
             a, _, b = m.partition(" ")
             first_merge.setdefault(a + b, rank)
-
     tokens: list[str] = []
     types: list[int] = []
     scores: list[float] = []
-    seen: dict[str, int] = {}
     for i in range(n_vocab):
         text = by_id.get(i)
         score = 0.0
         if text is None:
             text, ttype, score = f"[PAD{i}]", TOKEN_UNUSED, -1000.0
         elif i in added:
-            a = added[i]
-            if a.get("special") or looks_special(text):
+            if added[i].get("special") or looks_special(text):
                 ttype = TOKEN_CONTROL
             else:
                 text = text.replace("▁", " ")  # llama.cpp's converter pre-normalizes user-defined spaces
@@ -284,43 +337,87 @@ def read_vocab(tok: dict[str, Any], n_vocab: int | None, *, label: str, tok_conf
             ttype = TOKEN_NORMAL
             if text in first_merge:
                 score = -float(first_merge[text])
-        if text in seen:
-            raise FormatError(label, f"ids {seen[text]} and {i} both have the text {text!r}: llama.cpp needs "
-                                     f"distinct token texts")
-        if not text:
-            raise FormatError(label, f"token {i} is empty")
-        seen[text] = i
         tokens.append(text)
         types.append(ttype)
         scores.append(score)
+    return tokens, types, scores
 
-    v = Vocab(kind, pre, tokens, types)
-    if kind == "gpt2":
-        if not merges:
-            raise FormatError(label, "a byte-level BPE tokenizer without merges")
-        v.merges = merges
-    else:
-        v.scores = scores
-        norm = _steps(tok.get("normalizer"), "normalizers")
-        prefix = any(s.get("type") == "Prepend" and s.get("prepend") == "▁" for s in norm)
-        for s in steps:
-            if s.get("type") == "Metaspace":
-                prefix = s.get("prepend_scheme", "always" if s.get("add_prefix_space", True) else "never") != "never"
-        if tok_config and isinstance(tok_config.get("add_prefix_space"), bool):
-            prefix = tok_config["add_prefix_space"]
-        v.add_space_prefix = prefix
-    _special_tokens(v, tok, tok_config, config, gen_config, n_vocab, log)
-    template = (tok_config or {}).get("chat_template", chat_template_alt)
-    if isinstance(template, (str, list)):
-        v.chat_template = template
-    return v
+
+def _sentencepiece_tokens(pieces: list[Any], n_vocab: int | None, tok_config: dict[str, Any] | None,
+                          added_tokens_json: dict[str, Any] | None, label: str,
+                          log: Any) -> tuple[list[str], list[int], list[float]]:
+    """llama.cpp's ``_create_vocab_sentencepiece``: each piece's text, score and type (its
+    UNKNOWN, CONTROL, UNUSED and BYTE pieces keep their type, the rest are NORMAL, user-defined
+    pieces included); ids past the pieces up to ``vocab_size`` are ``[PAD{id}]`` (UNUSED,
+    score -10000); then ``added_tokens.json`` (USER_DEFINED) and ``tokenizer_config.json``'s
+    ``added_tokens_decoder`` (CONTROL when special or special-looking, else USER_DEFINED)
+    replace the tokens they name, scoring -1000."""
+    size = n_vocab or len(pieces)
+    tokens = [f"[PAD{i}]" for i in range(size)]
+    types = [TOKEN_UNUSED] * size
+    scores = [-10000.0] * size
+    kept = (TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_UNUSED, TOKEN_BYTE)
+    if len(pieces) > size:
+        log(f"warning: hf-to-gguf: {label}: pieces from id {size} on are past vocab_size={size}; left out")
+    for i, piece in enumerate(pieces[:size]):
+        tokens[i], scores[i] = piece.text, piece.score
+        types[i] = piece.type if piece.type in kept else TOKEN_NORMAL
+
+    def place(tid: Any, text: str, ttype: int, where: str) -> None:
+        if isinstance(tid, bool) or not isinstance(tid, int) or not 0 <= tid < size:
+            log(f"warning: hf-to-gguf: {where}: token {text!r} has id {tid!r}, outside the vocabulary of {size}; "
+                f"left out")
+            return
+        tokens[tid], types[tid], scores[tid] = text, ttype, -1000.0
+
+    for text, tid in (added_tokens_json or {}).items():
+        place(tid, str(text), TOKEN_USER_DEFINED, "added_tokens.json")
+    decoder = (tok_config or {}).get("added_tokens_decoder")
+    for key, entry in (decoder.items() if isinstance(decoder, dict) else ()):
+        text = entry.get("content") if isinstance(entry, dict) else None
+        if not isinstance(text, str) or not str(key).isdecimal():
+            continue
+        if entry.get("special") or looks_special(text):
+            place(int(key), text, TOKEN_CONTROL, "tokenizer_config.json")
+        else:
+            place(int(key), text.replace("▁", " "), TOKEN_USER_DEFINED, "tokenizer_config.json")
+    return tokens, types, scores
+
+
+def _add_space_prefix(tok: dict[str, Any], steps: list[dict[str, Any]],
+                      tok_config: dict[str, Any] | None) -> bool | None:
+    """``tokenizer.ggml.add_space_prefix`` of a SentencePiece-style tokenizer:
+    ``tokenizer_config.json``'s ``add_prefix_space`` when it says (llama.cpp's converter
+    writes that); otherwise false when the normalizer or Metaspace does not prepend ``▁``
+    (llama.cpp would add the space: its default for this tokenizer is true), else nothing."""
+    if tok_config and isinstance(tok_config.get("add_prefix_space"), bool):
+        return tok_config["add_prefix_space"]
+    norm = _steps(tok.get("normalizer"), "normalizers")
+    prefix = any(s.get("type") == "Prepend" and s.get("prepend") == "▁" for s in norm)
+    for s in steps:
+        if s.get("type") == "Metaspace":
+            prefix = s.get("prepend_scheme", "always" if s.get("add_prefix_space", True) else "never") != "never"
+    return None if prefix else False
+
+
+def _special_id(item: Any) -> Any:
+    """The token a TemplateProcessing item names (``{"SpecialToken": {"id": "<s>"}}``)."""
+    special = item.get("SpecialToken") if isinstance(item, dict) else None
+    return special.get("id") if isinstance(special, dict) else None
 
 
 def _special_tokens(v: Vocab, tok: dict[str, Any], tok_config: dict[str, Any] | None, config: dict[str, Any],
-                    gen_config: dict[str, Any] | None, n_vocab: int, log: Any) -> None:
-    """gguf-py's SpecialVocab, reading the same files."""
-    tc = dict(tok_config or {})
+                    gen_config: dict[str, Any] | None, n_vocab: int, chat_template_alt: Any, log: Any) -> None:
+    """gguf-py's ``SpecialVocab``, reading the same files: special token ids, in the order
+    found, from ``tokenizer_config.json``'s ``*_token`` (looked up among tokenizer.json's
+    added tokens) then ``config.json``'s ``*_token_id`` (then, beyond llama.cpp,
+    ``generation_config.json``'s, for an id neither gives); ``add_bos``/``add_eos``/
+    ``add_sep`` from the post-processor, overridden by ``tokenizer_config.json``'s
+    ``add_*_token``; the chat template."""
+    tc = dict(tok_config) if tok_config else None  # gguf-py amends it as it reads the post-processor
+    types = list(_SPECIAL_TYPES)
     added = [a for a in tok.get("added_tokens") or [] if isinstance(a, dict)]
+    add = v.add_special
 
     def set_id(typ: str, tid: Any) -> None:
         if isinstance(tid, bool) or not isinstance(tid, int) or typ in v.special_ids:
@@ -330,43 +427,80 @@ def _special_tokens(v: Vocab, tok: dict[str, Any], tok_config: dict[str, Any] | 
         else:
             log(f"warning: hf-to-gguf: {typ} token id {tid} is outside the vocabulary of {n_vocab}; not written")
 
-    bos = _token_text(tc.get("bos_token")) or _token_text(tc.get("cls_token"))
-    eos = _token_text(tc.get("eos_token")) or _token_text(tc.get("sep_token"))
+    bos, cls = (tc or {}).get("bos_token"), (tc or {}).get("cls_token")
+    eos, sep = (tc or {}).get("eos_token"), (tc or {}).get("sep_token")
+    if not bos and cls and tc:
+        tc["bos_token"] = bos = cls
+    if not eos and sep and tc:
+        tc["eos_token"] = eos = sep
     post = tok.get("post_processor")
-    if isinstance(post, dict):
-        processors = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
-        for p in processors:
-            if not isinstance(p, dict):
-                continue
-            if p.get("type") == "ByteLevel":
-                v.add_special.setdefault("bos", False)
-                v.add_special.setdefault("eos", False)
-            elif p.get("type") == "TemplateProcessing":
-                single = p.get("single") or []
-                if len(single) > 1:
-                    first = (single[0].get("SpecialToken") or {}).get("id")
-                    if first:
-                        if not tc or not bos:
-                            bos = first
-                        v.add_special["bos"] = first == bos
-                    last = (single[-1].get("SpecialToken") or {}).get("id")
-                    if last:
-                        if not tc or not eos:
-                            eos = last
-                        v.add_special["eos"] = last == eos
-    for typ in _SPECIAL_TYPES:
-        add_entry = tc.get(f"add_{typ}_token")
-        if isinstance(add_entry, bool) and typ not in v.add_special:
-            v.add_special[typ] = add_entry
-    names = {"bos": bos, "eos": eos}
-    for typ in _SPECIAL_TYPES:
-        text = names.get(typ) or _token_text(tc.get(f"{typ}_token"))
-        if text is None:
+    processors = (post.get("processors", [post]) if isinstance(post, dict) else None) or []
+    for p in processors:
+        if not isinstance(p, dict):
             continue
-        set_id(typ, next((a.get("id") for a in added if a.get("content") == text), None))
-    for source in (config, gen_config or {}):
-        for typ in _SPECIAL_TYPES:
-            set_id(typ, source.get(f"{typ}_token_id"))
-    order = {t: i for i, t in enumerate(_SPECIAL_TYPES)}
-    v.special_ids = dict(sorted(v.special_ids.items(), key=lambda kv: order[kv[0]]))
-    v.add_special = {t: v.add_special[t] for t in ("bos", "eos", "sep") if t in v.add_special}
+        if p.get("type") == "RobertaProcessing":
+            add["bos"] = add["eos"] = add["sep"] = True
+            if not cls and tc:
+                tc["cls_token"] = cls = (p.get("cls") or [bos])[0]
+            if not sep and tc:
+                tc["sep_token"] = sep = (p.get("sep") or [eos])[0]
+            continue
+        if p.get("type") != "TemplateProcessing":
+            continue
+        single, pair = p.get("single") or [], p.get("pair") or []
+        first = last = None
+        if len(single) > 1:
+            first = _special_id(single[0])
+            if first:
+                if not tc:
+                    bos = first
+                add["bos"] = first in (bos, cls)
+            last = _special_id(single[-1])
+            if last:
+                if not tc:
+                    eos = last
+                elif last != eos:  # the template ends with another token: that is the EOS, the old one EOT
+                    for extra in ("eot", "eom"):
+                        if extra not in types:
+                            types.append(extra)
+                            tc[f"{extra}_token"] = eos
+                            break
+                    tc["eos_token"] = eos = last
+                add["eos"] = last == eos
+        if not pair:
+            continue
+        start = 1 if first and _special_id(pair[0]) == first else 0
+        stop = -1 if last and _special_id(pair[-1]) == last else None
+        middle = pair[start:stop]
+        if not middle or not isinstance(middle[0], dict) or not isinstance(middle[-1], dict):
+            continue
+        a, b = (middle[0].get("Sequence") or {}).get("id"), (middle[-1].get("Sequence") or {}).get("id")
+        between = middle[1:-1]
+        if a == "A" and b == "B" and between:  # A [sep] [eos] B
+            entry = _special_id(between[0])
+            add_sep = bool(entry) and entry in (sep, eos) and not last
+            if len(between) == 2:
+                entry = _special_id(between[1])
+                add_sep = add_sep or (bool(entry) and entry in (sep, eos))
+            add["sep"] = add_sep
+            if add_sep and not sep and tc:
+                tc["sep_token"] = eos
+
+    if tc:
+        template = tc.get("chat_template", chat_template_alt)
+        if isinstance(template, (str, list)):
+            v.chat_template = template
+        for typ in types:
+            flag = tc.get(f"add_{typ}_token")
+            if isinstance(flag, bool):
+                add[typ] = flag
+            text = _token_text(tc.get(f"{typ}_token"))
+            if text is not None:
+                set_id(typ, next((a.get("id") for a in added if a.get("content") == text), None))
+    for typ in types:
+        tid = config.get(f"{typ}_token_id")
+        if tid is None and isinstance(config.get("text_config"), dict):
+            tid = config["text_config"].get(f"{typ}_token_id")
+        set_id(typ, tid)
+    for typ in types:
+        set_id(typ, (gen_config or {}).get(f"{typ}_token_id"))

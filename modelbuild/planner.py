@@ -22,11 +22,15 @@ config and manifest steps) and its top step, so nothing downstream parses step i
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from modelbuild.description import BuildDescription, ResolvedBuild, Transform, Variant
+from modelbuild.description import BuildDescription, FileKind, ResolvedBuild, Transform, Variant
 from modelbuild.graph import BuildGraph, Step, VariantSteps
+
+
+MODEL_CARD = "README.md"  # Hugging Face's model card, as converters look for it
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ def plan(resolved: ResolvedBuild, options: BuildOptions) -> BuildGraph:
     needs_plain = any(not shared and not v.chain for v in variants)
     file_layers: list[Step] = []
     set_digests: list[Step] = []
+    cards: list[Step] = []  # model cards (DOC README.md): what converters read metadata from
     for spec in desc.files:
         in_model_set = spec.path in in_set
         plain = not in_model_set or needs_plain
@@ -73,6 +78,8 @@ def plan(resolved: ResolvedBuild, options: BuildOptions) -> BuildGraph:
         )
         if in_model_set:
             set_digests.append(digest)
+        elif spec.kind == FileKind.DOC and not spec.is_dir and posixpath.basename(spec.path) == MODEL_CARD:
+            cards.append(digest)
         if plain:
             codec = "tar" if (options.layer_format == "raw" and spec.is_dir) else options.layer_format
             file_layers.append(graph.add(
@@ -86,10 +93,10 @@ def plan(resolved: ResolvedBuild, options: BuildOptions) -> BuildGraph:
             ))
     other_layers = [s for s in file_layers if s.params["path"] not in in_set]
     set_layers = [s for s in file_layers if s.params["path"] in in_set]
-    after_shared = _add_chain(graph, shared, set_digests, None)
+    after_shared = _add_chain(graph, shared, set_digests, None, cards)
     manifests = []
     for v in variants:
-        last = _add_chain(graph, v.chain, after_shared, v)
+        last = _add_chain(graph, v.chain, after_shared, v, cards)
         if last is set_digests:
             layers = other_layers + set_layers
         else:
@@ -130,7 +137,12 @@ def _tag(v: Variant) -> str:
     return f" [{v.stage}]" if v.stage else ""
 
 
-def _add_chain(graph: BuildGraph, chain: tuple[Transform, ...], inputs: list[Step], v: Variant | None) -> list[Step]:
+def _add_chain(graph: BuildGraph, chain: tuple[Transform, ...], inputs: list[Step], v: Variant | None,
+               cards: list[Step]) -> list[Step]:
+    """The chain's transform steps, each reading the one before. A convert step also reads
+    the model cards (``README.md`` listed with DOC), as llama.cpp's converter reads the
+    checkpoint's README for the GGUF's name, license and tags: they enter its key, are
+    handed to the converter, and never become its output (the card keeps its own layer)."""
     last = inputs
     prefix = f"transform:{v.stage}:" if v is not None and v.stage else "transform:"
     for index, t in enumerate(chain, start=1):
@@ -145,7 +157,7 @@ def _add_chain(graph: BuildGraph, chain: tuple[Transform, ...], inputs: list[Ste
                 platform=v.platform if v is not None else None,
                 stage=v.stage if v is not None else None,
             ),
-            last,
+            last + cards if t.action == "convert" else last,
         )
         last = [step]
     return last

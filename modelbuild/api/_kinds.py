@@ -203,7 +203,10 @@ class Converter(Protocol):
     the default.
 
     The core calls ``convert(files, options, ctx)`` once per step that misses the cache,
-    ``options`` holding the line's options with ``outtype`` always set. Raise
+    ``options`` holding the line's options with ``outtype`` always set. ``files`` are the
+    model set, plus the model cards (``README.md`` files listed with ``DOC``, ``kind ==
+    "doc"``) for the metadata a converted file carries (a name, a license); a card is
+    context: returned or not, it is never part of the output. Raise
     :class:`~modelbuild.api.FormatError` for input it cannot convert (an unsupported
     architecture, naming the supported ones; a missing tokenizer or shard). Conventions and
     optional members (``options``, ``key_extras``, ``worker_modules``): as for

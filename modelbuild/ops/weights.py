@@ -121,6 +121,8 @@ class TransformOp(Op):
                 if isinstance(item, WeightFile):
                     if (item.path, item.digest) not in known:
                         raise PluginError(f"{p['plugin']} returned a file it was not given: {item.path}")
+                    if item.kind == "doc":  # a model card given as context: it keeps its own layer
+                        continue
                     entry = ModelFile(item.path, item.kind, item.digest, item.size, "input")
                 elif isinstance(item, Output):
                     digest, size, created = env.store.adopt(item.file)

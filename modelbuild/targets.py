@@ -191,18 +191,33 @@ class Choice:
 
 
 def entry_stage(entry: dict[str, Any]) -> Stage:
+    """The stage an index entry was built for, from its annotations; ConstraintError when
+    its requirements annotation does not parse (an index written by someone else)."""
     ann = entry.get("annotations", {})
     target = ann.get(ANN_TARGET, "cpu")
     constraints = tuple(parse_constraint(c) for c in ann.get(ANN_REQUIRES, "").split() if c)
     return Stage(ann.get(ANN_STAGE, target), target, entry.get("platform", {}).get("architecture"), constraints)
 
 
+def _entry_names(entry: dict[str, Any]) -> tuple[str, str]:
+    """An entry's stage and target names, which do not need its requirements to parse."""
+    ann = entry.get("annotations", {})
+    target = ann.get(ANN_TARGET, "cpu")
+    return ann.get(ANN_STAGE, target), target
+
+
 def describe_entry(entry: dict[str, Any]) -> str:
-    stage = entry_stage(entry)
+    """``cuda (linux/amd64, cuda>=12.1)``, for messages; names escaped (they come from an index)."""
+    from modelbuild.oci.verify import shown
+
+    name = _entry_names(entry)[0]
     plat = entry.get("platform", {})
     where = f"{plat.get('os', '?')}/{plat.get('architecture', '?')}"
-    needs = " ".join(str(c) for c in stage.constraints)
-    return f"{stage.name} ({where}{', ' + needs if needs else ''})"
+    try:
+        needs = " ".join(str(c) for c in entry_stage(entry).constraints)
+    except ConstraintError:
+        needs = "unreadable requirements"
+    return shown(f"{name} ({where}{', ' + needs if needs else ''})", 200)
 
 
 def select_entry(index: dict[str, Any], wanted: str, host: HostInfo, targets: Any) -> Choice:
@@ -210,16 +225,24 @@ def select_entry(index: dict[str, Any], wanted: str, host: HostInfo, targets: An
 
     ``auto``: the first entry (in index order) for an accelerator the host has whose
     constraints the host meets; else the first generic entry for the host's OS and
-    architecture. A name: the first entry with that stage or target name, preferring one
-    for the host's architecture. Raises NotFoundError naming the host and the entries.
+    architecture. An entry whose requirements do not parse is skipped, as one whose target
+    is unknown (docs/spec/multi-platform.md §5.5). A name: the first entry with that stage
+    or target name, preferring one for the host's architecture (requirements are not read).
+    Raises NotFoundError naming the host and the entries.
     """
     from modelbuild.errors import NotFoundError
+    from modelbuild.oci.verify import shown
 
-    entries = index.get("manifests", [])
+    entries = [e for e in index.get("manifests", []) if isinstance(e, dict)]
     chosen = None
     if wanted == "auto":
+        readable = []
         for entry in entries:
-            stage = entry_stage(entry)
+            try:
+                readable.append((entry, entry_stage(entry)))
+            except ConstraintError:
+                continue
+        for entry, stage in readable:
             target = targets.get(stage.target) if stage.target in targets else None
             if target is None or target.generic:
                 continue
@@ -227,8 +250,7 @@ def select_entry(index: dict[str, Any], wanted: str, host: HostInfo, targets: An
                 chosen = entry
                 break
         if chosen is None:
-            for entry in entries:
-                stage = entry_stage(entry)
+            for entry, stage in readable:
                 target = targets.get(stage.target) if stage.target in targets else None
                 generic = target.generic if target is not None else stage.target == "cpu"
                 plat = entry.get("platform", {})
@@ -236,7 +258,7 @@ def select_entry(index: dict[str, Any], wanted: str, host: HostInfo, targets: An
                     chosen = entry
                     break
     else:
-        named = [e for e in entries if wanted in (entry_stage(e).name, entry_stage(e).target)]
+        named = [e for e in entries if wanted in _entry_names(e)]
         chosen = next((e for e in named if e.get("platform", {}).get("architecture") == host.arch),
                       named[0] if named else None)
     if chosen is None:
@@ -244,6 +266,7 @@ def select_entry(index: dict[str, Any], wanted: str, host: HostInfo, targets: An
         if wanted == "auto":
             raise NotFoundError(f"no variant fits this host ({host.describe()}): available are {available}",
                                 hint="pick one with --platform NAME")
-        raise NotFoundError(f"no variant named {wanted}: available are {available}")
-    stage = entry_stage(chosen)
-    return Choice(chosen, stage.name, stage.target)
+        raise NotFoundError(f"no variant named {shown(wanted)}: available are {available}")
+    name, target = _entry_names(chosen)
+    return Choice(chosen, name, target)
+

@@ -210,8 +210,8 @@ def test_variant_names_from_an_index_are_printed_escaped(mb, tmp_path):
     assert "Label:         evil\\nname\\x1b[31m=evil\\nname\\x1b[31m" in run.out  # index annotations
     doc = mb("inspect", ref, "--json").json()
     assert doc["variants"][0]["stage"] == EVIL and doc["variants"][2]["mediaType"] == INDEX
-    line = error_line(mb("inspect", ref, "--platform", "nope"), 1)
-    assert "bad constraint" in line and doc["digest"] in line  # a requirement that does not parse
+    line = error_line(mb("inspect", ref, "--platform", "nope"), 2)  # a requirement that does not parse
+    assert "evil\\nname\\x1b[31m (evil\\nname\\x1b[31m/5, unreadable requirements)" in line
     named = _layout(tmp_path / "named")
     ref = _tag_index(named, [{**_variant(named), "annotations": {"dev.modelbuild.platform.stage": EVIL}}])
     line = error_line(mb("inspect", ref, "--platform", "nope"), 2)  # it lists the entries, escaped
@@ -247,3 +247,36 @@ def test_ls_counts_an_index_with_its_variants(mb, home, built):
     assert rows_[TAG]["size"] == total
     assert rows_[TAG]["name"] == "tiny-llama-multi"
     assert rows_["tiny-llama-multi:latest-cpu"]["size"] < total
+
+
+def test_pull_skips_an_entry_whose_requirements_do_not_parse(mb, tmp_path, monkeypatch):
+    """An index someone else wrote, with a requirements annotation that is no constraint:
+    automatic selection skips that entry (as one for an unknown target) and takes the
+    generic one; an explicit name still takes it; no name reaches the terminal raw."""
+    from modelbuild import targets
+
+    layout = _layout(tmp_path / "layout")
+
+    def variant(stage: str, requires: str = "") -> dict:
+        config = _put(layout, {"descriptor": {"name": stage}, "config": {"format": "gguf"},
+                               "modelfs": {"type": "layers", "diffIds": []}})
+        layer = _put(layout, stage.encode())
+        manifest = _put(layout, {
+            "schemaVersion": 2, "mediaType": MANIFEST, "artifactType": "application/vnd.cncf.model.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.cncf.model.config.v1+json", **config},
+            "layers": [{"mediaType": "application/vnd.cncf.model.weight.v1.raw", **layer,
+                        "annotations": {"org.cncf.model.filepath": f"{stage}.bin"}}]})
+        ann = {"dev.modelbuild.platform.stage": stage, "dev.modelbuild.platform.target": stage}
+        return {"mediaType": MANIFEST, **manifest, "platform": {"os": "linux", "architecture": "amd64"},
+                "annotations": {**ann, **({"dev.modelbuild.platform.requires": requires} if requires else {})}}
+
+    ref = _tag_index(layout, [variant("cuda", "cuda>>=12 " + EVIL), variant("cpu")])
+    monkeypatch.setattr(targets, "detect_host", lambda: targets.HostInfo("linux", "amd64"))
+    auto = mb("pull", ref, "-o", str(tmp_path / "auto"), "--json")
+    assert auto.rc == 0, auto.err
+    assert (tmp_path / "auto" / "cpu.bin").read_bytes() == b"cpu"
+    named = mb("pull", ref, "-o", str(tmp_path / "named"), "--platform", "cuda")
+    assert named.rc == 0, named.err
+    assert (tmp_path / "named" / "cuda.bin").read_bytes() == b"cuda"
+    missing = mb("pull", ref, "-o", str(tmp_path / "none"), "--platform", EVIL)
+    assert missing.rc == 2 and "\x1b" not in missing.err and "unreadable requirements" in missing.err

@@ -239,17 +239,13 @@ def _pick(tree: Tree, wanted: str, label: str) -> tuple[Node, str]:
     from modelbuild.errors import BuildError, UsageError
     from modelbuild.oci.verify import shown
     from modelbuild.plugins import make_plugin_manager
-    from modelbuild.targets import ConstraintError, detect_host, select_entry
+    from modelbuild.targets import detect_host, select_entry
 
     if not tree.root.is_index:
         raise UsageError(f"--platform {shown(wanted)}: {shown(label)} is one manifest, not a multi-platform index",
                          hint="drop --platform")
-    try:
-        choice = select_entry(tree.root.doc, wanted, detect_host(), make_plugin_manager().targets)
-    except ConstraintError as exc:  # a requirement annotation that does not parse
-        raise BuildError(f"index {tree.root.digest}: {shown(exc)}") from None
-    except NotFoundError as exc:  # it lists every entry, by names from the index
-        raise NotFoundError(shown(exc.message, 4000), hint=exc.hint) from None
+    # an entry whose requirements do not parse is skipped; the message lists every entry, escaped
+    choice = select_entry(tree.root.doc, wanted, detect_host(), make_plugin_manager().targets)
     node = tree.nodes.get(choice.descriptor["digest"])
     if node is None or node.is_index:
         raise BuildError(f"index {tree.root.digest}: the entry for {shown(choice.stage)} is itself an index")

@@ -216,13 +216,14 @@ class _LazyStartContext(StepContext):
     announced = False
 
     def _announce(self) -> None:
-        if not self.announced:
-            self.announced = True
-            self.env.emitter.emit(Event("start", self.number, self.step.label))
+        with self._lock:  # once, and before any thread's first progress event
+            if not self.announced:
+                self.announced = True
+                self.env.emitter.emit(Event("start", self.number, self.step.label))
 
-    def set_total(self, total: int) -> None:
+    def set_total(self, total: int, unit: str = "bytes") -> None:
         self._announce()
-        super().set_total(total)
+        super().set_total(total, unit)
 
     def advance(self, n: int) -> None:
         self._announce()

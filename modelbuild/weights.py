@@ -43,7 +43,7 @@ class WeightFile:
     source: str  # absolute path to read the bytes from (a context file or a store blob)
     digest: str  # "sha256:…"
     size: int
-    kind: str = "model"  # "model" (weights) or "config"
+    kind: str = "model"  # "model" (weights), "config", or "doc" (a model card a converter reads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,11 @@ class TransformContext:
         self.plugins = plugins
         self._advance = advance or (lambda n: None)
         self._set_total = set_total or (lambda n: None)
+        # a set_total callback that takes the unit (the build's StepContext.set_total) gets it;
+        # one that takes only the count (older callers, test recorders) keeps working
+        self._total_takes_unit = set_total is not None and _takes_keyword(set_total, "unit")
         self._log = log or (lambda m: None)
+        self.unit = "bytes"
 
     def output_path(self, path: str) -> str:
         """Where to write the output that will be called *path* in the artifact."""
@@ -108,27 +112,45 @@ class TransformContext:
         return str(target)
 
     def advance(self, n: int) -> None:
-        """Report *n* more units of work done (bytes or parameters, as set_total said)."""
+        """Report *n* more units of work done (in the unit :meth:`set_total` named), as it
+        is done: the build shows the rate and the time left from these reports. Safe to call
+        from any thread."""
         self._advance(n)
 
-    def set_total(self, n: int) -> None:
-        self._set_total(n)
+    def set_total(self, n: int, unit: str = "bytes") -> None:
+        """The work this transform will report with :meth:`advance`, in all: *n* *unit*
+        (``"bytes"``, the default; ``"params"`` for tensor elements; ``"tensors"``…). Call it
+        before the first item is done: the progress bar gets its size (and its ETA) from it."""
+        self.unit = unit
+        if self._total_takes_unit:
+            self._set_total(n, unit=unit)  # type: ignore[call-arg]
+        else:
+            self._set_total(n)
 
     def log(self, message: str) -> None:
         self._log(message)
 
     def run_threads(self, fn: Callable[[Any], int], items: list[Any]) -> None:
         """Run *fn* over *items* on up to ``jobs`` threads (for I/O-bound work: copies,
-        GIL-releasing numpy); each return value is reported as progress done."""
+        GIL-releasing numpy); each return value is reported as progress done as soon as its
+        item finishes (in whatever order they finish). An *fn* with big items may instead
+        call :meth:`advance` itself as it goes, from its thread, and return 0. The first
+        exception is raised here; items not started yet are then dropped."""
         if self.jobs <= 1 or len(items) <= 1:
             for item in items:
                 self.advance(fn(item))
             return
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor, as_completed
 
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            for n in pool.map(fn, items):
-                self.advance(n)
+            futures = [pool.submit(fn, item) for item in items]
+            try:
+                for future in as_completed(futures):
+                    self.advance(future.result())
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
 
     def run_processes(self, fn: Callable[[Any], Any], items: list[Any], *, preload: Iterable[str] = (),
                       on_done: Callable[[Any, Any], None] | None = None, jobs: int | None = None) -> None:
@@ -137,10 +159,12 @@ class TransformContext:
         without it each result is reported as progress done (as :meth:`run_threads`).
 
         *fn* is a module-level function (it is sent to the workers by name); items and
-        results are pickled, so pass paths and offsets, not data. Big items first: they are
-        handed out from the front. While the workers start, this thread runs items from the
-        back itself, so *fn* must be safe to call here too (no process-wide state). One job,
-        or one item: everything runs here. *preload*: as for :meth:`mp_context`.
+        results are pickled, so pass paths and offsets, not data. Progress moves once per
+        finished item: keep items to a fraction of a second of work (split big tensors into
+        row or byte ranges). Big items first: they are handed out from the front. While the
+        workers start, this thread runs items from the back itself, so *fn* must be safe to
+        call here too (no process-wide state). One job, or one item: everything runs here.
+        *preload*: as for :meth:`mp_context`.
         """
         from modelbuild.workers import run_processes
 
@@ -164,6 +188,16 @@ class TransformContext:
         from modelbuild.workers import mp_context
 
         return mp_context(preload)
+
+
+def _takes_keyword(fn: Callable[..., Any], name: str) -> bool:
+    import inspect
+
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return any((p.name == name and p.kind is not p.POSITIONAL_ONLY) or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 _SCALES = (("Q", 10**15), ("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3))

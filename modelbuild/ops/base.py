@@ -94,7 +94,10 @@ class ExecEnv:
 
 
 class StepContext:
-    """What an op sees while it runs: the environment and a progress reporter."""
+    """What an op sees while it runs: the environment and a progress reporter.
+
+    ``set_total`` and ``advance`` may be called from any thread (a plugin's worker threads
+    report as their items finish); each becomes a progress event, throttled by the Emitter."""
 
     def __init__(self, env: ExecEnv, number: int, step: Step) -> None:
         self.env = env
@@ -102,13 +105,25 @@ class StepContext:
         self.step = step
         self.current = 0
         self.total: int | None = None
+        self.unit = "bytes"
+        self._lock = threading.Lock()
 
-    def set_total(self, total: int) -> None:
-        self.total = total
+    def set_total(self, total: int, unit: str = "bytes") -> None:
+        """The work the step will do, in *unit* (``bytes``, ``params``, ``tensors``…):
+        shown at once, so the bar has its size before the first item is done."""
+        with self._lock:
+            self.total, self.unit = total, unit
+            self._emit()
 
     def advance(self, n: int) -> None:
-        self.current += n
-        self.env.emitter.emit(Event("progress", self.number, self.step.label, self.current, self.total))
+        with self._lock:
+            self.current += n
+            self._emit()
+
+    def _emit(self) -> None:
+        # under the lock: counts go out in the order they were reached, never a smaller one last
+        self.env.emitter.emit(Event("progress", self.number, self.step.label, self.current, self.total,
+                                    unit=self.unit))
 
     def log(self, message: str) -> None:
         self.env.emitter.emit(Event("log", self.number, self.step.label, message=message))

@@ -110,7 +110,9 @@ def _run_task(task: tuple) -> int:
 
 
 def run_tasks(tasks: list[tuple], ctx: TransformContext) -> None:
-    """Run work items on up to ctx.jobs worker processes, reporting progress as they finish."""
+    """Run work items on up to ctx.jobs worker processes, reporting progress (each item's
+    element count, its last field) as each finishes: items are at most CHUNK_ELEMENTS or
+    COPY_CHUNK, a fraction of a second each, so the bar moves steadily even on one tensor."""
     jobs = min(ctx.jobs, sum(1 for t in tasks if t[0] == "convert") or 1, len(tasks) or 1)
     # big items first, so that the last ones keep every worker busy
     tasks = sorted(tasks, key=lambda t: -t[-1])
@@ -231,7 +233,7 @@ class GGUFQuantizer:
                 rewritten[f.path] = Output(f.path, out_path)
         if any(t[0] == "convert" and t[6] in _KQUANTS for t in tasks):
             _kquant_function()  # fails here, before any work, when the k-quantizers are missing
-        ctx.set_total(total)
+        ctx.set_total(total, unit="params")  # items report the elements they did
         ctx.log(f"gguf-quantize {qtype}{' (pure)' if pure else ''}: {len(tasks)} work items on up to "
                 f"{ctx.jobs} processes")
         run_tasks(tasks, ctx)

@@ -64,7 +64,7 @@ def _convert(op: str, x: Any, count: int, dst: str, dst_off: int, dst_code: str,
         if count == 0:
             return 0, 0.0
         lo, hi = float(np.min(x)), float(np.max(x))
-        return 0, (float("nan") if np.isnan(lo) or np.isnan(hi) else max(-lo, hi))
+        return x.nbytes, (float("nan") if np.isnan(lo) or np.isnan(hi) else max(-lo, hi))
     if op == "cast":
         y = x.astype(_numpy_dtype(dst_code))
         overflow = 0
@@ -80,6 +80,14 @@ def _convert(op: str, x: Any, count: int, dst: str, dst_off: int, dst_code: str,
     with open(dst, "r+b") as d:
         _pwrite_all(d.fileno(), y.view(np.uint8), dst_off)
     return x.nbytes, float(overflow)
+
+
+def _byte_chunks(nbytes: int) -> list[tuple[int, int]]:
+    """(byte offset, byte count) slices of at most CHUNK_BYTES (read now: tests lower it)."""
+    from . import io as st_io
+
+    step = max(1, st_io.CHUNK_BYTES)
+    return [(a, min(step, nbytes - a)) for a in range(0, nbytes, step)]
 
 
 def _run_all(tasks: list[Task], ctx: TransformContext, on_done: Callable[[Task, tuple[int, float]], None]) -> None:
@@ -283,7 +291,8 @@ class SafetensorsCast:
                 for t in h.tensors:
                     total += t.nbytes
                     dst = lay.offsets[t.name]
-                    if t.name in q:
+                    if t.name in q:  # read twice: its amax first, then its float8 values
+                        total += t.nbytes
                         fp8_targets.append((out, t, h, dst, lay.offsets[_scale_name(t.name)]))
                         amax_tasks += [("amax", h.source, off, n, t.dtype, "", 0, "", 0.0, t.name)
                                        for _, n, off in _chunks(t)]
@@ -293,10 +302,11 @@ class SafetensorsCast:
                         width = _DTYPES[new_dtype[t.name]][0] // 8
                         copies_and_casts += [("cast", h.source, off, n, t.dtype, out, dst + e0 * width,
                                               new_dtype[t.name], 0.0, t.name) for e0, n, off in _chunks(t)]
-                    else:
-                        copies_and_casts.append(("copy", h.source, t.start, t.nbytes, "", out, dst, "", 0.0, t.name))
+                    else:  # in chunks too: a big tensor kept as it is must not stall the progress bar
+                        copies_and_casts += [("copy", h.source, t.start + a, n, "", out, dst + a, "", 0.0, t.name)
+                                             for a, n in _byte_chunks(t.nbytes)]
             index_facts.append((weight_map, total_size, total_params))
-        ctx.set_total(total)
+        ctx.set_total(total, unit="bytes")  # input bytes read, by every phase
 
         # Phase 1 (float8): amax of each tensor, reduced over its chunks; then the scales.
         tasks = copies_and_casts
@@ -306,6 +316,7 @@ class SafetensorsCast:
             amax: dict[tuple[str, str], float] = {}
 
             def got_amax(task: Task, result: tuple[int, float]) -> None:
+                ctx.advance(result[0])
                 key = (task[1], task[9])
                 amax[key] = max(amax.get(key, 0.0), result[1]) if np.isfinite(result[1]) else float("nan")
 

@@ -128,6 +128,7 @@ def prepare(
         refs = [default_tag(desc)]
     created, epoch = source_date_epoch()
     resolved = resolve(desc, host, platforms=platforms)
+    _check_stage_tags(refs, resolved)
     options = BuildOptions(
         layer_format=layer_format,
         tags=tuple(refs),
@@ -137,6 +138,19 @@ def prepare(
         **place_annotations(label_map, parsed_annotations, resolved),
     )
     return host, desc, plan(resolved, options)
+
+
+def _check_stage_tags(refs: Sequence[str], resolved: Any) -> None:
+    """Each variant of a multi-platform build is tagged ``TAG-STAGE`` too: that must still
+    be a tag (at most 128 characters), checked before any work."""
+    from modelbuild.oci.reference import parse_reference
+
+    for ref in refs:
+        tag = parse_reference(ref).tag or "latest"
+        for v in resolved.variants:
+            if v.stage is not None and len(f"{tag}-{v.stage}") > 128:
+                raise UsageError(f"tag {ref!r}: its variant tag '{tag}-{v.stage}' is longer than 128 characters",
+                                 hint="use a shorter tag or stage name (TARGET … AS NAME)")
 
 
 def default_tag(desc: Any) -> str:

@@ -295,3 +295,25 @@ def test_valid_names_keep_working(mb, ctx, name, tag):
     by_t = mb("build", "-f", "Modelfile", "-t", tag, "-t", "Reg.Example.com:443/x/y", "--json", "--progress",
               "quiet", cwd=ctx).json()
     assert by_t["tags"] == [tag, "Reg.Example.com:443/x/y:latest"]
+
+
+@pytest.mark.parametrize("line, column, shown", [
+    ("TARGET cuda AS gpu/hopper", 16, "gpu/hopper"),
+    ("TARGET cuda AS .hidden", 16, ".hidden"),
+    ("TARGET cuda AS " + "s" * 65, 16, "s" * 65),
+])
+def test_a_stage_name_that_cannot_end_a_tag_is_an_error_at_its_value(mb, home, ctx, line, column, shown):
+    """Every variant is tagged NAME:TAG-STAGE too, so the stage name must fit a tag."""
+    (ctx / "Modelfile").write_text(f"NAME tiny\nCONFIG *.json\nMODEL *.safetensors\n{line}\n")
+    run = mb("build", "-f", "Modelfile", cwd=ctx)
+    assert run.rc == 2 and run.err.count("\n") == 1, run.err
+    assert run.err.startswith(f"Modelfile:4:{column}: stage name ") and "cannot end a tag" in run.err
+    assert not (home / "store" / "index.json").exists()
+
+
+def test_a_variant_tag_over_128_characters_is_refused_before_any_work(mb, home, ctx):
+    (ctx / "Modelfile").write_text("NAME tiny\nCONFIG *.json\nMODEL *.safetensors\nTARGET cpu\n")
+    run = mb("build", "-f", "Modelfile", "-t", "tiny:" + "t" * 125, cwd=ctx)
+    assert run.rc == 2 and "its variant tag" in run.err and "longer than 128 characters" in run.err
+    assert not (home / "store" / "index.json").exists()
+    assert mb("build", "-f", "Modelfile", "-t", "tiny:" + "t" * 124, "-q", cwd=ctx).rc == 0  # 124 + "-cpu"

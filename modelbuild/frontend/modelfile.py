@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 _ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PARAMSIZE = re.compile(r"\d+(\.\d)?[QTBMK]")
+# A TARGET stage's name ends its variant's tags (NAME:TAG-STAGE): a tag's characters, kept short
+STAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 _SUGGEST_MAX = 64  # names longer than this get no "did you mean": difflib is quadratic
 
 
@@ -359,9 +361,14 @@ class _Interpreter:
         target = target.lower()
         words = [(w, self.expand(w)) for w in rest]
         name = target + (f"-{variant}" if variant else "")
+        name_span = first.span
         if len(words) >= 2 and words[-2][1].upper() == "AS":
-            name = words[-1][1]
+            name, name_span = words[-1][1], words[-1][0].span
             words = words[:-2]
+        if not STAGE_NAME.fullmatch(name):  # it ends every variant's tag: NAME:TAG-STAGE
+            raise ModelfileError.at(name_span, f"stage name {syntax.clip(name)} cannot end a tag",
+                                    hint="use letters, digits, '.', '_' and '-', at most 64 characters, "
+                                         "not starting with '.' or '-'")
         constraints = []
         for word, text in words:
             from modelbuild.targets import ConstraintError, parse_constraint

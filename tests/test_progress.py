@@ -323,3 +323,23 @@ def test_quantize_build_reports_progress_while_it_runs(cli, tmp_path):
     start, done = mine[0]["time"], mine[-1]["time"]
     early = [e for e in moving if e["time"] < start + (done - start) / 2 and e["current"] < params]
     assert len(early) >= 2, [(round(e["time"] - start, 2), e["current"]) for e in progress]
+
+
+def test_no_step_reports_more_done_than_its_total(tiny_llama):
+    """A layer set (several files, one step) has one total for all of them: before, each
+    file set the total to its own size while the count kept adding up (751 of 81)."""
+    modelfile = ("NAME tiny\nCONFIG config.json tokenizer.json\nMODEL model.safetensors\n"
+                 "QUANTIZE bfloat16\nSHARD 100KB\n")
+    from modelbuild.build import build as run_build
+
+    (tiny_llama / "Modelfile").write_text(modelfile)
+    out = io.StringIO()
+    run_build(str(tiny_llama / "Modelfile"), home=tiny_llama / "home", layer_format="tar",
+              renderer=JsonRenderer(out))
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    progress = [e for e in events if e["kind"] == "progress" and e.get("total")]
+    assert progress
+    labels = {e["step"]: e.get("label", "") for e in events}
+    assert any("pack transformed weights" in labels[e["step"]] for e in progress)
+    for e in progress:
+        assert e["current"] <= e["total"], e

@@ -41,9 +41,10 @@ def content_of(src: FileDigest | ModelFile) -> dict[str, Any]:
 
 
 def pack_layer(path: str, kind: str, src: FileDigest | ModelFile, codec_name: str, epoch: int,
-               ctx: StepContext) -> tuple[Layer, bool]:
+               ctx: StepContext, *, own_total: bool = True) -> tuple[Layer, bool]:
     """Encode *src* (a context file or a model-set file) as the layer for *path*; return it
-    and whether it was already in the store (a raw file ingested while it was hashed)."""
+    and whether it was already in the store (a raw file ingested while it was hashed).
+    *own_total*: the step's progress total is this file's size (else the caller set it)."""
     env = ctx.env
     codec = env.host.codecs.get(codec_name)
     is_dir = isinstance(src, FileDigest) and src.is_dir
@@ -52,7 +53,8 @@ def pack_layer(path: str, kind: str, src: FileDigest | ModelFile, codec_name: st
     if not codec.archive and env.blob_ok(src.digest, src.size):
         digest, size, diff_id, reused = src.digest, src.size, src.digest, True
     else:
-        ctx.set_total(src.size)
+        if own_total:
+            ctx.set_total(src.size)
         with env.store.writer() as sink:
             diff_id = codec.encode(_members(path, src), sink, mtime=epoch, progress=ctx.advance)
             digest = sink.commit()
@@ -124,5 +126,11 @@ class LayerSetOp(_LayersOp):
     def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
         p = step.params
         fileset: FileSet = inputs[0]
-        return Outcome(LayerSet(tuple(pack_layer(f.path, f.kind, f, p["codec"], p["epoch"], ctx)[0]
+        # one bar for the set: the bytes of the files to encode (a raw layer of a blob the
+        # store holds is reused as it is, with nothing to report)
+        codec = ctx.env.host.codecs.get(p["codec"])
+        pending = [f for f in fileset.files if codec.archive or not ctx.env.blob_ok(f.digest, f.size)]
+        if pending:
+            ctx.set_total(sum(f.size for f in pending))
+        return Outcome(LayerSet(tuple(pack_layer(f.path, f.kind, f, p["codec"], p["epoch"], ctx, own_total=False)[0]
                                       for f in fileset.files)))

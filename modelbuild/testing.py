@@ -113,17 +113,21 @@ def make_model_set(directory: Path | str) -> list[WeightFile]:
 
 class RecordingContext(TransformContext):
     """A :class:`TransformContext` that keeps what the transform reported: ``total`` (the last
-    ``set_total``), ``done`` (the sum of ``advance`` calls) and ``logs`` (``log`` messages)."""
+    ``set_total``), ``done`` (the sum of ``advance`` calls), ``reports`` (each non-zero
+    ``advance``, in order: how often a bar would move) and ``logs`` (``log`` messages)."""
 
     def __init__(self, workdir: Path, *, jobs: int = 1, plugins: Any = None) -> None:
         self.total = 0
         self.done = 0
+        self.reports: list[int] = []
         self.logs: list[str] = []
         super().__init__(workdir, jobs=jobs, advance=self._advance, set_total=self._set_total,
                          log=self.logs.append, plugins=plugins)
 
     def _advance(self, n: int) -> None:
         self.done += n
+        if n:
+            self.reports.append(n)
 
     def _set_total(self, n: int) -> None:
         self.total = n

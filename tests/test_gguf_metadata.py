@@ -661,3 +661,20 @@ def test_a_build_hands_the_doc_readme_to_the_converter(build, home, tiny_llama):
     build(tiny_llama, cast)
     readme.write_text(readme.read_text() + "\nMore words.\n")
     assert not [s for s in build(tiny_llama, cast)["stats"]["executed"] if s.startswith("transform")]
+
+
+def test_conversion_reports_progress_per_chunk_not_per_tensor(tmp_path, model_set, transform_context, monkeypatch):
+    """A big tensor is converted in chunks, and each chunk is reported as it is written:
+    the bar moves during an embedding of gigabytes, not after it."""
+    from modelbuild_plugins.hf_to_gguf import convert as convert_module
+
+    copy_bundled(tmp_path / "set" / "tiny-llama")
+    monkeypatch.setattr(convert_module, "CHUNK_ELEMENTS", 4096)
+    ctx = transform_context(host=HOST)
+    result = HOST.converters.get("hf-to-gguf").convert(model_set(tmp_path / "set"), {"outtype": "f16"}, ctx)
+    (out,) = [r for r in result if isinstance(r, Output)]
+    tensors = gguf.GGUFReader(out.file).tensors
+    assert ctx.done == ctx.total == sum(int(t.n_elements) for t in tensors)
+    assert len(ctx.reports) > 2 * len(tensors)  # the big tensors are reported chunk by chunk
+    widest = max(int(t.shape[0]) for t in tensors)
+    assert max(ctx.reports) <= 4096 + widest  # no report larger than a chunk (whole rows of ≤ 4096 elements)

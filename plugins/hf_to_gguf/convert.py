@@ -420,18 +420,19 @@ class HfToGguf:
         layout = write_header(out, kvs, [(p.gguf_name, p.shape, p.ggml_type, p.nbytes) for p in plan],
                               DEFAULT_ALIGNMENT)
         total = sum(_numel(p.shape) for p in plan)
-        ctx.set_total(total)
+        ctx.set_total(total, unit="params")
         fd = os.open(out, os.O_WRONLY)
         maps = _Maps()
         try:
             def one(item: tuple[_Planned, int]) -> int:
+                # each chunk is reported as it is written (a big embedding is many chunks):
+                # the bar moves during a tensor, not after it
                 p, offset = item
-                done = 0
                 for chunk, n in _converted(p, adapter, config, maps):
                     _pwrite_all(fd, chunk, offset)
                     offset += len(chunk)
-                    done += n
-                return done
+                    ctx.advance(n)
+                return 0
 
             ctx.run_threads(one, list(zip(plan, layout.offsets)))
         finally:

@@ -343,3 +343,31 @@ def test_no_step_reports_more_done_than_its_total(tiny_llama):
     assert any("pack transformed weights" in labels[e["step"]] for e in progress)
     for e in progress:
         assert e["current"] <= e["total"], e
+
+
+def test_a_transform_waiting_for_the_cores_says_so(tiny_llama):
+    """Transforms run one at a time (each uses every core): one that waits logs why, so a
+    bar that does not move is explained."""
+    import threading
+    import time
+
+    from modelbuild.build import build as run_build
+    from modelbuild.ops import weights
+
+    (tiny_llama / "Modelfile").write_text("NAME tiny\nCONFIG config.json\nMODEL model.safetensors\n"
+                                          "QUANTIZE bfloat16\n")
+    out = io.StringIO()
+    weights._TRANSFORM_LOCK.acquire()  # another transform holds the cores
+    try:
+        worker = threading.Thread(target=run_build, args=(str(tiny_llama / "Modelfile"),),
+                                  kwargs={"home": tiny_llama / "home", "renderer": JsonRenderer(out)})
+        worker.start()
+        deadline = time.monotonic() + 30
+        while "waiting: another transform" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        weights._TRANSFORM_LOCK.release()
+    worker.join(60)
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    (waiting,) = [e for e in events if e["kind"] == "log" and "another transform" in e.get("message", "")]
+    assert any(e["kind"] == "done" and e["step"] == waiting["step"] for e in events)  # and then it ran

@@ -95,8 +95,13 @@ class TransformOp(Op):
         p = step.params
         files = weight_files(model_set(inputs))
         plugin = self._registry(step, ctx.env).get(p["plugin"])
-        with _TRANSFORM_LOCK:
+        if not _TRANSFORM_LOCK.acquire(blocking=False):  # say why the bar does not move yet
+            ctx.log("waiting: another transform is using every core")
+            _TRANSFORM_LOCK.acquire()
+        try:
             return self._run(step, plugin, files, p, ctx)
+        finally:
+            _TRANSFORM_LOCK.release()
 
     def _run(self, step: Step, plugin: Any, files: list[Any], p: dict[str, Any], ctx: StepContext) -> Outcome:
         from modelbuild.weights import Output, TransformContext, WeightFile

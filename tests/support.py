@@ -75,3 +75,46 @@ def error_line(run: Run, code: int) -> str:
     assert len(final) == 1, run.err
     assert all(re.fullmatch(r"#\d+ ERROR: .+", line) for line in lines if line != final[0]), run.err
     return final[0]
+
+
+# -- tools a test needs from the system ----------------------------------------------------
+# One rule for every test that needs a program (skopeo, docker-registry, openssl, setpriv…)
+# or a Python package the suite does not import itself (modelpack-client): outside CI a
+# missing one skips the test with its reason and the command that installs it; under CI
+# (CI=true, as CI services and .ci/run set it) it fails the test, so a missing install step
+# cannot hide. scripts/setup-system installs the programs.
+
+def in_ci() -> bool:
+    """Whether this is a CI run: ``CI`` set to anything but empty, ``0`` or ``false``."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing(reason: str):
+    """Stop a test that cannot run here: skip with *reason* outside CI, fail under CI."""
+    import pytest
+
+    if in_ci():
+        pytest.fail(f"{reason} [CI=true: a missing tool fails the run]", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_tool(name: str, install_hint: str) -> str:
+    """The path of the program *name*, or :func:`missing` with *install_hint* (the command
+    that installs it, e.g. ``apt-get install -y skopeo``; ``scripts/setup-system`` runs it)."""
+    import shutil
+
+    path = shutil.which(name) or next((p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}") if os.access(p, os.X_OK)),
+                                      None)
+    if path is None:
+        missing(f"{name} is not installed ({install_hint})")
+    return path
+
+
+def require_module(name: str, install_hint: str):
+    """The Python module *name*, imported, or :func:`missing` with *install_hint*."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"{name} is not installed ({install_hint})")

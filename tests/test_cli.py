@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 
-import pytest
-
-from support import EXAMPLES, write_model_dir
+from support import EXAMPLES, require_tool, write_model_dir
 from helpers import read_artifact
 
 EXAMPLE = EXAMPLES / "tiny-llama" / "Modelfile"
@@ -109,9 +106,7 @@ def test_output_oci_layout_is_standalone_and_readable_by_skopeo(mb, home, tmp_pa
     assert len(manifest["layers"]) == 7
     assert json.loads((out / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
     assert mb("inspect", str(out), "--json").json()["digest"] == built["digest"]
-    skopeo = shutil.which("skopeo")
-    if skopeo is None:
-        pytest.fail("skopeo is not installed (.ci/run installs it with apt-get)")
+    skopeo = require_tool("skopeo", "apt-get install -y skopeo; scripts/setup-system installs it")
     raw = subprocess.run([skopeo, "inspect", "--raw", f"oci:{out}:tiny:1"], capture_output=True, check=True)
     assert json.loads(raw.stdout) == manifest
     config_raw = subprocess.run([skopeo, "inspect", "--raw", "--config", f"oci:{out}:tiny:1"], capture_output=True,

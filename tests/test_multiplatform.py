@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from helpers import read_artifact, validate_against_shared_schema
+from support import require_tool
 from modelbuild.errors import NotFoundError
 from modelbuild.hookspecs import hookimpl
 from modelbuild.targets import Accelerator, HostInfo, select_entry
@@ -51,10 +52,11 @@ def test_three_targets_build_one_index(build, home, ctx):
     cuda_files = {l["annotations"]["org.cncf.model.filepath"] for l in result["variants"][1]["layers"]}
     assert "model.safetensors.index.json" in cuda_files
     assert sorted(result["tags"]) == ["tiny:1", "tiny:1-cpu", "tiny:1-cuda", "tiny:1-rocm"]
-    raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{home / 'store'}:tiny:1"], capture_output=True,
+    skopeo = require_tool("skopeo", "apt-get install -y skopeo; scripts/setup-system installs it")
+    raw = subprocess.run([skopeo, "inspect", "--raw", f"oci:{home / 'store'}:tiny:1"], capture_output=True,
                          check=True)
     assert json.loads(raw.stdout) == index
-    single = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{home / 'store'}:tiny:1-cuda"],
+    single = subprocess.run([skopeo, "inspect", "--raw", f"oci:{home / 'store'}:tiny:1-cuda"],
                             capture_output=True, check=True)
     assert json.loads(single.stdout)["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from support import REPO, Run, error_line, safetensors_blob, write_model_dir
+from support import REPO, Run, error_line, missing, require_tool, safetensors_blob, write_model_dir
 
 from modelbuild.store import Store
 
@@ -134,10 +134,7 @@ def tmpfs(tmp_path):
         proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
-            message = f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
+            missing(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
         mounted.append(path)
         return path
 
@@ -239,11 +236,8 @@ def test_store_without_permission_is_one_error_naming_it(model, tmp_path):
     """A store whose directories are not writable (chmod a-w). root ignores permission bits,
     so as root the CLI runs as another user (nobody, through setpriv) against root's store."""
     root = os.geteuid() == 0
-    if root and not shutil.which("setpriv"):
-        message = "setpriv is not installed (util-linux): cannot act as another user"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    if root:
+        require_tool("setpriv", "apt-get install -y util-linux: setpriv acts as another user")
     base = Path(tempfile.mkdtemp(prefix="mb-perm-", dir="/tmp"))  # tmp_path is root's alone (0700)
     home = base / "home"
     # the other user must reach the checkout and the virtualenv: a clone made in `mktemp -d`

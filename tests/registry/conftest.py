@@ -34,8 +34,9 @@ from faultproxy import FaultProxy
 from hostile_registry import HostileRegistry
 
 from modelbuild.oci.registry import Registry
+from support import missing, require_tool
 
-REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+SETUP = "scripts/setup-system installs it"
 
 
 USER, PASSWORD = "mbuser", "s3cret-Pa55-word!"
@@ -80,16 +81,12 @@ def _bcrypt_hash(password: str) -> str:
     if shutil.which("htpasswd"):
         out = subprocess.run(["htpasswd", "-nbB", "-C", "5", USER, password], capture_output=True, check=True)
         return out.stdout.decode().strip().split(":", 1)[1]
-    pytest.skip("no bcrypt: pip install bcrypt, or apt-get install apache2-utils")
+    missing("no bcrypt: pip install bcrypt, or apt-get install apache2-utils (htpasswd)")
 
 
 def _start(root: Path, htpasswd: Path | None = None, token: dict | None = None,
            tls: tuple[Path, Path] | None = None) -> RegistryServer:
-    if not os.path.exists(REGISTRY_BIN):
-        message = "docker-registry is not installed (apt-get install -y docker-registry)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    registry_bin = require_tool("docker-registry", f"apt-get install -y docker-registry; {SETUP}")
     port = _free_port()
     host = f"127.0.0.1:{port}"
     storage = root / "storage"
@@ -111,7 +108,7 @@ def _start(root: Path, htpasswd: Path | None = None, token: dict | None = None,
     config_path.write_text(json.dumps(config))  # JSON is YAML
     log = root / "registry.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config_path)], stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([registry_bin, "serve", str(config_path)], stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -156,8 +153,7 @@ class TokenServer:
     registry verifies it). Counts the tokens it issues, so tests can see the cache work."""
 
     def __init__(self, root: Path) -> None:
-        if not shutil.which("openssl"):
-            pytest.skip("openssl is needed to sign test tokens")
+        require_tool("openssl", f"apt-get install -y openssl; {SETUP}")  # signs the test tokens
         self.key, self.cert = root / "token.key", root / "token.pem"
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
                         "/CN=modelbuild-test-token", "-keyout", str(self.key), "-out", str(self.cert)],
@@ -236,8 +232,7 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[R
 @pytest.fixture(scope="session")
 def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     """A registry on HTTPS with a self-signed certificate (what ``insecure`` is for)."""
-    if not shutil.which("openssl"):
-        pytest.skip("openssl is needed to make a test certificate")
+    require_tool("openssl", f"apt-get install -y openssl; {SETUP}")  # makes the test certificate
     root = tmp_path_factory.mktemp("tls-registry")
     cert, key = root / "cert.pem", root / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",

@@ -14,10 +14,8 @@ modelbuild's side is its CLI, as users run it: ``modelbuild build``, ``modelbuil
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -34,7 +32,7 @@ from modelbuild.store import Store
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from support import safetensors_blob
+from support import require_module, require_tool, safetensors_blob
 
 EXAMPLE = REPO_ROOT / "Modelfile.examples" / "tiny-llama"
 EXAMPLE_MODELFILE = EXAMPLE / "Modelfile"
@@ -43,27 +41,15 @@ MiB = 1 << 20
 
 
 # -- tools ------------------------------------------------------------------------------
-def _missing(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture
 def skopeo() -> str:
-    path = shutil.which("skopeo")
-    if not path:
-        _missing("skopeo is not installed (apt-get install -y skopeo)")
-    return path
+    return require_tool("skopeo", "apt-get install -y skopeo; scripts/setup-system installs it")
 
 
 @pytest.fixture
 def modelpack_client() -> Any:
     """The ``modelpack_client`` module (PyPI ``modelpack-client``)."""
-    try:
-        return importlib.import_module("modelpack_client")
-    except ImportError:
-        _missing("modelpack-client is not installed (pip install modelpack-client)")
+    return require_module("modelpack_client", "pip install modelpack-client; the test extras include it")
 
 
 def _run(*cmd: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:

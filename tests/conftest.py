@@ -147,3 +147,11 @@ def build(mb):
         return result.json()
 
     return run
+
+
+@pytest.fixture
+def skopeo() -> str:
+    """skopeo's path: an independent OCI client (skips outside CI when missing, fails in CI)."""
+    from support import require_tool
+
+    return require_tool("skopeo", "apt-get install -y skopeo; scripts/setup-system installs it")

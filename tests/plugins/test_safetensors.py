@@ -19,6 +19,7 @@ from safetensors.numpy import load_file, save, save_file
 from modelbuild.errors import UsageError
 from modelbuild.testing import plugin_host
 from modelbuild.weights import FormatError, Output, WeightFile
+from support import missing
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TINY_LLAMA = REPO / "Modelfile.examples" / "tiny-llama" / "model"
@@ -290,7 +291,7 @@ def test_read_info_tiny_llama(weight_file):
 def test_read_info_silero_vad(weight_file):
     root = installed_data("silero_vad")
     if root is None:
-        pytest.skip("silero-vad is not installed (scripts/fetch-test-data)")
+        missing("silero-vad is not installed (scripts/fetch-test-data)")
     path = root / "data" / "silero_vad_16k.safetensors"
     loaded = load_file(str(path))
     info = FMT.read_info([weight_file(path)], None)
@@ -304,7 +305,7 @@ def test_read_info_silero_vad(weight_file):
 def test_read_info_fracast_float_and_int8(weight_file):
     root = installed_data("fracast")
     if root is None:
-        pytest.skip("fracast is not installed (scripts/fetch-test-data)")
+        missing("fracast is not installed (scripts/fetch-test-data)")
     weights = root / "weights"
     full = load_file(str(weights / "model.safetensors"))
     int8 = load_file(str(weights / "model.int8.safetensors"))
@@ -536,7 +537,7 @@ def test_unknown_options_and_types_are_refused(tmp_path, model_set, transform_co
 def test_casting_an_int8_checkpoint_leaves_its_scales_alone(tmp_path, weight_file, transform_context):
     root = installed_data("fracast")
     if root is None:
-        pytest.skip("fracast is not installed (scripts/fetch-test-data)")
+        missing("fracast is not installed (scripts/fetch-test-data)")
     src_path = root / "weights" / "model.int8.safetensors"
     src = load_file(str(src_path))
     result = CAST.quantize([weight_file(src_path)], "bfloat16", {}, transform_context(jobs=2))

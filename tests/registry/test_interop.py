@@ -32,7 +32,7 @@ from modelbuild.store import Store
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from support import require_module, require_tool, safetensors_blob
+from support import require_module, safetensors_blob
 
 EXAMPLE = REPO_ROOT / "Modelfile.examples" / "tiny-llama"
 EXAMPLE_MODELFILE = EXAMPLE / "Modelfile"
@@ -41,11 +41,6 @@ MiB = 1 << 20
 
 
 # -- tools ------------------------------------------------------------------------------
-@pytest.fixture
-def skopeo() -> str:
-    return require_tool("skopeo", "apt-get install -y skopeo; scripts/setup-system installs it")
-
-
 @pytest.fixture
 def modelpack_client() -> Any:
     """The ``modelpack_client`` module (PyPI ``modelpack-client``)."""

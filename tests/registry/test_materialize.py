@@ -496,9 +496,9 @@ def tiny_tmpfs(tmp_path):
     mnt.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
     if done.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a tmpfs in CI: {done.stderr.decode().strip()}")
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        from support import missing
+
+        missing(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
         yield mnt
     finally:

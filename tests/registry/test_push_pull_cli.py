@@ -34,7 +34,7 @@ STAGES = {
     "cuda": "TARGET cuda cuda>=12.1 compute>=8.0\nQUANTIZE bfloat16\nSHARD 200KB\n",
     "rocm": "TARGET rocm rocm>=6.0 gfx=gfx942,gfx90a\nQUANTIZE float16 --keep=lm_head.weight\n",
 }
-needs_skopeo = pytest.mark.skipif(not shutil.which("skopeo"), reason="skopeo is not installed (apt-get install skopeo)")
+needs_skopeo = pytest.mark.usefixtures("skopeo")  # skip outside CI, fail in CI (tests/support.py)
 
 
 # -- helpers ----------------------------------------------------------------------------

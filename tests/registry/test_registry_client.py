@@ -10,7 +10,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -286,8 +285,7 @@ def test_index_with_a_missing_child_fails_clearly(registry, client):
     assert info.value.exit_code == EXIT_BUILD_FAILED
 
 
-@pytest.mark.skipif(not shutil.which("skopeo"), reason="skopeo is not installed (apt-get install skopeo)")
-def test_skopeo_reads_what_we_push_and_we_read_what_it_pushes(registry, client, tmp_path):
+def test_skopeo_reads_what_we_push_and_we_read_what_it_pushes(registry, client, tmp_path, skopeo):
     """An independent client (containers/image) agrees with ours, both ways."""
     reg = client(registry.host)
     config, layer = b'{"descriptor": {"name": "interop"}}', os.urandom(70_000)

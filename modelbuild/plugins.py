@@ -291,6 +291,8 @@ def make_plugin_manager(extra_plugins: Iterable[object] = (), *, load_entrypoint
         if load_entrypoints:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         for plugin in extra_plugins:
+            if pm.is_registered(plugin):  # an installed plugin passed again (a plugin's own tests)
+                continue
             pm.register(plugin, _readable_name(pm, plugin))
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"plugin {_plugin_name(pm, exc.plugin)} is invalid: {exc}") from exc

@@ -142,3 +142,13 @@ def test_a_plugin_adds_its_own_hookspecs():
     archs = host.extension("modelbuild_register_architectures", "architecture")
     assert archs.owner("mine") == "Arch" and archs.owner("llama") == "hf-gguf"
     assert "architecture:mine" in next(p for p in host.infos() if p.name == "Arch").provides
+
+
+def test_an_installed_plugin_passed_again_is_registered_once():
+    """A plugin's own tests pass its module to plugin_host whether or not it is installed:
+    the built-in safetensors plugin, loaded from its entry point, given again."""
+    from modelbuild_plugins import safetensors_format
+
+    host = plugin_host(safetensors_format)
+    assert host.quantizers.get("safetensors-cast") is not None
+    assert sorted(host.quantizers.names()) == sorted(plugin_host().quantizers.names())

@@ -709,17 +709,24 @@ def test_readme_lists_every_doc():
 
 
 # -- runners -------------------------------------------------------------------------------------
-def run_modelfile(block: Block, mb, tmp_path):
-    """Build the Modelfile in a generated context (or the section's drawn tree)."""
+def place_modelfile(block: Block, text: str, tmp_path: Path) -> Path:
+    """Write the Modelfile *text* where the section's drawn tree puts it (else in a fresh
+    directory), with a generated context beside it; its path."""
     work = tmp_path / "work"
     work.mkdir()
     tree = [b for b in blocks_of(block.path, block.section, "tree") if b.line < block.line]
     if tree and "Modelfile" in tree[-1].text:
-        modelfile = write_tree(tree[-1].text, work, block.text) / "Modelfile"
+        modelfile = write_tree(tree[-1].text, work, text) / "Modelfile"
     else:
         modelfile = work / "Modelfile"
-        modelfile.write_text(block.text)
+        modelfile.write_text(text)
     generate_context(modelfile)
+    return modelfile
+
+
+def run_modelfile(block: Block, mb, tmp_path):
+    """Build the Modelfile in a generated context (or the section's drawn tree)."""
+    modelfile = place_modelfile(block, block.text, tmp_path)
     run = mb("build", "-f", str(modelfile), "--json", "--progress", "quiet", cwd=modelfile.parent, timeout=600)
     assert run.rc == 0, f"{block.id}: the example does not build:\n{run.err}"
     return run.json()
@@ -730,15 +737,7 @@ def built(block: Block, mb, home, tmp_path, *args: str):
     with the build arguments of the section's console example."""
     modelfile = [b for b in blocks_of(block.path, block.section, "modelfile") if b.line < block.line][-1]
     console = " ".join(b.text for b in blocks_of(block.path, block.section, "console"))
-    work = tmp_path / "work"
-    work.mkdir()
-    tree = [b for b in blocks_of(block.path, block.section, "tree") if b.line < block.line]
-    if tree and "Modelfile" in tree[-1].text:
-        path = write_tree(tree[-1].text, work, modelfile.text) / "Modelfile"
-    else:
-        path = work / "Modelfile"
-        path.write_text(modelfile.text)
-    generate_context(path)
+    path = place_modelfile(block, modelfile.text, tmp_path)
     build_args = [a for arg in re.findall(r"--build-arg (\S+)", console) for a in ("--build-arg", arg)]
     run = mb("build", "-f", str(path), "--json", "--progress", "quiet", *build_args, *args, cwd=path.parent)
     assert run.rc == 0, run.err

@@ -1,14 +1,25 @@
 """hf-to-gguf's metadata, key by key, against llama.cpp's convert_hf_to_gguf.py.
 
-The oracle is gguf-py, the package llama.cpp's converter writes with: ``gguf.Metadata`` (its
+The oracle is the gguf-py of llama.cpp's own tree, the package its converter writes with
+(the pinned llama.cpp, vendored in llama-cpp-python 0.3.36's source archive;
+scripts/fetch-test-data puts its gguf-py in tests/data/external/llama.cpp-gguf-py). It is
+newer than PyPI's ``gguf`` of the same version number (0.19.0, what the suite imports),
+whose ``SpecialVocab`` and ``Metadata`` differ from it, and it cannot be imported beside the
+installed ``gguf``: tests/llama_cpp_oracle.py runs it in a subprocess: ``gguf.Metadata`` (its
 ``load`` and ``set_gguf_meta_model``, as ``prepare_metadata`` calls them) for ``general.*``,
-``gguf.SpecialVocab`` for the special tokens, ``gguf.size_label`` for the size label. Each
-runs on the same checkpoint directory the converter reads and writes into a ``GGUFWriter``
-in memory, whose keys (order, type, value) are compared with what hf-to-gguf wrote, read
-back with ``gguf.GGUFReader``. What llama.cpp's converter needs the ``sentencepiece``
-library for (the tokens, scores and types of a ``tokenizer.model``) is restated from its
-``_create_vocab_sentencepiece`` in :func:`expected_sentencepiece`; the ``tokenizer.model``
-files are written by the protobuf library (``models.sentencepiece_model``).
+``gguf.SpecialVocab`` for the special tokens. Each runs on the same checkpoint directory the
+converter reads and writes into a ``GGUFWriter`` in memory, whose keys (order, type, value)
+are compared with what hf-to-gguf wrote, read back with the installed ``gguf.GGUFReader``.
+Without the vendored gguf-py those tests skip (fail under CI).
+
+The rest compares in-process with the installed ``gguf``, where the two packages agree:
+``Metadata.get_model_id_components``, ``Metadata.id_to_title`` and ``size_label``
+(utility.py and those functions are identical in both), ``GGUFWriter.get_total_parameter_count``
+and, for the llama tensors these tests write, ``get_tensor_name_map``. What llama.cpp's
+converter needs the ``sentencepiece`` library for (the tokens, scores and types of a
+``tokenizer.model``) is restated from its ``_create_vocab_sentencepiece`` in
+:func:`expected_sentencepiece`; the ``tokenizer.model`` files are written by the protobuf
+library (``models.sentencepiece_model``).
 
 The checkpoints sit in a directory of the model set, as they sit in a directory on disk for
 llama.cpp: the directory's name is one of the sources of the model's name.
@@ -17,9 +28,12 @@ llama.cpp: the directory's name is one of the sources of the model's name.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gguf
 import numpy as np
@@ -36,6 +50,7 @@ from models import (
     sentencepiece_model,
     spm_pieces,
 )
+from support import REPO, missing
 
 from modelbuild.testing import plugin_host
 from modelbuild.weights import Output
@@ -78,43 +93,57 @@ def general_keys(path: Path) -> list[tuple[str, Any, list[Any]]]:
     return out
 
 
-def same_keys(ours: list[tuple[str, Any, list[Any]]], theirs: list[tuple[str, Any]]) -> None:
-    """*ours* (read back) equal *theirs* (a GGUFWriter's ``kv_data``): the same keys in the
-    same order, each of the same GGUF type, with the same value."""
+class Expected(NamedTuple):
+    """One key as llama.cpp's gguf-py would write it (GGUF value types as integers)."""
+
+    type: int
+    sub_type: int | None  # an array's element type
+    value: Any
+
+
+def same_keys(ours: list[tuple[str, Any, list[Any]]], theirs: list[tuple[str, Expected]]) -> None:
+    """*ours* (read back) equal *theirs* (the oracle's): the same keys in the same order,
+    each of the same GGUF type, with the same value."""
     assert [k for k, _, _ in ours] == [k for k, _ in theirs]
     for (key, value, types), (_, expected) in zip(ours, theirs):
         assert types[0] == expected.type, key
         want = expected.value
         if expected.type == gguf.GGUFValueType.ARRAY:
-            sub = expected.sub_type or gguf.GGUFValueType.get_type(want[0])
-            assert types[-1] == sub, key
-            want = list(want)
+            assert types[-1] == expected.sub_type, key
         elif expected.type == gguf.GGUFValueType.FLOAT32:
             want = float(np.float32(want))
         assert value == want, (key, value, want)
 
 
-def llama_cpp_general(directory: Path, path: Path, name: str | None = None) -> list[tuple[str, Any]]:
+ORACLE = REPO / "tests" / "llama_cpp_oracle.py"
+LLAMA_CPP_GGUF_PY = REPO / "tests" / "data" / "external" / "llama.cpp-gguf-py"
+
+
+def llama_cpp(*args: str) -> list[tuple[str, Expected]]:
+    """The keys tests/llama_cpp_oracle.py computes with llama.cpp's own gguf-py."""
+    if not (LLAMA_CPP_GGUF_PY / "gguf" / "vocab.py").is_file():
+        missing(f"llama.cpp's gguf-py is not in {LLAMA_CPP_GGUF_PY.relative_to(REPO)} (scripts/fetch-test-data)")
+    path = os.pathsep.join(p for p in (str(LLAMA_CPP_GGUF_PY), os.environ.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, str(ORACLE), *args], env={**os.environ, "PYTHONPATH": path},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert Path(doc["gguf"]).resolve().is_relative_to(LLAMA_CPP_GGUF_PY.resolve()), doc["gguf"]
+    return [(key, Expected(kind, sub, value)) for key, kind, sub, value in doc["keys"]]
+
+
+def llama_cpp_general(directory: Path, path: Path, name: str | None = None) -> list[tuple[str, Expected]]:
     """The ``general.*`` keys llama.cpp's converter writes for *directory*, given the
-    tensors hf-to-gguf wrote (what its ``prepare_metadata`` does, without the model)."""
-    tensors = gguf.GGUFReader(str(path)).tensors
-    total = sum(int(t.n_elements) for t in tensors)
-    meta = gguf.Metadata.load(None, directory, name, total)
-    if meta.name is None:
-        meta.name = directory.name
-    if meta.size_label is None and total > 0:
-        meta.size_label = gguf.size_label(total, total, 0, 0)  # no experts in these models
-    writer = gguf.GGUFWriter(path=None, arch="llama")
-    meta.set_gguf_meta_model(writer)
-    return list(writer.kv_data[0].items())[1:]  # after general.architecture
+    tensors hf-to-gguf wrote to *path* (what its ``prepare_metadata`` does, without the
+    model)."""
+    return llama_cpp("general", str(directory), str(path), *(["--name", name] if name is not None else []))
 
 
-def llama_cpp_special(directory: Path, *, load_merges: bool, n_vocab: int | None) -> list[tuple[str, Any]]:
+def llama_cpp_special(directory: Path, *, load_merges: bool, n_vocab: int | None) -> list[tuple[str, Expected]]:
     """The keys gguf-py's SpecialVocab adds for *directory* (merges, special token ids,
-    ``add_*`` flags, chat template), as llama.cpp's converter adds them."""
-    writer = gguf.GGUFWriter(path=None, arch="llama")
-    gguf.SpecialVocab(directory, load_merges=load_merges, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
-    return list(writer.kv_data[0].items())[1:]
+    ``add_*`` flags, chat template, normalizer flags), as llama.cpp's converter adds them."""
+    return llama_cpp("special", str(directory), *(["--load-merges"] if load_merges else []),
+                     *(["--n-vocab", str(n_vocab)] if n_vocab is not None else []))
 
 
 _VOCABULARY = {"tokenizer.ggml.add_space_prefix", "tokenizer.ggml.model", "tokenizer.ggml.pre",
@@ -128,6 +157,17 @@ def special_keys(path: Path) -> list[tuple[str, Any, list[Any]]]:
 
 def vocab(path: Path) -> dict[str, Any]:
     return {k: v for k, v, _ in written(path) if k.startswith("tokenizer.")}
+
+
+def _edit_json(path: Path, **changes: Any) -> None:
+    """Set (None: remove) top-level keys of a JSON file."""
+    doc = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            doc.pop(key, None)
+        else:
+            doc[key] = value
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False))
 
 
 # -- general.*: name, base name, size label, license, tags… --------------------------------------
@@ -212,12 +252,27 @@ def _card_says_everything(root: Path) -> Path:
     return src
 
 
+def _repetition_penalty(root: Path) -> Path:
+    """Hugging Face's name for the repeat penalty (Qwen2.5's generation_config.json)."""
+    src = _qwen_directory(root)
+    _edit_json(src / "generation_config.json", repetition_penalty=1.05, temperature=0.7, top_k=20)
+    return src
+
+
+def _penalty_repeat_and_repetition_penalty(root: Path) -> Path:
+    src = _qwen_directory(root)
+    _edit_json(src / "generation_config.json", penalty_repeat=1.25, repetition_penalty=1.05)
+    return src
+
+
 CHECKPOINTS = {
     "bundled": lambda root: copy_bundled(root / "tiny-llama"),
     "llama2-finetune": _llama2_finetune,
     "qwen-directory-name": _qwen_directory,
     "mistral-readme-without-front-matter": _mistral_plain_readme,
     "card-says-everything": _card_says_everything,
+    "repetition-penalty": _repetition_penalty,
+    "penalty-repeat-and-repetition-penalty": _penalty_repeat_and_repetition_penalty,
 }
 
 
@@ -254,6 +309,18 @@ def test_general_keys_of_a_model_id(tmp_path, convert):
     assert keys["general.base_model.count"] == 3
     assert keys["general.base_model.1.repo_url"] == "https://huggingface.co/mistralai/Mistral-7B-v0.1"
     assert keys["general.sampling.top_k"] == 50 and abs(keys["general.sampling.temp"] - 0.6) < 1e-6
+
+
+@pytest.mark.parametrize(("case", "penalty"), [("repetition-penalty", 1.05),
+                                              ("penalty-repeat-and-repetition-penalty", 1.25)])
+def test_repeat_penalty_is_read_under_either_name(case, penalty, tmp_path, convert):
+    """``penalty_repeat``, else Hugging Face's ``repetition_penalty`` (llama.cpp's gguf-py;
+    PyPI's gguf 0.19.0 reads only the former)."""
+    CHECKPOINTS[case](tmp_path / "set")
+    path, _ = convert(tmp_path / "set")
+    keys = {k: (v, t) for k, v, t in general_keys(path)}
+    value, types = keys["general.sampling.penalty_repeat"]
+    assert value == float(np.float32(penalty)) and types == [gguf.GGUFValueType.FLOAT32]
 
 
 def test_name_option_overrides_only_the_name(tmp_path, convert):
@@ -357,16 +424,6 @@ def test_parameter_counts_are_gguf_writers():
 # -- tokenizer.*: special tokens, add_* flags, chat templates ----------------------------------
 
 
-def _edit_json(path: Path, **changes: Any) -> None:
-    doc = json.loads(path.read_text())
-    for key, value in changes.items():
-        if value is None:
-            doc.pop(key, None)
-        else:
-            doc[key] = value
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False))
-
-
 def _roberta(src: Path) -> None:
     _edit_json(src / "tokenizer.json", post_processor={
         "type": "RobertaProcessing", "sep": ["</s>", 1], "cls": ["<s>", 0], "trim_offsets": True,
@@ -404,10 +461,63 @@ def _no_tokenizer_config(src: Path) -> None:
 
 def _dict_tokens_and_add_flags(src: Path) -> None:
     """AddedToken dicts for the special tokens (as Llama 2's tokenizer_config.json has), and
-    add_bos_token: false overriding the post-processor."""
+    add_bos_token: false against the post-processor, which wins (the template's <s> is not
+    the dict, so gguf-py takes it for the CLS token and adds it)."""
     _edit_json(src / "tokenizer_config.json", bos_token={"__type": "AddedToken", "content": "<s>"},
                eos_token={"__type": "AddedToken", "content": "</s>"}, add_bos_token=False,
                pad_token={"__type": "AddedToken", "content": "<unk>"})
+
+
+def _add_flags_disagree(src: Path) -> None:
+    """add_bos_token: false against the template ``<s> $A`` (the post-processor wins, with a
+    warning), add_eos_token: true where the template says nothing of EOS (it stands)."""
+    _edit_json(src / "tokenizer_config.json", add_bos_token=False, add_eos_token=True)
+
+
+def _byte_level_against_add_eos(src: Path) -> None:
+    """Qwen2's ByteLevel post-processor adds no EOS; tokenizer_config.json says it does."""
+    _edit_json(src / "tokenizer_config.json", add_eos_token=True)
+
+
+def _template(first: str, first_id: int) -> dict[str, Any]:
+    """A TemplateProcessing ``FIRST $A`` (pair ``FIRST $A FIRST $B``)."""
+    lead = {"SpecialToken": {"id": first, "type_id": 0}}
+    return {"type": "TemplateProcessing",
+            "single": [lead, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [lead, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": first, "type_id": 1}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {first: {"id": first, "ids": [first_id], "tokens": [first]}}}
+
+
+def _template_leads_with_unset_bos(src: Path) -> None:
+    """Qwen2 (bos_token: null) with ``<|im_start|> $A`` after its ByteLevel step: gguf-py
+    makes <|im_start|> the BOS, ahead of config.json's bos_token_id, and adds it, against
+    add_bos_token: false."""
+    doc = json.loads((src / "tokenizer.json").read_text())
+    tid = next(a["id"] for a in doc["added_tokens"] if a["content"] == "<|im_start|>")
+    doc["post_processor"] = {"type": "Sequence",
+                             "processors": [doc["post_processor"], _template("<|im_start|>", tid)]}
+    (src / "tokenizer.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+
+
+def _template_leads_with_neither_bos_nor_cls(src: Path) -> None:
+    """A template ``</s> $A`` while bos_token is <s> and no cls_token: </s> becomes the CLS
+    token, and add_bos_token (not in tokenizer_config.json here) true."""
+    _edit_json(src / "tokenizer.json", post_processor=_template("</s>", 2))
+    _edit_json(src / "tokenizer_config.json", add_bos_token=None)
+
+
+def _normalizer(*steps: dict[str, Any]) -> Any:
+    """A SentencePiece-style normalizer (prepend ▁, spaces to ▁) after *steps*."""
+    def edit(src: Path) -> None:
+        doc = json.loads((src / "tokenizer.json").read_text())
+        doc["normalizer"]["normalizers"][:0] = list(steps)
+        (src / "tokenizer.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+    return edit
+
+
+_BERT_NORMALIZER = {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
+                    "strip_accents": None, "lowercase": False}
 
 
 SPECIAL_CASES = {
@@ -420,6 +530,13 @@ SPECIAL_CASES = {
     "trailing-end-of-text": ("llama", "llama-bpe", _trailing_end_of_text),
     "no-tokenizer-config": ("llama", "gpt-2", _no_tokenizer_config),
     "dict-tokens-and-add-flags": ("mistral", "llama-spm", _dict_tokens_and_add_flags),
+    "add-flags-disagree": ("mistral", "llama-spm", _add_flags_disagree),
+    "byte-level-against-add-eos": ("qwen2", "qwen2", _byte_level_against_add_eos),
+    "template-leads-with-unset-bos": ("qwen2", "qwen2", _template_leads_with_unset_bos),
+    "template-leads-with-neither-bos-nor-cls": ("mistral", "llama-spm", _template_leads_with_neither_bos_nor_cls),
+    "lowercase-normalizer": ("mistral", "llama-spm", _normalizer({"type": "Lowercase"}, {"type": "StripAccents"})),
+    "bert-normalizer": ("mistral", "llama-spm", _normalizer(_BERT_NORMALIZER)),
+    "bert-normalizer-then-lowercase": ("mistral", "llama-spm", _normalizer(_BERT_NORMALIZER, {"type": "Lowercase"})),
 }
 
 
@@ -437,6 +554,72 @@ def test_special_tokens_are_gguf_special_vocabs(case, tmp_path, convert):
     n_vocab = len(vocab(path)["tokenizer.ggml.tokens"])
     theirs = llama_cpp_special(src, load_merges=not spm, n_vocab=n_vocab if spm else None)
     same_keys(special_keys(path), theirs)
+
+
+def _special_case(case: str, root: Path, convert: Any) -> tuple[dict[str, Any], list[str]]:
+    """One of SPECIAL_CASES converted: (its tokenizer keys, the log)."""
+    arch, kind, edit = SPECIAL_CASES[case]
+    src = make_tiny_checkpoint(root / "m", arch, tokenizer=kind)
+    edit(src)
+    path, logs = convert(root)
+    return vocab(path), logs
+
+
+def test_byte_level_post_processor_adds_neither_bos_nor_eos(tmp_path, convert):
+    """Qwen2: add_eos_token false is written (PyPI's gguf 0.19.0 wrote none), whatever
+    tokenizer_config.json says (a warning when it says otherwise)."""
+    make_tiny_checkpoint(tmp_path / "plain" / "m", "qwen2")
+    path, logs = convert(tmp_path / "plain")
+    keys = vocab(path)
+    assert (keys["tokenizer.ggml.add_bos_token"], keys["tokenizer.ggml.add_eos_token"]) == (False, False)
+    assert not [m for m in logs if "warning" in m]
+    keys, logs = _special_case("byte-level-against-add-eos", tmp_path / "set", convert)
+    assert keys["tokenizer.ggml.add_eos_token"] is False
+    assert any("add_eos_token=true" in m and "add_eos_token=false is written" in m for m in logs), logs
+
+
+def test_post_processor_wins_over_tokenizer_config(tmp_path, convert):
+    keys, logs = _special_case("add-flags-disagree", tmp_path, convert)
+    assert (keys["tokenizer.ggml.add_bos_token"], keys["tokenizer.ggml.add_eos_token"]) == (True, True)
+    warnings = [m for m in logs if "warning" in m]
+    assert len(warnings) == 1 and "add_bos_token=false" in warnings[0], logs
+
+
+def test_template_leading_token_that_is_neither_bos_nor_cls(tmp_path, convert):
+    keys, _ = _special_case("template-leads-with-unset-bos", tmp_path / "a", convert)
+    tokens = keys["tokenizer.ggml.tokens"]
+    assert tokens[keys["tokenizer.ggml.bos_token_id"]] == "<|im_start|>"  # not config.json's <|endoftext|>
+    assert keys["tokenizer.ggml.add_bos_token"] is True
+    keys, _ = _special_case("template-leads-with-neither-bos-nor-cls", tmp_path / "b", convert)
+    tokens = keys["tokenizer.ggml.tokens"]
+    assert tokens[keys["tokenizer.ggml.bos_token_id"]] == "<s>" and keys["tokenizer.ggml.add_bos_token"] is True
+
+
+def test_normalizer_flags(tmp_path, convert):
+    """Written as llama.cpp's converter writes them, with a warning: llama.cpp reads them
+    only for WordPiece and whitespace tokenizers, not for a SentencePiece-style one."""
+    keys, logs = _special_case("lowercase-normalizer", tmp_path / "a", convert)
+    assert (keys["tokenizer.ggml.normalizer.lowercase"], keys["tokenizer.ggml.normalizer.strip_accents"]) \
+        == (True, True)
+    assert any("the normalizer lowercases or strips accents" in m for m in logs), logs
+    keys, logs = _special_case("bert-normalizer", tmp_path / "b", convert)
+    assert keys["tokenizer.ggml.normalizer.lowercase"] is False
+    assert "tokenizer.ggml.normalizer.strip_accents" not in keys  # null: unset
+    assert not [m for m in logs if "warning" in m]
+    keys, _ = _special_case("bert-normalizer-then-lowercase", tmp_path / "c", convert)
+    assert keys["tokenizer.ggml.normalizer.lowercase"] is True  # the last step that says wins
+
+
+def test_byte_level_tokenizer_with_a_lowercase_normalizer_is_refused(tmp_path, convert):
+    """llama.cpp's byte-level BPE tokenizer does not lowercase: converting it would make a
+    model that tokenizes otherwise than Hugging Face (llama.cpp's converter would convert it)."""
+    from modelbuild.weights import FormatError
+
+    src = make_tiny_checkpoint(tmp_path / "set" / "m", "qwen2")
+    _edit_json(src / "tokenizer.json", normalizer={"type": "Sequence", "normalizers": [
+        {"type": "NFC"}, {"type": "Lowercase"}]})
+    with pytest.raises(FormatError, match=r"normalizer Sequence\[NFC\(\), Lowercase\(\)\] is not supported"):
+        convert(tmp_path / "set")
 
 
 def test_bundled_example_adds_no_separator(tmp_path, convert):
@@ -462,7 +645,7 @@ def test_additional_chat_templates(tmp_path, convert):
     def by_key(keys: list[tuple[Any, ...]]) -> dict[str, Any]:  # gguf-py lists the names in set order
         return {k[0]: sorted(k[1]) if k[0] == "tokenizer.chat_templates" else k[1] for k in keys}
 
-    assert by_key(ours) == by_key([(k, list(v.value) if isinstance(v.value, list) else v.value) for k, v in theirs])
+    assert by_key(ours) == by_key([(k, v.value) for k, v in theirs])
     assert by_key(ours)["tokenizer.chat_template.rag"] == "{{ documents }}"
 
 

@@ -95,14 +95,22 @@ special, which makes ``<unk>`` CONTROL too where they mark it special, as in lla
 Beside a byte-level tokenizer.json, ``tokenizer.model`` is not used (llama.cpp's converter
 would build a SentencePiece vocabulary from it instead).
 
-Special tokens follow gguf-py's ``SpecialVocab``: ``bos/eos/unk/sep/pad/mask`` (and
-``eot``/``eom`` when the post-processor's trailing token replaces the EOS) from
+Special tokens follow gguf-py's ``SpecialVocab`` as in llama.cpp's own tree (its gguf-py is
+newer than PyPI's ``gguf`` 0.19.0, whose rules differ): ``bos/eos/unk/sep/pad/mask`` (and
+``eot``/``eom`` when the post-processor's trailing token replaces the EOS; a leading token
+that is neither the BOS nor the CLS becomes whichever of them is unset) from
 ``tokenizer_config.json``'s ``*_token`` (looked up among ``added_tokens``), then
 ``config.json``'s ``*_token_id``, then (beyond llama.cpp) ``generation_config.json``'s, the
 first found winning, integers only, below the vocabulary size, written in the order found;
 ``add_bos_token`` / ``add_eos_token`` / ``add_sep_token`` from a ``TemplateProcessing`` (or
-``RobertaProcessing``) post-processor, overridden by ``tokenizer_config.json``'s
-``add_*_token``; the chat template from ``tokenizer_config.json`` (only when there is one),
+``RobertaProcessing``) post-processor, false for BOS and EOS after a ``ByteLevel`` one
+(Qwen2's: ``add_eos_token`` false is written), else ``tokenizer_config.json``'s
+``add_*_token`` (where the two disagree, the post-processor wins, with a warning);
+``tokenizer.ggml.normalizer.lowercase`` / ``strip_accents`` from the normalizer's
+``Lowercase``, ``StripAccents`` or ``BertNormalizer`` (written as llama.cpp writes them, with
+a warning: llama.cpp reads them only for WordPiece and whitespace tokenizers, so a ``llama``
+tokenizer that lowercases will not tokenize as Hugging Face does; a byte-level one is refused
+above); the chat template from ``tokenizer_config.json`` (only when there is one),
 else ``chat_template.jinja`` (with ``additional_chat_templates/*.jinja``, by name), else
 ``chat_template.json`` (a list of named templates becomes ``tokenizer.chat_template.NAME``
 keys, as gguf-py writes them). ``tokenizer.ggml.add_space_prefix`` of a ``llama`` tokenizer

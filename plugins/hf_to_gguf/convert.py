@@ -86,7 +86,7 @@ class HfToGguf:
     """The converter. See the package docstring (:mod:`modelbuild_plugins.hf_to_gguf`)."""
 
     name = "hf-to-gguf"
-    version = "2"
+    version = "3"
     summary = "Hugging Face safetensors checkpoint → one GGUF file llama.cpp loads (llama, mistral, qwen2, …)"
     source_format = "safetensors"
     target_format = "gguf"

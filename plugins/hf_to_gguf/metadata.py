@@ -25,7 +25,8 @@ In order of precedence:
    (``gguf.size_label``: ``156K``, ``7.2B``, ``8x7.2B``).
 
 ``generation_config.json``'s ``top_k``, ``top_p``, ``min_p``, ``temperature``,
-``xtc_*``, ``penalty_*`` and ``mirostat*`` become ``general.sampling.*``.
+``xtc_*``, ``penalty_*`` (``penalty_repeat`` else Hugging Face's ``repetition_penalty``,
+as the gguf-py of llama.cpp's tree reads it) and ``mirostat*`` become ``general.sampling.*``.
 
 The model card is ``README.md`` beside config.json: the core hands a converter every
 README listed with ``DOC`` (as context, never output), and one listed with ``CONFIG``
@@ -235,14 +236,15 @@ def model_card(text: str, log: Callable[[str], None], label: str) -> dict[str, A
 
 # -- the metadata ------------------------------------------------------------------------------
 
-# (general.sampling.* key, generation_config.json key, GGUF type)
-_SAMPLING = (
-    ("sequence", "sequence", "str"), ("top_k", "top_k", "int"), ("top_p", "top_p", "float"),
-    ("min_p", "min_p", "float"), ("xtc_probability", "xtc_probability", "float"),
-    ("xtc_threshold", "xtc_threshold", "float"), ("temp", "temperature", "float"),
-    ("penalty_last_n", "penalty_last_n", "int"), ("penalty_repeat", "penalty_repeat", "float"),
-    ("mirostat", "mirostat", "int"), ("mirostat_tau", "mirostat_tau", "float"),
-    ("mirostat_eta", "mirostat_eta", "float"),
+# (general.sampling.* key, generation_config.json keys (the first present wins), GGUF type)
+_SAMPLING: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("sequence", ("sequence",), "str"), ("top_k", ("top_k",), "int"), ("top_p", ("top_p",), "float"),
+    ("min_p", ("min_p",), "float"), ("xtc_probability", ("xtc_probability",), "float"),
+    ("xtc_threshold", ("xtc_threshold",), "float"), ("temp", ("temperature",), "float"),
+    ("penalty_last_n", ("penalty_last_n",), "int"),
+    ("penalty_repeat", ("penalty_repeat", "repetition_penalty"), "float"),
+    ("mirostat", ("mirostat",), "int"), ("mirostat_tau", ("mirostat_tau",), "float"),
+    ("mirostat_eta", ("mirostat_eta",), "float"),
 )
 # model card key → field, in gguf-py's order: the first found wins
 _CARD_FIELDS = (
@@ -384,8 +386,10 @@ def _sampling(gen_config: dict[str, Any], log: Callable[[str], None]) -> dict[st
     import gguf
 
     out: dict[str, Any] = {}
-    for key, source, kind in _SAMPLING:
-        value = gen_config.get(source)
+    for key, sources, kind in _SAMPLING:
+        # present, even as null, the first key wins (gguf-py's nested gen_config.get)
+        source = next((k for k in sources if k in gen_config), None)
+        value = gen_config.get(source) if source is not None else None
         if value is None:
             continue
         if kind == "str":

@@ -1,5 +1,13 @@
 """The tokenizer: ``tokenizer.json`` (and its companions) read into the ``tokenizer.*`` keys:
-vocabulary, token types, merges or scores, the pre-tokenizer, special tokens, chat template."""
+vocabulary, token types, merges or scores, the pre-tokenizer, special tokens, chat template,
+normalizer flags.
+
+The special tokens follow the gguf-py of the llama.cpp tree the converter is checked against
+(``vendor/llama.cpp/gguf-py`` of llama-cpp-python 0.3.36), which is newer than PyPI's
+``gguf`` 0.19.0 though it carries the same version number: a ``ByteLevel`` post-processor
+adds neither BOS nor EOS, a template's unknown leading token becomes the BOS, the
+post-processor's ``add_*`` wins over ``tokenizer_config.json``'s, and the normalizer's
+lowercase / strip-accents flags are written."""
 
 from __future__ import annotations
 
@@ -61,12 +69,13 @@ class Vocab:
     special_ids: dict[str, int] = field(default_factory=dict)  # in the order they were found
     add_special: dict[str, bool] = field(default_factory=dict)  # likewise
     chat_template: Any = None
+    normalizer: dict[str, bool] = field(default_factory=dict)  # "lowercase", "strip_accents"
 
     def keys(self) -> list[tuple[str, Any]]:
         """The keys in llama.cpp's order: ``add_space_prefix`` first (llama.cpp's Llama
         converter writes it before the vocabulary), then gguf-py's: the vocabulary, the
         merges, the special token ids and ``add_*`` flags as ``SpecialVocab`` found them,
-        the chat template."""
+        the chat template, the normalizer flags."""
         import gguf
 
         out: list[tuple[str, Any]] = []
@@ -107,6 +116,9 @@ class Vocab:
             template = default
         if isinstance(template, str):
             out.append(("tokenizer.chat_template", template))
+        for flag in ("lowercase", "strip_accents"):
+            if flag in self.normalizer:
+                out.append((f"tokenizer.ggml.normalizer.{flag}", self.normalizer[flag]))
         return out
 
 
@@ -299,8 +311,40 @@ def read_vocab(tok: dict[str, Any], n_vocab: int | None, *, label: str, tok_conf
     else:
         v.scores = scores
         v.add_space_prefix = _add_space_prefix(tok, steps, tok_config)
+    v.normalizer = normalizer_flags(tok, label, log)
+    if any(v.normalizer.values()):
+        log(f"warning: hf-to-gguf: {label}: the normalizer lowercases or strips accents; the "
+            f"tokenizer.ggml.normalizer.* keys say so, as llama.cpp's converter writes them, but llama.cpp "
+            f"reads them only for WordPiece and whitespace tokenizers: it will tokenize such text differently")
     _special_tokens(v, tok, tok_config, config, gen_config, len(tokens), chat_template_alt, log)
     return v
+
+
+def normalizer_flags(tok: dict[str, Any], label: str, log: Any) -> dict[str, bool]:
+    """gguf-py's ``SpecialVocab._parse_normalizer``: ``lowercase`` / ``strip_accents`` from
+    the normalizer's ``Lowercase`` and ``StripAccents`` steps and ``BertNormalizer``'s
+    attributes, the last step that says winning. (A byte-level tokenizer gets here only
+    with no normalizer or NFC, which say nothing.)"""
+    out: dict[str, bool] = {}
+    for s in _steps(tok.get("normalizer"), "normalizers"):
+        kind = s.get("type")
+        if kind == "Lowercase":
+            out["lowercase"] = True
+        elif kind == "StripAccents":
+            out["strip_accents"] = True
+        elif kind == "BertNormalizer":
+            for flag in ("lowercase", "strip_accents"):
+                if flag not in s:
+                    continue
+                value = s[flag]
+                if isinstance(value, bool):
+                    out[flag] = value
+                else:  # null: unset, as gguf-py then writes nothing
+                    out.pop(flag, None)
+                    if value is not None:
+                        log(f"warning: hf-to-gguf: {label}: BertNormalizer {flag}={value!r} is not a boolean; "
+                            f"not written")
+    return out
 
 
 def _tokenizer_json_tokens(kind: str, by_id: dict[int, str], added: dict[int, dict[str, Any]], merges: list[str],
@@ -412,8 +456,9 @@ def _special_tokens(v: Vocab, tok: dict[str, Any], tok_config: dict[str, Any] | 
     found, from ``tokenizer_config.json``'s ``*_token`` (looked up among tokenizer.json's
     added tokens) then ``config.json``'s ``*_token_id`` (then, beyond llama.cpp,
     ``generation_config.json``'s, for an id neither gives); ``add_bos``/``add_eos``/
-    ``add_sep`` from the post-processor, overridden by ``tokenizer_config.json``'s
-    ``add_*_token``; the chat template."""
+    ``add_sep`` from the post-processor (a ``ByteLevel`` step adds neither BOS nor EOS),
+    else from ``tokenizer_config.json``'s ``add_*_token`` (where the two disagree, the
+    post-processor wins, with a warning, as in llama.cpp's gguf-py); the chat template."""
     tc = dict(tok_config) if tok_config else None  # gguf-py amends it as it reads the post-processor
     types = list(_SPECIAL_TYPES)
     added = [a for a in tok.get("added_tokens") or [] if isinstance(a, dict)]
@@ -438,6 +483,10 @@ def _special_tokens(v: Vocab, tok: dict[str, Any], tok_config: dict[str, Any] | 
     for p in processors:
         if not isinstance(p, dict):
             continue
+        if p.get("type") == "ByteLevel":  # no special tokens: unless another step adds them
+            add.setdefault("bos", False)
+            add.setdefault("eos", False)
+            continue
         if p.get("type") == "RobertaProcessing":
             add["bos"] = add["eos"] = add["sep"] = True
             if not cls and tc:
@@ -454,6 +503,11 @@ def _special_tokens(v: Vocab, tok: dict[str, Any], tok_config: dict[str, Any] | 
             if first:
                 if not tc:
                     bos = first
+                elif first not in (bos, cls):  # an unknown leading token: the BOS (and CLS) where unset
+                    if not bos:
+                        tc["bos_token"] = bos = first
+                    if not cls:
+                        tc["cls_token"] = cls = first
                 add["bos"] = first in (bos, cls)
             last = _special_id(single[-1])
             if last:
@@ -493,7 +547,12 @@ def _special_tokens(v: Vocab, tok: dict[str, Any], tok_config: dict[str, Any] | 
         for typ in types:
             flag = tc.get(f"add_{typ}_token")
             if isinstance(flag, bool):
-                add[typ] = flag
+                if typ not in add:
+                    add[typ] = flag
+                elif add[typ] != flag:
+                    log(f"warning: hf-to-gguf: tokenizer_config.json says add_{typ}_token={str(flag).lower()}, "
+                        f"tokenizer.json's post-processor {'adds' if add[typ] else 'does not add'} it: "
+                        f"the post-processor's add_{typ}_token={str(add[typ]).lower()} is written, as llama.cpp does")
             text = _token_text(tc.get(f"{typ}_token"))
             if text is not None:
                 set_id(typ, next((a.get("id") for a in added if a.get("content") == text), None))

@@ -320,8 +320,8 @@ def test_byte_level_vocab_keys(tmp_path, convert):
     assert keys["tokenizer.ggml.eos_token_id"] == specials["<|im_end|>"]
     assert keys["tokenizer.ggml.padding_token_id"] == specials["<|endoftext|>"]
     assert keys["tokenizer.ggml.bos_token_id"] == specials["<|endoftext|>"]
-    # add_bos from tokenizer_config.json; a ByteLevel post-processor says nothing (gguf-py's SpecialVocab)
-    assert keys["tokenizer.ggml.add_bos_token"] is False and "tokenizer.ggml.add_eos_token" not in keys
+    # a ByteLevel post-processor adds neither BOS nor EOS (llama.cpp's gguf-py), as tokenizer_config.json agrees
+    assert keys["tokenizer.ggml.add_bos_token"] is False and keys["tokenizer.ggml.add_eos_token"] is False
     tc = json.loads((src / "tokenizer_config.json").read_text())
     assert keys["tokenizer.chat_template"] == tc["chat_template"]
 

@@ -158,10 +158,10 @@ from .convert import OPTIONS, OUTPUT_NAME, OUTTYPES, HfToGguf
 from .keys import gguf_value
 from .metadata import Metadata, NameParts, name_parts, parameter_counts, read_metadata, size_label, title
 from .sentencepiece import Piece, ProtoError, read_pieces
+from .special import SPECIAL_ID_KEYS
 from .tokenizer import (
     GPT2_REGEX,
     PRE_TOKENIZER_REGEXES,
-    SPECIAL_ID_KEYS,
     SUPPORTED_PRE_TOKENIZERS,
     TOKEN_BYTE,
     TOKEN_CONTROL,

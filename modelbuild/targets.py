@@ -225,7 +225,8 @@ def select_entry(index: dict[str, Any], wanted: str, host: HostInfo, targets: An
 
     ``auto``: the first entry (in index order) for an accelerator the host has whose
     constraints the host meets; else the first generic entry for the host's OS and
-    architecture. An entry whose requirements do not parse is skipped, as one whose target
+    architecture. When none fits, the error lists every entry with why it was passed over
+    (docs/spec/multi-platform.md §5.3). An entry whose requirements do not parse is skipped, as one whose target
     is unknown (docs/spec/multi-platform.md §5.5). A name: the first entry with that stage
     or target name, preferring one for the host's architecture (requirements are not read).
     Raises NotFoundError naming the host and the entries.
@@ -235,37 +236,48 @@ def select_entry(index: dict[str, Any], wanted: str, host: HostInfo, targets: An
 
     entries = [e for e in index.get("manifests", []) if isinstance(e, dict)]
     chosen = None
+    rejected: dict[int, str] = {}  # entry index → why automatic selection passed it over
     if wanted == "auto":
         readable = []
-        for entry in entries:
+        for i, entry in enumerate(entries):
             try:
-                readable.append((entry, entry_stage(entry)))
+                readable.append((i, entry, entry_stage(entry)))
             except ConstraintError:
-                continue
-        for entry, stage in readable:
+                rejected[i] = "its requirements do not parse"
+        for i, entry, stage in readable:
             target = targets.get(stage.target) if stage.target in targets else None
-            if target is None or target.generic:
+            if target is None:
+                if stage.target != "cpu":
+                    rejected[i] = f"no plugin knows target {shown(stage.target)}"
                 continue
-            if target.matches(stage, host)[0]:
+            if target.generic:
+                continue
+            fits, why = target.matches(stage, host)
+            if fits:
                 chosen = entry
                 break
+            rejected[i] = why or "the target does not match this host"
         if chosen is None:
-            for entry, stage in readable:
+            for i, entry, stage in readable:
                 target = targets.get(stage.target) if stage.target in targets else None
                 generic = target.generic if target is not None else stage.target == "cpu"
+                if not generic:
+                    continue
                 plat = entry.get("platform", {})
-                if generic and plat.get("os") == host.os and plat.get("architecture") == host.arch:
+                if plat.get("os") == host.os and plat.get("architecture") == host.arch:
                     chosen = entry
                     break
+                rejected[i] = f"built for {shown(str(plat.get('os', '?')))}/{shown(str(plat.get('architecture', '?')))}"
     else:
         named = [e for e in entries if wanted in _entry_names(e)]
         chosen = next((e for e in named if e.get("platform", {}).get("architecture") == host.arch),
                       named[0] if named else None)
     if chosen is None:
-        available = ", ".join(describe_entry(e) for e in entries) or "none"
         if wanted == "auto":
-            raise NotFoundError(f"no variant fits this host ({host.describe()}): available are {available}",
+            why = "; ".join(f"{describe_entry(e)}: {rejected.get(i, 'not chosen')}" for i, e in enumerate(entries))
+            raise NotFoundError(f"no variant fits this host ({host.describe()}): {why or 'the index lists none'}",
                                 hint="pick one with --platform NAME")
+        available = ", ".join(describe_entry(e) for e in entries) or "none"
         raise NotFoundError(f"no variant named {shown(wanted)}: available are {available}")
     name, target = _entry_names(chosen)
     return Choice(chosen, name, target)

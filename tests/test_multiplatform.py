@@ -219,7 +219,8 @@ def test_host_selection_table(what, host, wanted, expected):
 @pytest.mark.parametrize(
     "host, wanted, message",
     [
-        (HostInfo("darwin", "amd64"), "auto", "no variant fits this host (darwin/amd64): available are cpu (linux/amd64)"),
+        (HostInfo("darwin", "amd64"), "auto", "no variant fits this host (darwin/amd64): cpu (linux/amd64): built for "
+                                              "linux/amd64; cpu-arm64 (linux/arm64): built for linux/arm64; "),
         (HostInfo("linux", "riscv64"), "auto", "no variant fits this host (linux/riscv64)"),
         (HostInfo("linux", "amd64"), "tpu", "no variant named tpu: available are cpu (linux/amd64), cpu-arm64"),
     ],
@@ -229,6 +230,19 @@ def test_no_fitting_variant_is_a_clear_error(host, wanted, message):
         select_entry(INDEX, wanted, host, plugin_host().targets)
     assert info.value.message.startswith(message)
     assert "cuda-hopper (linux/amd64, cuda>=12.4 compute>=9.0)" in info.value.message
+
+
+def test_no_fitting_variant_says_why_each_was_rejected():
+    """Every entry, each with the reason automatic selection passed it over (spec §5.3)."""
+    index = {"manifests": [e for e in INDEX["manifests"] if not e["digest"].startswith("cpu")]}
+    old_cuda = HostInfo("linux", "amd64", [cuda((11, 8), (8, 0))])
+    with pytest.raises(NotFoundError) as info:
+        select_entry(index, "auto", old_cuda, plugin_host().targets)
+    reasons = dict(part.split(": ", 1) for part in info.value.message.split(": ", 1)[1].split("; "))
+    assert reasons["cuda-hopper (linux/amd64, cuda>=12.4 compute>=9.0)"] == "needs cuda>=12.4"
+    assert reasons["cuda (linux/amd64, cuda>=12.1 compute>=8.0)"] == "needs cuda>=12.1"
+    assert reasons["rocm (linux/amd64, rocm>=6.0 gfx=gfx942,gfx90a)"] == "needs a rocm accelerator"
+    assert reasons["metal (darwin/arm64)"] == "needs Apple silicon (darwin/arm64)"
 
 
 def test_pull_extracts_the_chosen_variant(build, mb, ctx, tmp_path):

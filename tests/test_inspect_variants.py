@@ -145,7 +145,9 @@ def test_a_single_manifest_is_shown_as_before(mb, home):
     built = mb("-f", str(EXAMPLES / "tiny-llama" / "Modelfile"), "--json", "--progress", "quiet").json()
     doc = mb("inspect", "tiny-llama", "--json").json()
     manifest, config = read_artifact(home / "store", built["digest"])
+    memory = doc.pop("memory")  # the estimate to serve it (tests/test_runtime_memory.py)
     assert doc == {"reference": "tiny-llama", "digest": built["digest"], "manifest": manifest, "config": config}
+    assert memory["contextLength"] == 256
     text = mb("inspect", "tiny-llama").out
     head, table = text.split("\n\n")
     lines = head.splitlines()
@@ -153,6 +155,7 @@ def test_a_single_manifest_is_shown_as_before(mb, home):
                          "Artifact type: application/vnd.cncf.model.manifest.v1+json"]
     assert "name:          tiny-llama" in lines and "paramSize:     156.5K" in lines
     assert "Label:         org.opencontainers.image.source=https://example.invalid/modelbuild" in lines
+    assert lines[-2].startswith("Memory:        ") and "KV cache at 256 tokens, f16" in lines[-2]
     assert lines[-1].startswith("Layers:        7 (") and "Tags:" not in text and "Variants:" not in text
     assert table.splitlines()[0].split() == ["PATH", "TYPE", "SIZE", "DIGEST"]
 

@@ -38,6 +38,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print manifest and config (an index: its variants) as JSON")
     p.add_argument("--platform", default=None, metavar="auto|STAGE|TARGET",
                    help="of a multi-platform artifact, show the one variant `pull` would pick (auto: for this host)")
+    p.add_argument("--context", type=int, default=None, metavar="N",
+                   help="context length for the memory estimate (default: the model's own, from config.json)")
+    p.add_argument("--kv-cache-type", default="f16", metavar="TYPE",
+                   help="the KV cache's element type for the memory estimate: f16 (default), bf16, f32, q8_0, fp8")
 
 
 def _open(ref: str, home_override: str | None) -> tuple[Any, dict[str, Any], str]:
@@ -127,10 +131,29 @@ def _layer_row(layer: Any) -> list[str]:
     return [shown(path), shown(kind, 60), human_size(layer.size), layer.digest[7:19]]
 
 
+def _memory(store: Store, node: Node, context: int | None, kv_type: str) -> Any:
+    """The memory estimate of a manifest (docs/spec/runtime.md §2), or None."""
+    from modelbuild.errors import UsageError
+    from modelbuild.runtime.memory import KV_TYPES, for_artifact
+
+    if context is not None and context < 1:
+        raise UsageError(f"--context {context}: a context length is at least 1")
+    if kv_type.lower() not in KV_TYPES:
+        raise UsageError(f"--kv-cache-type {kv_type}: unknown", hint=f"one of {', '.join(sorted(KV_TYPES))}")
+    if node.is_index:
+        return None
+    return for_artifact(list(node.parts.layers), lambda d: store.read_blob(d.digest, d.size), context, kv_type)
+
+
 def _print_manifest(label: str, doc: dict[str, Any], node: Node) -> None:
     from modelbuild.commands._common import human_size, table
 
     lines = _lines(label, doc["digest"], doc["manifest"], doc.get("config", {}))
+    memory = doc.get("memory")
+    if memory:
+        lines.append(f"Memory:        {human_size(memory['total'])} to serve ({human_size(memory['weights'])} weights + "
+                     f"{human_size(memory['kvCache'])} KV cache at {memory['contextLength']} tokens, "
+                     f"{memory['kvCacheType']})")
     rows = [_layer_row(layer) for layer in node.parts.layers]
     lines.append(f"Layers:        {len(rows)} ({human_size(sum(layer.size for layer in node.parts.layers))})")
     print("\n".join(lines))
@@ -269,6 +292,9 @@ def run(args: argparse.Namespace) -> int:
             _print_index(doc, tree.root.doc)
         return 0
     doc = {"reference": label, **extra, **describe(store, node)}
+    memory = _memory(store, node, args.context, args.kv_cache_type)
+    if memory is not None:
+        doc["memory"] = memory.as_dict()
     if args.json:
         print_json(doc)
     else:

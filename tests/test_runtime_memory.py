@@ -106,3 +106,15 @@ def test_a_multimodal_config_uses_its_text_config_and_defaults_apply():
     with pytest.raises(ValueError, match="no context length"):
         estimate(10, shape)
     assert estimate(10, shape, context=100).kv_cache == 4 * 100 * 8 * 128 * 2
+
+
+def test_each_variant_of_an_index_has_its_estimate(mb):
+    """The multi-platform example: every variant carries the same config.json, so the same
+    KV cache; the weights differ (Q8_0 GGUF, bfloat16, float16), and so the totals."""
+    assert mb("-f", str(EXAMPLES / "multi-platform" / "Modelfile"), "-q").rc == 0
+    variants = mb("inspect", "tiny-llama-multi", "--json", "--context", "512").json()["variants"]
+    kv = hand_kv(2, 512, 2, 16, 2)
+    assert [v["memory"]["kvCache"] for v in variants] == [kv, kv, kv]
+    cpu, cuda, rocm = (v["memory"]["weights"] for v in variants)
+    assert cpu < min(cuda, rocm)  # 8.5 bits per weight against 16
+    assert abs(cuda - rocm) < 100  # bfloat16 and float16: the same bytes but the headers' dtype names

@@ -171,9 +171,11 @@ def _tags(store: Store) -> dict[str, list[str]]:
     return out
 
 
-def variants(store: Store, tree: Tree, tags: dict[str, list[str]]) -> list[dict[str, Any]]:
+def variants(store: Store, tree: Tree, tags: dict[str, list[str]], context: int | None = None,
+             kv_type: str = "f16") -> list[dict[str, Any]]:
     """One document per entry of the index, in its order: what the entry's platform and
-    annotations say (docs/spec/multi-platform.md §3), and what its manifest and config say.
+    annotations say (docs/spec/multi-platform.md §3), what its manifest and config say, and
+    the memory it needs to serve (docs/spec/runtime.md §2; None when it cannot be told).
     Values are as found (untrusted): the text output escapes them."""
     from modelbuild import targets as t
 
@@ -188,13 +190,15 @@ def variants(store: Store, tree: Tree, tags: dict[str, list[str]]) -> list[dict[
             "format": None, "quantization": None, "precision": None, "paramSize": None,
             "layerCount": 0, "size": entry.size, "digest": entry.digest,
             "mediaType": node.media_type if node is not None else entry.media_type,
-            "config": None, "tags": tags.get(entry.digest, []), "annotations": ann,
+            "config": None, "tags": tags.get(entry.digest, []), "annotations": ann, "memory": None,
         }
         fields: dict[str, Any] = {}
         if node is not None:
             parts = node.parts
             doc["layerCount"] = len(parts.layers)
             doc["size"] = entry.size + sum(b.size for b in parts.blobs())
+            memory = _memory(store, node, context, kv_type)
+            doc["memory"] = memory.as_dict() if memory is not None else None
             if parts.config is not None:
                 doc["config"] = dict(parts.config.raw)
                 if parts.config.digest not in configs:
@@ -230,14 +234,15 @@ def _variant_row(variant: dict[str, Any]) -> list[str]:
             str(variant["layerCount"]), human_size(variant["size"]), variant["digest"][7:19]]
 
 
-def _index_doc(label: str, tree: Tree, store: Store) -> dict[str, Any]:
+def _index_doc(label: str, tree: Tree, store: Store, context: int | None = None,
+               kv_type: str = "f16") -> dict[str, Any]:
     tags = _tags(store)
     doc = tree.root.doc
     return {
         "reference": label, "digest": tree.root.digest, "mediaType": tree.root.media_type,
         "artifactType": doc.get("artifactType"), "tags": tags.get(tree.root.digest, []),
         "size": tree.size(), "annotations": doc.get("annotations") or {},
-        "variants": variants(store, tree, tags), "manifest": doc,
+        "variants": variants(store, tree, tags, context, kv_type), "manifest": doc,
     }
 
 
@@ -285,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
         node, stage = _pick(tree, args.platform, label)
         extra = {"index": tree.root.digest, "stage": stage}
     elif tree.root.is_index:
-        doc = _index_doc(label, tree, store)
+        doc = _index_doc(label, tree, store, args.context, args.kv_cache_type)
         if args.json:
             print_json(doc)
         else:

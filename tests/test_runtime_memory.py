@@ -118,3 +118,25 @@ def test_each_variant_of_an_index_has_its_estimate(mb):
     cpu, cuda, rocm = (v["memory"]["weights"] for v in variants)
     assert cpu < min(cuda, rocm)  # 8.5 bits per weight against 16
     assert abs(cuda - rocm) < 100  # bfloat16 and float16: the same bytes but the headers' dtype names
+
+
+def _config_layer(data: bytes, path: str = "config.json") -> Descriptor:
+    return Descriptor("application/vnd.cncf.model.weight.config.v1.raw", "sha256:" + "2" * 64, len(data),
+                      {"org.cncf.model.filepath": path})
+
+
+@pytest.mark.parametrize("data", [
+    b"[" * 100_000 + b"]" * 100_000,  # nested past Python's recursion limit
+    b"\xff\xfe not json",
+    b"[1, 2]",
+    json.dumps({**LLAMA3_8B, "num_hidden_layers": 10**400}).encode(),  # would overflow a float
+    json.dumps({**LLAMA3_8B, "num_key_value_heads": -8, "num_attention_heads": 0}).encode(),
+])
+def test_a_hostile_config_json_gives_no_estimate_and_no_crash(data):
+    """config.json comes from the artifact: whatever it holds, the answer is None (or the
+    estimate from the next config.json), never an exception."""
+    assert for_artifact([_config_layer(data)], lambda d: data, kv_type="q8_0") is None
+    good = json.dumps(LLAMA3_8B).encode()
+    two = [_config_layer(data), _config_layer(good, "config.json")]  # the same path twice
+    blobs = iter([data, good])
+    assert for_artifact(two, lambda d: next(blobs)).kv_cache == 2**30

@@ -77,8 +77,15 @@ def estimate(weights_bytes: int, shape: AttentionShape, context: int | None = No
     return MemoryEstimate(weights_bytes, shape.kv_cache_bytes(n, kv_type), n, kv_type)
 
 
+# No model has more of anything (layers, heads, head size, positions): a config.json from
+# someone else with 10**400 layers is not a model, and would overflow a float
+_MAX_DIMENSION = 2**31
+
+
 def _positive(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    """A dimension from an untrusted document: a positive integer in range, else None."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_DIMENSION
+    return value if ok else None
 
 
 def from_hf_config(config: Mapping[str, Any]) -> AttentionShape | None:
@@ -125,35 +132,34 @@ def from_gguf_keys(keys: Mapping[str, Any]) -> AttentionShape | None:
 
 
 # -- an artifact's estimate ------------------------------------------------------------------
-CONFIG_LIMIT = 4 << 20  # a config.json larger than this is not one worth reading
-
-
 def for_artifact(layers: list[Any], read: Any, context: int | None = None,
                  kv_type: str = "f16") -> MemoryEstimate | None:
     """The estimate for a manifest's *layers* (verified descriptors): the weights are the
     weight layers' bytes (a raw layer's size is its file's; an archive's is close), the
     shape the packaged ``config.json`` nearest the root. ``read(descriptor)`` returns a
     small blob's verified bytes. None when there is no config.json with an attention shape
-    (an ONNX model, a classifier) or it is not JSON."""
-    import json
-
+    (an ONNX model, a classifier), or it is not a JSON object (it comes from the artifact:
+    any bytes, any nesting)."""
     from modelbuild.oci import mediatypes as mt
+    from modelbuild.oci.verify import MAX_JSON, IntegrityError, parse_json_object
 
     def path(layer: Any) -> str:
         ann = layer.annotations or {}
         return ann.get(mt.ANNOTATION_FILEPATH) or ann.get(mt.LEGACY_ANNOTATION_FILEPATH) or ""
 
     weights = sum(layer.size for layer in layers if ".weight.v1." in layer.media_type)
-    configs = sorted((p.count("/"), p, layer) for layer in layers
-                     if (p := path(layer)).rsplit("/", 1)[-1] == "config.json" and layer.size <= CONFIG_LIMIT
-                     and layer.media_type.endswith(".raw"))
-    for _depth, _path, layer in configs:
+    configs = sorted((layer for layer in layers if path(layer).rsplit("/", 1)[-1] == "config.json"
+                      and layer.size <= MAX_JSON and layer.media_type.endswith(".raw")),
+                     key=lambda layer: (path(layer).count("/"), path(layer)))
+    for layer in configs:
+        data = read(layer)  # a blob that does not match its digest is an error, as every verified read
         try:
-            doc = json.loads(read(layer))
-        except ValueError:
+            shape = from_hf_config(parse_json_object(data, path(layer)))
+        except IntegrityError:  # not a JSON object: no shape to read
             continue
-        shape = from_hf_config(doc) if isinstance(doc, dict) else None
         if shape is not None and (context or shape.context_length):
             return estimate(weights, shape, context, kv_type)
     return None
+
+
 __all__ = ["KV_TYPES", "AttentionShape", "MemoryEstimate", "estimate", "for_artifact", "from_gguf_keys", "from_hf_config"]

@@ -136,8 +136,8 @@ def _memory(store: Store, node: Node, context: int | None, kv_type: str) -> Any:
     from modelbuild.errors import UsageError
     from modelbuild.runtime.memory import KV_TYPES, for_artifact
 
-    if context is not None and context < 1:
-        raise UsageError(f"--context {context}: a context length is at least 1")
+    if context is not None and not 1 <= context <= 2**31:
+        raise UsageError(f"--context {context}: a context length is at least 1 and at most 2**31")
     if kv_type.lower() not in KV_TYPES:
         raise UsageError(f"--kv-cache-type {kv_type}: unknown", hint=f"one of {', '.join(sorted(KV_TYPES))}")
     if node.is_index:

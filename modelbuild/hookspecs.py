@@ -31,6 +31,7 @@ import pluggy
 if TYPE_CHECKING:
     from modelbuild.api import (
         Converter,
+        Engine,
         Frontend,
         LayerCodec,
         Quantizer,
@@ -261,4 +262,29 @@ def modelbuild_register_targets(registry: Registry[Target]) -> None:
     ``firstresult``: no; every implementation is called.
     Since: 0.4.  Changed in 1.0: ``version`` and ``summary`` left the contract (the core
     never read them).
+    """
+
+
+# -- serving a built variant ------------------------------------------------------------
+
+
+@hookspec
+def modelbuild_register_engines(registry: Registry[Engine]) -> None:
+    """Add engines: what ``modelbuild run`` starts and ``modelbuild deploy`` renders to serve a
+    variant (llama.cpp, ONNX Runtime behind a model server, vLLM…).
+
+    Call ``registry.add(engine)``; an engine is a :class:`modelbuild.api.Engine`: a ``name``
+    (``llama.cpp``), the ``formats`` and ``targets`` it serves, the ``protocol`` its server
+    speaks, an ``install`` hint, a ``default_port``, the ``parameters`` it accepts, and
+    ``accepts(model)``, ``installed()``, ``launch(model, host=, port=)`` and
+    ``container(model, port=)``, called as the Protocol's docstring says. An engine never
+    starts a process: the core starts what ``launch`` returns, polls its health, streams its
+    logs and stops it. Engines are tried in registration order when the user names none and
+    the artifact's runtime description names none that is installed (docs/spec/runtime.md).
+
+    Parameters:
+        ``registry``: the engine :class:`~modelbuild.api.Registry` to add to.
+    Return value: None; a returned value is ignored.
+    ``firstresult``: no; every implementation is called.
+    Since: 1.1.
     """

@@ -28,6 +28,7 @@ from modelbuild.errors import ModelfileError, PluginError, UsageError
 if TYPE_CHECKING:
     from modelbuild.api import (
         Converter,
+        Engine,
         Frontend,
         LayerCodec,
         Quantizer,
@@ -128,6 +129,8 @@ class PluginHost:
         self._fill(self.converters, "modelbuild_register_converters")
         self._extensions: dict[str, Registry[Any]] = {}
         self._fill(self.targets, "modelbuild_register_targets")
+        self.engines: Registry[Engine] = Registry("engine")
+        self._fill(self.engines, "modelbuild_register_engines")
 
     def format_for_path(self, path: str) -> WeightFormat | None:
         """The format handler whose extension *path* has, if any (no file access)."""
@@ -186,6 +189,7 @@ class PluginHost:
             ("converter", self.converters),
             *((reg.what, reg) for reg in self._extensions.values()),
             ("target", self.targets),
+            ("engine", self.engines),
         ):
             for name in registry.names():
                 provides.setdefault(registry.owner(name), []).append(f"{label}:{name}")

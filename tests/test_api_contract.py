@@ -16,10 +16,11 @@ imports, imports inside functions and ``TYPE_CHECKING`` blocks alike):
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -195,6 +196,7 @@ REGISTRIES = {
     "modelbuild_register_shard_strategies": "shard_strategies",
     "modelbuild_register_converters": "converters",
     "modelbuild_register_targets": "targets",
+    "modelbuild_register_engines": "engines",
 }
 
 
@@ -273,21 +275,28 @@ def test_option_specs_reject_what_the_frontend_could_not_check():
 
 
 def test_provisional_kinds_say_so_and_are_checkable():
-    for kind in (api.Engine, api.Attester, api.Executor, api.PulledModel, api.Subject, api.Attestation,
-                 api.StepRequest):
+    for kind in (api.Attester, api.Executor, api.Subject, api.Attestation, api.StepRequest):
         assert (kind.__doc__ or "").lstrip().startswith("PROVISIONAL"), kind.__name__
 
-    class Echo:
-        name = "echo"
-        formats = ("gguf",)
+    class Signer:
+        name = "sig"
+        predicate_type = ""
 
-        def supports(self, model):
-            return True, ""
+        def attest(self, subject):
+            return None
 
-        def run(self, model, args=()):
-            return 0
+    assert isinstance(Signer(), api.Attester) and not isinstance(Signer(), api.Executor)
 
-    assert isinstance(Echo(), api.Engine) and not isinstance(Echo(), api.Attester)
+
+def test_engines_are_a_kind_of_api_1_1_not_provisional():
+    """Engines left the provisional list when their hook arrived (Since: 1.1)."""
+    assert not (api.Engine.__doc__ or "").lstrip().startswith("PROVISIONAL")
+    assert not hasattr(api, "PulledModel")
+    model = api.EngineModel(name="m", path=PurePosixPath("/models/m"), weights=("m.gguf",))
+    assert model.weight_path == PurePosixPath("/models/m/m.gguf")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.name = "other"  # type: ignore[misc]
+    assert set(api.ENGINE_PROTOCOLS) >= {"openai", "open-inference-v2"}
 
 
 def test_the_documented_quantizer_satisfies_its_protocol():

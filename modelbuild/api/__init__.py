@@ -32,8 +32,11 @@ Plugin kinds: Protocols of exactly what the core calls (see each docstring)
     ``modelfile_frontend``  the core's Modelfile frontend, which the built-in ``modelfile``
                         plugin registers (a third-party frontend may wrap it)
 
+    ``Engine``          serves a variant (``modelbuild run``/``deploy``, since 1.1): gets an
+                        ``EngineModel``, returns a ``Launch`` (a command) or a ``Container``
+                        (a pod's container); ``ENGINE_PROTOCOLS`` the APIs a server can speak
+
 Provisional kinds: contracts for the next issues, no hook registers them yet
-    ``Engine``          runs a pulled variant; ``PulledModel`` is what it runs
     ``Attester``        signs or attests a pushed artifact; ``Subject`` is what it signs,
                         ``Attestation`` what it returns
     ``Executor``        runs steps somewhere (threads, a cluster); ``StepRequest`` is one step
@@ -85,7 +88,9 @@ _WHERE = {
     **dict.fromkeys(("Converter", "Frontend", "LayerCodec", "LayerSink", "PluginLookup", "Quantizer",
                      "ShardStrategy", "Source", "Target", "WeightFormat"), "modelbuild.api._kinds"),
     "OptionSpec": "modelbuild.api._options",
-    **dict.fromkeys(("Attestation", "Attester", "Engine", "Executor", "PulledModel", "StepRequest", "Subject"),
+    **dict.fromkeys(("Container", "Engine", "EngineModel", "Launch"), "modelbuild.api._engines"),
+    "ENGINE_PROTOCOLS": "modelbuild.api._engines",  # PROTOCOLS, under its public name
+    **dict.fromkeys(("Attestation", "Attester", "Executor", "StepRequest", "Subject"),
                     "modelbuild.api._provisional"),
     **dict.fromkeys(("BuildDescription", "FileKind", "FileSpec", "StageSpec", "TransformSpec"),
                     "modelbuild.description"),
@@ -100,7 +105,7 @@ _WHERE = {
     **dict.fromkeys(("FormatError", "ModelInfo", "Output", "TransformContext", "WeightFile"), "modelbuild.weights"),
 }
 
-_RENAMED = {"lfs_pointer_hint": "pointer_hint"}
+_RENAMED = {"lfs_pointer_hint": "pointer_hint", "ENGINE_PROTOCOLS": "PROTOCOLS"}
 
 
 def __getattr__(name: str) -> _Any:
@@ -130,15 +135,9 @@ if _TYPE_CHECKING:
         WeightFormat,
     )
     from modelbuild.api._options import OptionSpec
-    from modelbuild.api._provisional import (
-        Attestation,
-        Attester,
-        Engine,
-        Executor,
-        PulledModel,
-        StepRequest,
-        Subject,
-    )
+    from modelbuild.api._engines import PROTOCOLS as ENGINE_PROTOCOLS
+    from modelbuild.api._engines import Container, Engine, EngineModel, Launch
+    from modelbuild.api._provisional import Attestation, Attester, Executor, StepRequest, Subject
     from modelbuild.description import BuildDescription, FileKind, FileSpec, StageSpec, TransformSpec
     from modelbuild.errors import BuildError, ModelbuildError, ModelfileError, PluginError, Span, UsageError
     from modelbuild.hookspecs import hookimpl, hookspec
@@ -180,8 +179,10 @@ __all__ = [
     # plugin kinds
     "Converter", "Frontend", "LayerCodec", "LayerSink", "OptionSpec", "Quantizer", "ShardStrategy", "Source",
     "Target", "WeightFormat", "modelfile_frontend",
+    # engines
+    "Container", "ENGINE_PROTOCOLS", "Engine", "EngineModel", "Launch",
     # provisional kinds
-    "Attestation", "Attester", "Engine", "Executor", "PulledModel", "StepRequest", "Subject",
+    "Attestation", "Attester", "Executor", "StepRequest", "Subject",
     # values exchanged
     "ANN_ACCELERATOR", "ANN_REQUIRES", "ANN_TARGET", "Accelerator", "BuildDescription", "Constraint", "FileKind",
     "FileSpec", "HostInfo", "Member", "ModelInfo", "Output", "Span", "Stage", "StageSpec", "TransformContext",

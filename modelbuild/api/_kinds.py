@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from modelbuild.api import _engines
+
 if TYPE_CHECKING:
     from modelbuild.description import BuildDescription
     from modelbuild.plugins import Registry, SourceRegistry
@@ -296,5 +298,6 @@ PLUGIN_KINDS: Mapping[str, type] = {
     "modelbuild_register_shard_strategies": ShardStrategy,
     "modelbuild_register_converters": Converter,
     "modelbuild_register_targets": Target,
+    "modelbuild_register_engines": _engines.Engine,
 }
 """Each core register hook, and the Protocol of what it registers."""

@@ -1,7 +1,7 @@
-"""PROVISIONAL plugin kinds: engines, attesters and executors.
+"""PROVISIONAL plugin kinds: attesters and executors.
 
 No hook registers them yet and the core calls none of them: these are the contracts the
-next issues implement (``modelbuild run``, signing and attestations, remote execution),
+next issues implement (signing and attestations, remote execution),
 written down now so that those issues argue with a text instead of starting from nothing.
 They may change before a hookspec names them; nothing here is covered by the 1.0
 compatibility promise until its hook carries a ``Since:`` tag.
@@ -9,53 +9,12 @@ compatibility promise until its hook carries a ``Since:`` tag.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
-
-# -- engines: run a pulled variant ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PulledModel:
-    """PROVISIONAL. One variant of an artifact, materialised on this machine by
-    ``modelbuild pull`` (the entry chosen as docs/spec/multi-platform.md §5 says).
-
-    ``path`` is the directory holding its files; ``config`` its ModelPack config document
-    (``config.format``, ``config.precision``, ``config.quantization`` say what the weights
-    are); ``platform`` and ``annotations`` those of its index entry (empty for a
-    single-platform artifact): ``dev.modelbuild.platform.target`` names the target it was
-    built for.
-    """
-
-    path: Path
-    config: Mapping[str, Any]
-    platform: Mapping[str, str] = field(default_factory=dict)
-    annotations: Mapping[str, str] = field(default_factory=dict)
-
-
-@runtime_checkable
-class Engine(Protocol):
-    """PROVISIONAL. Something that serves or runs a model: llama.cpp, vLLM, ONNX Runtime.
-
-    ``formats`` are the weight formats it runs (a target's ``formats`` are those of the
-    engines on it). ``supports(model)`` says whether it can run this variant, and why not
-    (a quantization it lacks, an accelerator it needs): the runtime tries engines in
-    order and reports every reason when none fits. ``run(model, args)`` runs it in the
-    foreground with the user's extra arguments and returns its exit status.
-    """
-
-    name: str
-    formats: tuple[str, ...]
-
-    def supports(self, model: PulledModel) -> tuple[bool, str]: ...
-
-    def run(self, model: PulledModel, args: Sequence[str] = ()) -> int: ...
-
 
 # -- attesters: sign or attest a pushed artifact ---------------------------------------------
 

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logout": ("modelbuild.commands.logout", "remove the saved credentials for a registry"),
     "rm": ("modelbuild.commands.rm", "remove tags from the local store"),
     "prune": ("modelbuild.commands.prune", "free space: delete unreferenced blobs; --verify checks every blob"),
+    "run": ("modelbuild.commands.run", "serve a model with an engine: llama.cpp, ONNX Runtime, vLLM…"),
     "plugins": ("modelbuild.commands.plugins", "list installed plugins and what they provide"),
     "version": ("modelbuild.commands.version", "show the version of modelbuild, its plugin API and Python"),
 }
@@ -87,8 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = head + rest
     parser = _parser()
     module = None
+    passthrough: list[str] = []
     if command in COMMANDS:
         module = importlib.import_module(COMMANDS[command][0])
+        if getattr(module, "PASSTHROUGH", False) and "--" in args_list:  # `run REF -- ENGINE ARGS`
+            cut = args_list.index("--")
+            args_list, passthrough = args_list[:cut], args_list[cut + 1:]
         subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         subparser = subparsers.choices[command]
         module.configure(subparser)
@@ -97,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, extra = parser.parse_known_args(args_list)
         if extra:
             subparser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.passthrough = passthrough
     else:
         args = parser.parse_args(args_list)
     if module is None:

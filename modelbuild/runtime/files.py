@@ -67,7 +67,9 @@ class LinkSource:
             os.link(blob, dest)
             self.linked += 1
         except OSError:
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            from modelbuild.oci.untar import create_exclusive
+
+            fd = create_exclusive(dest, 0o644)
             try:
                 copy_verified(blob, fd, desc.digest, desc.size, what=f"{self.where}: blob", progress=progress)
             finally:

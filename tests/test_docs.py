@@ -626,6 +626,7 @@ def dists(tmp_path_factory):
 PLUGIN_DISTS = {
     "modelbuild-int8": ("modelbuild_int8", ("3.", "4.")),
     "modelbuild-listfile": ("modelbuild_listfile", ("7.",)),
+    "modelbuild-ovms": ("modelbuild_ovms", ("8.",)),
 }
 PLUGIN_TESTS_SECTION = "6."
 
@@ -769,6 +770,9 @@ def plugins_session(block: Block, session: Session, use_dist) -> None:
     if block.section.startswith("7."):
         use_dist("modelbuild-listfile")
         shutil.copytree(TINY, session.cwd / "model")
+    if block.section.startswith("8."):  # the engine serves the bundled ONNX example
+        shutil.copytree(REPO / "Modelfile.examples" / "onnx", session.cwd / "onnx")
+        session.generate = False
 
 
 def setup_registry_session(block: Block, session: Session, mb, doc_registry) -> None:
@@ -838,6 +842,20 @@ def run_python(block: Block, mb, tmp_path, use_dist, build, home):
         (tmp_path / "out.safetensors").write_bytes(blob(home / "store", layer["digest"]))
         names = set(load_file(str(tmp_path / "out.safetensors")))
         assert "lm_head.weight" in names and "model.layers.0.mlp.up_proj.weight.int8" in names, sorted(names)
+    elif dist == "modelbuild-ovms":
+        assert plugins["ovms"]["provides"] == ["engine:ovms"], plugins.get("ovms")
+        import modelbuild.api as api
+        from modelbuild.testing import plugin_host
+
+        assert isinstance(plugin_host().engines.get("ovms"), api.Engine)
+        onnx = REPO / "Modelfile.examples" / "onnx"
+        assert mb("build", "-f", str(onnx / "Modelfile"), "-t", "mlp:1", "-q", str(onnx)).rc == 0
+        plan = mb("run", "mlp:1", "--engine", "ovms", "--param", "nireq=2", "--dry-run", "--json").json()
+        assert plan["argv"][:2] == ["ovms", "--model_name"] and plan["argv"][-4:-2] == ["--nireq", "2"]
+        assert Path(plan["workLinks"]["model/1/model.onnx"]).name == "model.onnx"
+        if not shutil.which("ovms"):  # not installed here: the error says how to install it
+            run = mb("run", "mlp:1", "--engine", "ovms")
+            assert run.rc == 2 and "engine ovms is not installed here: no ovms on PATH" in run.err, run.err
     else:
         assert plugins["listfile"]["provides"] == ["frontend:listfile"], plugins.get("listfile")
         (ctx / "build.list").write_text("# syntax=listfile\nname tiny\nconfig *.json\nmodel *.safetensors\n"

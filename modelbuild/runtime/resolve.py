@@ -85,9 +85,10 @@ def resolve_variant(ref: str, *, home: str | None, platform: str = "auto", plain
     if names_registry(ref) and not _is_layout(ref):
         host, repo, name, normalised = remote_ref(ref)
         remote, tag = f"{host}/{repo}", None if name.startswith("sha256:") else name
-        if pull == "always" or (pull == "missing" and not _in_store(normalised, home)):
-            if pull == "never":
-                raise NotFoundError(f"{ref} is not in the local store", hint="pull it, or drop --pull never")
+        stored = pull != "always" and _in_store(normalised, home)
+        if pull == "never" and not stored:
+            raise NotFoundError(f"{normalised} is not in the local store", hint="pull it, or drop --pull never")
+        if not stored:
             _pull(host, repo, name, normalised, home, platform, plain_http, insecure, progress)
         ref = normalised
     store, descriptor, shown = _open(ref, home)

@@ -182,9 +182,9 @@ def test_port_in_use_is_refused_before_anything_starts(mlp, mb, monkeypatch):
 
 def test_files_are_hard_links_to_the_store_and_a_second_run_does_nothing(mlp, mb, home, monkeypatch):
     use_probe(monkeypatch)
-    plan = mb("run", mlp, "--dry-run", "--json").json()
+    plan = mb("run", mlp, "--engine", "probe", "--dry-run", "--json").json()
     assert plan["engine"] == "probe"
-    run = mb("run", mlp, "--port", str(free_port()), "--param", "mode=exit-early")
+    run = mb("run", mlp, "--engine", "probe", "--port", str(free_port()), "--param", "mode=exit-early")
     assert run.rc == 1 and "(2 linked, 0 copied)" in run.err
     root = Path(plan["path"])
     store_blobs = home / "store" / "blobs" / "sha256"
@@ -193,7 +193,7 @@ def test_files_are_hard_links_to_the_store_and_a_second_run_does_nothing(mlp, mb
         assert st.st_nlink >= 2 and (store_blobs / _hex_of(root / name)).stat().st_ino == st.st_ino
         assert not st.st_mode & 0o222, "materialised files are read-only"
     assert not os.stat(root).st_mode & stat.S_IWUSR, "and so is their directory"
-    again = mb("run", mlp, "--port", str(free_port()), "--param", "mode=exit-early")
+    again = mb("run", mlp, "--engine", "probe", "--port", str(free_port()), "--param", "mode=exit-early")
     assert "nothing to do: already there" in again.err
 
 
@@ -204,12 +204,12 @@ def _hex_of(path: Path) -> str:
 
 def test_a_damaged_materialisation_is_done_again(mlp, mb, monkeypatch):
     use_probe(monkeypatch)
-    plan = mb("run", mlp, "--dry-run", "--json").json()
-    mb("run", mlp, "--port", str(free_port()), "--param", "mode=exit-early")
+    plan = mb("run", mlp, "--engine", "probe", "--dry-run", "--json").json()
+    mb("run", mlp, "--engine", "probe", "--port", str(free_port()), "--param", "mode=exit-early")
     root = Path(plan["path"])
     os.chmod(root, 0o755)
     os.unlink(root / "model.onnx")
-    run = mb("run", mlp, "--port", str(free_port()), "--param", "mode=exit-early")
+    run = mb("run", mlp, "--engine", "probe", "--port", str(free_port()), "--param", "mode=exit-early")
     assert "(2 linked, 0 copied)" in run.err and (root / "model.onnx").exists()
 
 
@@ -229,20 +229,33 @@ def test_dry_run_prints_the_exact_command_and_starts_nothing(mlp, mb, monkeypatc
     assert not Path(plan["path"]).exists(), "a dry run materialises nothing"
 
 
-def test_no_installed_engine_names_the_one_that_would_serve_and_how_to_install_it(mlp, mb, monkeypatch):
+def test_an_engine_not_installed_says_how_to_install_it(mlp, mb, monkeypatch):
     use_probe(monkeypatch)
-    run = mb("run", mlp, env={"PROBE_MISSING": "probe-engine is not installed"})
-    assert run.rc == 2
+    run = mb("run", mlp, "--engine", "probe", env={"PROBE_MISSING": "no probe-engine on PATH"})
+    assert error_of(run, 2) == ("modelbuild: error: engine probe is not installed here: no probe-engine on PATH "
+                                "(install it: pip install probe-engine)")
+
+
+def test_no_installed_engine_names_each_engine_with_its_reason(mb, monkeypatch, tmp_path):
+    """The bundled safetensors example on a CPU machine: llama.cpp wants GGUF, ONNX Runtime
+    ONNX, vLLM and TGI a GPU; the probe would serve it but is not installed."""
+    use_probe(monkeypatch)
+    tiny = REPO / "Modelfile.examples" / "tiny-llama"
+    assert mb("build", "-f", str(tiny / "Modelfile"), "-t", "tiny:1", "-q", str(tiny / "model")).rc == 0
+    run = mb("run", "tiny:1", env={"PROBE_MISSING": "no probe-engine on PATH"})
     line = error_of(run, 2)
-    assert line.startswith("modelbuild: error: no installed engine serves this variant (onnx float32")
-    assert "probe: not installed (probe-engine is not installed)" in line
-    assert "for probe: pip install probe-engine" in run.err
+    assert line.startswith("modelbuild: error: no installed engine serves this variant (safetensors float32): ")
+    for part in ("llama.cpp: llama.cpp runs gguf files; this variant is safetensors",
+                 "onnxruntime: onnxruntime runs onnx files", "probe: not installed (no probe-engine on PATH)",
+                 "for probe: pip install probe-engine"):
+        assert part in line, (part, line)
 
 
 def test_unknown_engine_and_unknown_parameter_are_usage_errors(mlp, mb, monkeypatch):
     use_probe(monkeypatch)
     run = mb("run", mlp, "--engine", "prob", "--dry-run")
-    assert error_of(run, 2) == "modelbuild: error: --engine prob: no such engine; did you mean probe? (installed engine plugins: probe)"
+    assert error_of(run, 2).startswith("modelbuild: error: --engine prob: no such engine; did you mean probe? "
+                                       "(installed engine plugins: llama.cpp, onnxruntime, probe, ")
     run = mb("run", mlp, "--engine", "probe", "--param", "dealy=1", "--dry-run")
     assert error_of(run, 2) == ("modelbuild: error: --param: engine probe has no parameter 'dealy'; did you mean 'delay'? "
                                  "(its parameters: delay, mode)")

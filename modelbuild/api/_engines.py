@@ -79,7 +79,8 @@ class Launch:
     """How to start an engine on this machine for one model.
 
     ``argv`` is the command (``argv[0]`` a program on ``PATH``, or ``sys.executable``);
-    ``env`` what it adds to the environment. ``files`` are text files the engine needs beside
+    ``env`` what it adds to the environment, ``unset_env`` the variables it removes from it
+    (those that would override the command line, e.g. llama-cpp-python's ``CONFIG_FILE``). ``files`` are text files the engine needs beside
     the model (an MLServer ``model-settings.json``, a Triton ``config.pbtxt``), relative to
     a work directory the core creates for the launch and passes as the process's working
     directory; ``links`` are symbolic links to create in it (relative path → absolute
@@ -97,6 +98,7 @@ class Launch:
     endpoint: str
     protocol: str
     env: Mapping[str, str] = field(default_factory=dict)
+    unset_env: tuple[str, ...] = ()
     files: Mapping[str, str] = field(default_factory=dict)
     links: Mapping[str, str] = field(default_factory=dict)
     ready_timeout: float = 300.0
@@ -112,8 +114,9 @@ class Container:
     ``startup_seconds`` how long loading may take before the liveness probe counts (the
     core turns it into a startup probe). ``files`` are text files mounted from a ConfigMap
     (absolute path in the container → content), as :attr:`Launch.files`. ``accelerator``
-    the extended resource it needs one of (``nvidia.com/gpu``, ``amd.com/gpu``; ``""`` for
-    none); ``shm`` whether it needs a memory-backed ``/dev/shm`` (vLLM and TGI do, for
+    the extended resource it needs (``nvidia.com/gpu``, ``amd.com/gpu``; ``""`` for none) and
+    ``accelerator_count`` how many (vLLM's tensor parallelism, TGI's shards); ``endpoint`` the
+    path users call, as :attr:`Launch.endpoint`; ``shm`` whether it needs a memory-backed ``/dev/shm`` (vLLM and TGI do, for
     tensor parallelism across processes).
     """
 
@@ -127,6 +130,8 @@ class Container:
     env: Mapping[str, str] = field(default_factory=dict)
     files: Mapping[str, str] = field(default_factory=dict)
     accelerator: str = ""
+    accelerator_count: int = 1
+    endpoint: str = ""
     shm: bool = False
     startup_seconds: int = 600
 

@@ -134,6 +134,7 @@ def _plan(engine: Any, variant: Any, model: Any, launch: Any, argv: list[str], h
         "argv": argv,
         "command": shlex.join(argv),
         "env": dict(launch.env),
+        "unsetEnv": list(launch.unset_env),
         "workFiles": dict(launch.files),
         "workLinks": dict(launch.links),
         "health": _url(host, launch.port, launch.health),
@@ -160,6 +161,8 @@ def _print_plan(args: argparse.Namespace, engine: Any, variant: Any, model: Any,
         print(f"  {name}")
     for key, value in launch.env.items():
         print(f"env:      {key}={value}")
+    for key in launch.unset_env:
+        print(f"unset:    {key}")
     for name in launch.files:
         print(f"workfile: {name}")
     for name, dest in launch.links.items():
@@ -185,7 +188,8 @@ def _serve(args: argparse.Namespace, engine: Any, model: Any, launch: Any, argv:
     endpoint = _url(args.host, launch.port, launch.endpoint)
     try:
         log(f"starting {engine.name}: {shlex.join(argv)}")
-        proc = Engine(argv, cwd=work, env=dict(launch.env), label=engine.name, log=log)
+        proc = Engine(argv, cwd=work, env=dict(launch.env), label=engine.name, log=log,
+                      unset=tuple(launch.unset_env))
 
         def ready() -> None:
             if args.json:

@@ -139,13 +139,13 @@ class Engine:
     """One running engine process; see the module docstring."""
 
     def __init__(self, argv: list[str], *, cwd: Path, env: dict[str, str], label: str,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], unset: tuple[str, ...] = ()) -> None:
         self.label, self.log = label, log
         self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL)
         self.seen: dict[int, str] = {}  # pid → start time of every process seen below it
         try:
             self.proc = subprocess.Popen(
-                argv, cwd=cwd, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                argv, cwd=cwd, env={**{k: v for k, v in os.environ.items() if k not in unset}, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux") else None)
         except OSError as exc:

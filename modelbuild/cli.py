@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rm": ("modelbuild.commands.rm", "remove tags from the local store"),
     "prune": ("modelbuild.commands.prune", "free space: delete unreferenced blobs; --verify checks every blob"),
     "run": ("modelbuild.commands.run", "serve a model with an engine: llama.cpp, ONNX Runtime, vLLM…"),
+    "deploy": ("modelbuild.commands.deploy", "write Kubernetes manifests (Deployment, CSI, KServe) that serve a model"),
     "plugins": ("modelbuild.commands.plugins", "list installed plugins and what they provide"),
     "version": ("modelbuild.commands.version", "show the version of modelbuild, its plugin API and Python"),
 }

@@ -2,6 +2,28 @@
 
 The annotation vocabulary and matching rules are specified in
 docs/spec/multi-platform.md; NVIDIA's follow GPU feature discovery's label names.
+
+Besides the :class:`~modelbuild.api.Target` protocol, each target has an optional member
+that ``modelbuild deploy`` reads (with ``getattr``, so a third-party target without it
+still deploys): ``scheduling(stage) -> dict``, the pod-spec fields (``nodeSelector``,
+``affinity``, ``tolerations``) that put a variant of *stage* on a Kubernetes node able to
+run it. The core adds the accelerator resource limit (``nvidia.com/gpu: 1``, from the
+engine's container) and its toleration; a target adds only what that limit cannot say:
+
+* ``cuda``: the stage's ``cuda`` and ``compute`` constraints as required node affinity on
+  the integer labels NVIDIA GPU feature discovery publishes (NVIDIA/k8s-device-plugin,
+  docs/gpu-feature-discovery/README.md, "Generated labels"):
+  ``nvidia.com/cuda.runtime-version.{major,minor}`` (the CUDA version the driver supports;
+  GFD v0.15 renamed them from ``nvidia.com/cuda.runtime.*``, now deprecated) and
+  ``nvidia.com/gpu.compute.{major,minor}``. ``cuda>=12.1`` is
+  ``major > 12``, or ``major = 12`` and ``minor > 0``; only major and minor are compared, as
+  those are the labels. No ``nvidia.com/gpu.present`` selector: the GPU Operator sets that
+  label (NVIDIA/gpu-operator, controllers/state_manager.go), GFD does not, and the resource
+  limit already keeps the pod off nodes without NVIDIA GPUs.
+* ``rocm``: nothing. AMD's device plugin schedules by the ``amd.com/gpu`` resource, and its
+  node labeller (ROCm/k8s-device-plugin, cmd/k8s-node-labeller) publishes no gfx target or
+  ROCm version label, so ``gfx=`` and ``rocm>=`` cannot be turned into affinity truthfully.
+* ``cpu``: nothing; ``metal`` variants are for macOS, which Kubernetes nodes do not run.
 """
 
 from __future__ import annotations
@@ -60,6 +82,11 @@ class _Target:
     def check_step(self, stage: Stage, action: str, arg: str, fmt: str) -> str | None:
         return None
 
+    def scheduling(self, stage: Stage) -> dict[str, Any]:
+        """Pod-spec fields that place a variant of *stage* on a node that can run it (see
+        the module docstring); none by default."""
+        return {}
+
     def matches(self, stage: Stage, host: HostInfo) -> tuple[bool, str]:
         arch = stage.variant or self.variants[0]
         if host.os != self.os or host.arch != arch:
@@ -77,6 +104,36 @@ class _Target:
             if not c.admits(acc.facts.get(c.key)):
                 return False, f"needs {c}"
         return True, ""
+
+
+# GPU feature discovery's integer labels for a constraint key (the module docstring says where)
+_GFD_LABELS = {"cuda": "nvidia.com/cuda.runtime-version", "compute": "nvidia.com/gpu.compute"}
+
+
+def _version_terms(prefix: str, op: str, version: tuple[int, ...]) -> list[list[dict[str, Any]]]:
+    """``PREFIX.major``/``PREFIX.minor`` label expressions for ``op version``: a list of
+    alternatives, each a list of expressions that must all hold. Node affinity compares
+    integers only with ``Gt`` and ``Lt``, so ``>= 12.1`` is ``major > 12 or (major = 12 and
+    minor > 0)``."""
+    major, minor = (version + (0,))[:2]
+    key_major, key_minor = f"{prefix}.major", f"{prefix}.minor"
+
+    def expr(key: str, operator: str, n: int) -> dict[str, Any]:
+        return {"key": key, "operator": operator, "values": [str(n)]}
+
+    if op == "=":
+        if len(version) == 1:
+            return [[expr(key_major, "In", major)]]
+        return [[expr(key_major, "In", major), expr(key_minor, "In", minor)]]
+    if op in (">=", ">"):
+        floor = minor - 1 if op == ">=" else minor  # minor Gt floor
+        if floor < 0:
+            return [[expr(key_major, "Gt", major - 1)]]
+        return [[expr(key_major, "Gt", major)], [expr(key_major, "In", major), expr(key_minor, "Gt", floor)]]
+    ceiling = minor + 1 if op == "<=" else minor  # minor Lt ceiling
+    if ceiling <= 0:
+        return [[expr(key_major, "Lt", major)]]
+    return [[expr(key_major, "Lt", major)], [expr(key_major, "In", major), expr(key_minor, "Lt", ceiling)]]
 
 
 class CpuTarget(_Target):
@@ -113,6 +170,20 @@ class CudaTarget(_Target):
 
     def default_steps(self, fmt: str) -> list[tuple[str, str, dict[str, Any]]]:
         return [("quantize", "bfloat16", {})] if fmt == "safetensors" else []
+
+    def scheduling(self, stage: Stage) -> dict[str, Any]:
+        """Required node affinity on GPU feature discovery's labels for the stage's ``cuda``
+        and ``compute`` constraints: every constraint holds (the alternatives of each are
+        multiplied out into node selector terms, which Kubernetes ORs)."""
+        terms: list[list[dict[str, Any]]] = [[]]
+        for c in stage.constraints:
+            prefix = _GFD_LABELS.get(c.key)
+            if prefix is not None:
+                terms = [t + alt for t in terms for alt in _version_terms(prefix, c.op, version_tuple(c.value))]
+        if terms == [[]]:
+            return {}
+        selector = {"nodeSelectorTerms": [{"matchExpressions": t} for t in terms]}
+        return {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": selector}}}
 
     def check_step(self, stage: Stage, action: str, arg: str, fmt: str) -> str | None:
         if action == "quantize" and arg.startswith("float8"):

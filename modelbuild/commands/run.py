@@ -174,7 +174,8 @@ def _print_plan(args: argparse.Namespace, engine: Any, variant: Any, model: Any,
 
 def _serve(args: argparse.Namespace, engine: Any, model: Any, launch: Any, argv: list[str], files: Any,
            home: Any) -> int:
-    from modelbuild.commands._common import print_json
+    import json
+
     from modelbuild.errors import BuildError
     from modelbuild.runtime.files import remove_tree
     from modelbuild.runtime.process import Engine, prepare_workdir, serve
@@ -192,9 +193,10 @@ def _serve(args: argparse.Namespace, engine: Any, model: Any, launch: Any, argv:
                       unset=tuple(launch.unset_env))
 
         def ready() -> None:
-            if args.json:
-                print_json({"event": "ready", "engine": engine.name, "endpoint": endpoint, "protocol": launch.protocol,
-                            "model": model.name, "pid": proc.proc.pid, "digest": model.digest})
+            if args.json:  # one line: a script reads it as soon as it comes
+                print(json.dumps({"event": "ready", "engine": engine.name, "endpoint": endpoint,
+                                  "protocol": launch.protocol, "model": model.name, "pid": proc.proc.pid,
+                                  "digest": model.digest}, sort_keys=True), flush=True)
             else:
                 print(f"serving {model.name} with {engine.name} at {endpoint} ({launch.protocol}); Ctrl-C stops it",
                       flush=True)

@@ -72,6 +72,26 @@ class TransformSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineSpec:
+    """``RUNTIME ENGINE key=value…``: an engine that serves the variant, with its parameters."""
+
+    name: str
+    params: tuple[tuple[str, str], ...] = ()  # as written, in order
+    origin: Span | None = None  # the engine's name
+    param_spans: tuple[tuple[str, Span], ...] = field(default=(), compare=False)  # where each key is written
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSpec:
+    """The ``RUNTIME`` lines of one scope (before the first ``TARGET``, or one stage): engines
+    in preference order, and the context length (``RUNTIME context=N``)."""
+
+    engines: tuple[EngineSpec, ...] = ()
+    context: int | None = None
+    context_origin: Span | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StageSpec:
     """A ``TARGET`` stage: a target plugin, its variant and constraints, and its own steps."""
 
@@ -81,6 +101,7 @@ class StageSpec:
     constraints: tuple["Constraint", ...]
     transforms: tuple[TransformSpec, ...] = ()
     origin: Span | None = None
+    runtime: RuntimeSpec = RuntimeSpec()  # the stage's own RUNTIME lines
 
 
 @dataclass(frozen=True)
@@ -99,6 +120,7 @@ class BuildDescription:
     source_file: str = "Modelfile"
     warnings: tuple[str, ...] = ()
     name_origin: Span | None = None  # where the name is written: a NAME that is no valid tag is an error there
+    runtime: RuntimeSpec = RuntimeSpec()  # RUNTIME lines before the first TARGET: every stage's
 
 
 # -- resolved: what the planner takes ------------------------------------------------------
@@ -124,6 +146,29 @@ class Transform:
 
 
 @dataclass(frozen=True, slots=True)
+class RuntimeChoice:
+    """A variant's runtime, checked against the engine plugins: what its runtime description
+    (:mod:`modelbuild.runtime.description`) will say.
+
+    ``engines`` are the ``RUNTIME`` lines' engines, each with its parameters, in preference
+    order; None when the Modelfile names none for the variant: then every registered engine
+    that accepts the built variant is listed (decided when it is built, from its config).
+    ``context`` is ``RUNTIME context=N`` (None: the model's own, at most a default).
+    ``target`` and ``accelerator`` are the stage's target and the extended resource it needs
+    (``nvidia.com/gpu``; ``""`` for none, and both ``""`` without stages)."""
+
+    engines: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] | None = None
+    context: int | None = None
+    target: str = ""
+    accelerator: str = ""
+
+    def to_params(self) -> dict[str, Any]:
+        """The step parameters that write the description (part of its key)."""
+        engines = None if self.engines is None else [{"name": n, "params": dict(p)} for n, p in self.engines]
+        return {"engines": engines, "context": self.context, "target": self.target, "accelerator": self.accelerator}
+
+
+@dataclass(frozen=True, slots=True)
 class Variant:
     """One manifest to build: the implicit single one (``stage`` None), or a TARGET stage's."""
 
@@ -132,6 +177,7 @@ class Variant:
     chain: tuple[Transform, ...] = ()  # the stage's own transforms, after the shared ones
     index_platform: Mapping[str, str] = field(default_factory=dict)  # the index entry's OCI platform
     index_annotations: Mapping[str, str] = field(default_factory=dict)  # and its annotations
+    runtime: RuntimeChoice = RuntimeChoice()  # what its runtime description says
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ Without weight transforms::
             ├─ digest b ── layer b ─┼─ config ─ manifest ─ export
             └─ …          describe ─┘
 
+(The manifest step also writes the variant's runtime description, an OCI referrer of the
+manifest: :mod:`modelbuild.ops.runtime`.)
+
 With ``QUANTIZE``/``SHARD``, the model set (MODEL weights of a known format and the
 CONFIG files beside them) goes through a chain of transforms, and one ``layerset`` step
 packs whatever files the last transform produced (sharding decides how many)::
@@ -185,9 +188,11 @@ def _add_artifact(graph: BuildGraph, desc: BuildDescription, options: BuildOptio
     )
     # the Modelfile's LABELs, then the command line's --label and --annotation: later wins
     labels = {**desc.labels, **options.manifest_annotations.get(v.stage, {})}
+    # the manifest step also attaches the variant's runtime description (an OCI referrer):
+    # what it says enters the step's key, never the manifest's bytes
     manifest = graph.add(
         Step.make(f"manifest{_suffix(v)}", "manifest", "write manifest" + tag,
-                  {"labels": labels, "created": options.created}, **where),
+                  {"labels": labels, "created": options.created, "runtime": v.runtime.to_params()}, **where),
         [config, *layers],
     )
     graph.variants.append(VariantSteps(v.stage, config.id, manifest.id))

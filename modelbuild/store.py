@@ -54,6 +54,7 @@ from modelbuild.oci.verify import (
 )
 from modelbuild.oci.walk import walk
 from modelbuild.storage.files import atomic_write, copy_stream, flock, os_failure, read_bounded, store_io
+from modelbuild.storage.referrers import ReferrerIndex
 from modelbuild.storage.tags import TagIndex
 
 Progress = Callable[[int], None]
@@ -109,10 +110,11 @@ class BlobWriter:
             self.abort()
 
 
-class Store(TagIndex):
+class Store(TagIndex, ReferrerIndex):
     """An OCI image layout used as modelbuild's local store (*owned*), or an OCI layout read
     or written by modelbuild (not owned: it is the user's, so nothing in it is ever removed
-    and its blobs' modes are theirs)."""
+    and its blobs' modes are theirs). Besides blobs and tags, it records which artifacts
+    refer to a manifest (:mod:`modelbuild.storage.referrers`)."""
 
     def __init__(self, root: Path, *, owned: bool = True) -> None:
         self.root = root
@@ -403,17 +405,49 @@ class Store(TagIndex):
             return sorted("sha256:" + p.name for p in self.blobs_dir.iterdir() if is_digest("sha256:" + p.name))
 
     def reachable(self, *, heal: bool = True) -> set[str]:
-        """Every blob reachable from a tag: manifests, indexes, configs, layers. A manifest
-        that is missing or damaged contributes only itself (and is removed, if *heal*). No
-        depth bound: what is kept must be everything a tag names."""
+        """Every blob reachable from a tag: manifests, indexes, configs, layers, and the
+        referrers of every manifest reached (a runtime description, a signature) with their
+        blobs, and theirs in turn. A manifest that is missing or damaged contributes only
+        itself (and is removed, if *heal*). No depth bound: what is kept must be everything a
+        tag names.
+
+        With *heal* (``prune``, under the exclusive gc lock: no build is between writing a
+        referrer and tagging its subject), the referrer records of subjects no tag reaches
+        are forgotten, and so are recorded referrers whose manifest is gone."""
         seen: set[str] = set()
         blobs: set[str] = set()
-        for i, entry in enumerate(self.manifests()):
-            root = Descriptor.parse(entry, f"{shown(self.index_path)} manifests[{i}]")
+
+        def visit(root: Descriptor) -> None:
             for node in walk(root, lambda d: self.read_blob(d.digest, d.size, heal=heal), max_depth=None,
                              tolerate=(StoreError, IntegrityError), seen=seen):
                 blobs.update(b.digest for b in node.parts.blobs())
+
+        for i, entry in enumerate(self.manifests()):
+            visit(Descriptor.parse(entry, f"{shown(self.index_path)} manifests[{i}]"))
+        pending = set(self.referrer_subjects())
+        while reached := sorted(pending & seen):  # referrers of referrers, until none is new
+            pending -= set(reached)
+            for subject in reached:
+                self._visit_referrers(subject, visit, heal)
+        if heal:
+            for subject in pending:  # what is left: no tag reaches the subject
+                self.forget_referrers(subject)
         return seen | blobs
+
+    def _visit_referrers(self, subject: str, visit: Callable[[Descriptor], None], heal: bool) -> None:
+        """Walk the referrers recorded for *subject* whose manifest is still in the store; with
+        *heal*, forget the others (and a record too damaged to read)."""
+        try:
+            listed = self.list_referrers(subject)
+        except IntegrityError:
+            if heal:
+                self.forget_referrers(subject)
+            return
+        present = [d for d in listed if self.has_blob(d["digest"])]
+        for d in present:
+            visit(Descriptor.parse(d, f"a referrer of {subject}"))
+        if heal and len(present) != len(listed):
+            self.forget_referrers(subject, keep=[d["digest"] for d in present])
 
     def verify_blob(self, digest: str) -> bool:
         hasher = hashlib.sha256()

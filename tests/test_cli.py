@@ -74,7 +74,9 @@ def test_inspect_ls_rm_prune(mb, home):
     assert mb("rm", "tiny-llama").rc == 0
     assert mb("ls", "--json").json() == []
     report = mb("prune", "--json").json()
-    assert report["deleted"] == 9 and report["corrupt"] == []
+    # 9 blobs of the artifact, and its runtime description: the referrer manifest, the
+    # description document and the empty config
+    assert report["deleted"] == 12 and report["corrupt"] == []
     assert mb("inspect", "tiny-llama").rc == 2
 
 

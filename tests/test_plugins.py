@@ -41,7 +41,9 @@ def test_builtins_come_from_entry_points():
     host = plugin_host()
     dists = {name: dist for name, dist in ((i.name, i.distribution) for i in host.infos())}
     assert dists == {name: "modelbuild" for name in ("gguf", "hf-gguf", "layers", "local", "modelfile", "onnx",
-                                                     "safetensors", "targets")}
+                                                     "safetensors", "targets", "llama-cpp", "onnxruntime", "tgi",
+                                                     "triton", "vllm")}
+    assert host.engines.names() == ["llama.cpp", "onnxruntime", "tgi", "triton", "vllm"]
     assert host.codecs.names() == ["raw", "tar", "tar+gzip", "tar+zstd"]
     assert host.formats.names() == ["gguf", "onnx", "safetensors"]
     assert "safetensors-cast" in host.quantizers and "gguf" in host.shard_strategies
@@ -106,7 +108,7 @@ def test_every_hookspec_is_documented_as_reference():
 
     package = tuple(int(p) for p in __version__.split(".")[:2])
     specs = _hookspecs()
-    assert len(specs) == 10
+    assert len(specs) == 11
     for spec in specs:
         name, doc = spec.__name__, inspect.getdoc(spec) or ""
         opts = spec.modelbuild_spec
@@ -120,7 +122,8 @@ def test_every_hookspec_is_documented_as_reference():
         assert len(since) == 1, name
         assert tuple(map(int, since[0])) <= package, (name, since, __version__)
         # the annotations name real types (they are imported only under TYPE_CHECKING)
-        hints = typing.get_type_hints(spec, {**vars(api), "pluggy": pluggy, "ArchitectureAdapter": object})
+        names = {name: getattr(api, name) for name in api.__all__}  # api's names load on first use
+        hints = typing.get_type_hints(spec, {**names, "pluggy": pluggy, "ArchitectureAdapter": object})
         assert set(hints) == {*params, "return"}, name
 
 

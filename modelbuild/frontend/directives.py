@@ -13,7 +13,7 @@ from modelbuild.description import FileKind
 @dataclass(frozen=True, slots=True)
 class Directive:
     name: str
-    role: str  # "files", "scalar", "list", "from", "arg", "label", "capabilities"
+    role: str  # "files", "scalar", "list", "from", "arg", "label", "capabilities", "target", "transform", "runtime"
     summary: str
     target: str = ""  # "descriptor.name", "config.format", … for scalar and list roles
     kind: FileKind | None = None
@@ -67,6 +67,9 @@ DIRECTIVES: dict[str, Directive] = {
         _d("QUANTIZE", "transform", "quantize or cast the weights: QUANTIZE TYPE [--keep=PATTERN]…", since="0.2"),
         _d("SHARD", "transform", "split the weights into shards of at most SIZE (SHARD 2GB), or merge them (SHARD none)",
            max_args=1, since="0.2"),
+        # how a variant is served: its runtime description (docs/spec/runtime.md)
+        _d("RUNTIME", "runtime", "an engine that serves the variant, with its parameters: RUNTIME llama.cpp "
+           "n_gpu_layers=99; or the context length: RUNTIME context=8192", since="1.1"),
     ]
 }
 

@@ -20,6 +20,7 @@ from modelbuild.description import BuildDescription, FileKind, FileSpec, StageSp
 from modelbuild.errors import ModelfileError, Span
 from modelbuild.frontend import syntax
 from modelbuild.frontend.limits import Limits, raise_hint
+from modelbuild.frontend.runtime import RuntimeLines
 from modelbuild.frontend.directives import (
     CAPABILITY_KEYS,
     DIRECTIVES,
@@ -96,6 +97,8 @@ class _Interpreter:
         # stage's tuple each time, keeps a long run of QUANTIZE lines linear
         self.stage_transforms: list[list[TransformSpec]] = []
         self.stage_names: dict[str, StageSpec] = {}
+        self.runtime = RuntimeLines()  # RUNTIME lines before the first TARGET
+        self.stage_runtime: list[RuntimeLines] = []  # and each stage's
         self.list_seen: dict[str, set[str]] = {}  # values of each list directive, for O(1) de-duplication
         self.warnings: list[str] = []
 
@@ -108,11 +111,11 @@ class _Interpreter:
                 raise _unknown_directive(ins)
             try:
                 self._check_arity(ins, directive)
-                if self.stages and directive.role not in ("transform", "target", "arg"):
+                if self.stages and directive.role not in ("transform", "target", "arg", "runtime"):
                     raise ModelfileError.at(
                         ins.span,
                         f"{directive.name} must come before the first TARGET (line {self.stages[0].origin.line})",
-                        hint="a TARGET stage holds only CONVERT, QUANTIZE and SHARD",
+                        hint="a TARGET stage holds only CONVERT, QUANTIZE, SHARD and RUNTIME",
                     )
                 getattr(self, f"_do_{directive.role}")(ins, directive)
             except ModelfileError as exc:
@@ -138,11 +141,12 @@ class _Interpreter:
             labels=self.labels,
             transforms=tuple(self.transforms),
             stages=tuple(
-                dataclasses.replace(stage, transforms=tuple(transforms)) if transforms else stage
-                for stage, transforms in zip(self.stages, self.stage_transforms)
+                dataclasses.replace(stage, transforms=tuple(transforms), runtime=runtime.spec())
+                for stage, transforms, runtime in zip(self.stages, self.stage_transforms, self.stage_runtime)
             ),
             source_file=self.filename,
             warnings=tuple(self.warnings),
+            runtime=self.runtime.spec(),
         )
 
     def _check_arity(self, ins: syntax.Instruction, d: Directive) -> None:
@@ -386,6 +390,11 @@ class _Interpreter:
         self.stage_names[name] = stage
         self.stages.append(stage)
         self.stage_transforms.append([])
+        self.stage_runtime.append(RuntimeLines())
+
+    def _do_runtime(self, ins: syntax.Instruction, d: Directive) -> None:
+        """Before the first TARGET a RUNTIME line is every stage's; after, the stage's."""
+        (self.stage_runtime[-1] if self.stages else self.runtime).add(ins.span, [(w, self.expand(w)) for w in ins.args])
 
     def _do_transform(self, ins: syntax.Instruction, d: Directive) -> None:
         first, *rest = ins.args

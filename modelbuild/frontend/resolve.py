@@ -9,7 +9,9 @@ same checks run here, before anything is planned or run, and every problem is a
 * each ``TARGET`` stage finds its target plugin, which accepts its variant, its constraints
   and every step of the stage, and can run the format the stage ends with; a stage that
   names no steps gets its target's defaults;
-* ``--platform`` selects stages.
+* ``--platform`` selects stages;
+* each variant's ``RUNTIME`` engines are installed, take the parameters given, and can serve
+  what the stage builds (:func:`modelbuild.frontend.runtime.resolve_runtime`).
 
 The result, :class:`~modelbuild.description.ResolvedBuild`, is what the planner plans.
 """
@@ -39,7 +41,7 @@ def resolve(desc: BuildDescription, host: "PluginHost", *, platforms: Sequence[s
     """Check *desc* against *host*'s plugins; *platforms* is ``--platform`` (stage or target names)."""
     files = model_set(desc)
     shared, fmt = resolve_transforms(desc.transforms, desc, host, None)
-    variants = resolve_variants(desc, host, fmt, platforms)
+    variants = resolve_variants(desc, host, fmt, platforms, shared=shared)
     return ResolvedBuild(desc, tuple(files), tuple(shared), tuple(variants))
 
 
@@ -58,14 +60,17 @@ def platform_identity(spec: StageSpec, target: Any) -> str:
 
 
 def resolve_variants(desc: BuildDescription, host: "PluginHost", fmt: str | None,
-                     platforms: Sequence[str] = ()) -> list[Variant]:
-    """The variants to build, generic (CPU) ones first, each with its checked chain."""
+                     platforms: Sequence[str] = (), *, shared: Sequence[Transform] = ()) -> list[Variant]:
+    """The variants to build, generic (CPU) ones first, each with its checked chain and
+    runtime; *shared* is the chain before the first TARGET, which *fmt* comes out of."""
+    from modelbuild.frontend.runtime import resolve_runtime
+
     if not desc.stages:
         if platforms:
             raise UsageError(f"--platform {','.join(platforms)}: {desc.source_file} has no TARGET stage to select",
                              hint="drop --platform, or add TARGET stages: docs/modelfile.md")
-        return [Variant(None, None)]
-    from modelbuild.targets import ANN_STAGE, ConstraintError, Stage
+        return [Variant(None, None, runtime=resolve_runtime(desc, None, host, fmt=fmt, chain=shared))]
+    from modelbuild.targets import ANN_ACCELERATOR, ANN_STAGE, ConstraintError, Stage
 
     variants = []
     for spec in desc.stages:
@@ -93,9 +98,11 @@ def resolve_variants(desc: BuildDescription, host: "PluginHost", fmt: str | None
         chain, final = resolve_transforms(transforms, desc, host, fmt)
         _check_stage(spec, stage, target, chain, fmt, final)
         annotations = {**target.annotations(stage), ANN_STAGE: spec.name}
+        runtime = resolve_runtime(desc, spec, host, fmt=final, chain=[*shared, *chain],
+                                  accelerator=annotations.get(ANN_ACCELERATOR, ""))
         variants.append((not target.generic, Variant(
             spec.name, platform_identity(spec, target), tuple(chain),
-            dict(target.platform(stage)), dict(sorted(annotations.items())))))
+            dict(target.platform(stage)), dict(sorted(annotations.items())), runtime)))
     if not variants:
         names = ", ".join(s.name for s in desc.stages)
         raise UsageError(f"--platform {','.join(platforms)} selects no stage", hint=f"stages: {names}")

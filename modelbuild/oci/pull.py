@@ -5,6 +5,9 @@
   (resumed by the next pull after a kill -9), verified, and installed under its digest by the
   store itself; manifests go in last, the tag after them, so the store never has a tag
   pointing at a blob it lacks. The store's gc lock is held shared throughout (``prune`` waits).
+  Then the referrers of each manifest pulled (its runtime description, a signature) come
+  along (:func:`remote_referrers`): bounded in number and size, every byte verified, each
+  one's ``subject`` checked; one that fails is skipped with a warning, never the pull.
 * :func:`pull_to_dir`: into a directory, no store, through the one materialisation
   (:mod:`modelbuild.oci.materialize`): blobs download into ``DIR/.modelbuild-partial/<hex>``
   (resumable, named by digest only), are verified, staged and moved into place only when
@@ -117,6 +120,7 @@ def pull_artifact(registry: Registry, repo: str, ref: str, store: Any, *, jobs: 
         for m in manifests:  # children first: a parent never names a blob the store lacks
             if not store.has_blob(m.digest) and store.put_bytes(m.data) != m.digest:
                 raise StoreError(f"manifest {m.digest} changed on its way into the store")
+        referrers = sum(pull_referrers(registry, repo, m, store, steps) for m in manifests)
         top = manifests[-1]
         store.tag(tag, {"mediaType": top.media_type, "digest": top.digest, "size": len(top.data)})
     fetched = [n for n in results if n >= 0]
@@ -130,7 +134,108 @@ def pull_artifact(registry: Registry, repo: str, ref: str, store: Any, *, jobs: 
         "blobs": len(blobs),
         "downloaded": len(fetched),
         "bytes": sum(fetched),
+        "referrers": referrers,
     }
+
+
+# -- referrers ---------------------------------------------------------------------------
+MAX_REFERRER_BYTES = 16 << 20  # the blobs of one referrer: a description or a signature is a few KiB
+
+
+def referrers_tag(subject: str) -> str:
+    """The referrers tag schema's tag for *subject* (``sha256-<hex>``): where a registry
+    without the referrers API keeps the index of its referrers."""
+    return subject.replace(":", "-", 1)
+
+
+def remote_referrers(registry: Registry, repo: str, subject: str) -> tuple[list[dict[str, Any]], bool]:
+    """The referrers the registry lists for *subject*, and whether it has the referrers API.
+    ``GET /v2/<name>/referrers/<digest>`` first; any answer but a 200 holding a JSON object (a
+    registry without the API answers 404) sends us to the referrers tag (``sha256-<hex>``),
+    and no such tag means no referrers. Every descriptor is validated; the manifests they
+    name are not read here."""
+    from modelbuild.storage.referrers import parse_referrers
+
+    answer = registry.get_referrers(repo, subject)
+    where = f"{registry.host}/{repo}: the referrers of {subject}"
+    if answer is not None and _json_object(answer):  # else not the API, whatever answered
+        return parse_referrers(answer, where, limit=None), True
+    tag = referrers_tag(subject)
+    if registry.head_manifest(repo, tag) is None:
+        return [], False
+    data, _media, _digest = registry.get_manifest(repo, tag)  # verified, validated
+    return parse_referrers(data, f"{registry.host}/{repo}:{tag}", limit=None), False
+
+
+def _json_object(data: bytes) -> bool:
+    """Whether *data* is a JSON object: a referrers API answer, right or wrong."""
+    from modelbuild.oci.verify import IntegrityError, parse_json_object
+
+    try:
+        parse_json_object(data, "the answer")
+    except IntegrityError:
+        return False
+    return True
+
+
+def pull_referrers(registry: Registry, repo: str, subject: Node, store: Any, steps: Steps) -> int:
+    """Pull the referrers the registry lists for the manifest *subject* into the store and
+    record them; return how many. At most :data:`MAX_REFERRERS` per manifest; one that
+    cannot be fetched or checked is skipped with a warning (the artifact is whole without it)."""
+    from modelbuild.errors import ModelbuildError
+    from modelbuild.storage.referrers import MAX_REFERRERS
+
+    try:
+        listed, _api = remote_referrers(registry, repo, subject.digest)
+    except ModelbuildError as exc:
+        steps.warn(f"the referrers of {subject.digest} cannot be listed: {exc.render()}; pulled without them")
+        return 0
+    if len(listed) > MAX_REFERRERS:
+        steps.warn(f"{registry.host}/{repo} lists {len(listed)} referrers of {subject.digest}; "
+                   f"pulling the first {MAX_REFERRERS}")
+    fetched = []
+    for entry in listed[:MAX_REFERRERS]:
+        try:
+            fetched.append(_pull_referrer(registry, repo, subject.digest, entry, store, steps))
+        except ModelbuildError as exc:
+            steps.warn(f"referrer {entry['digest']} of {subject.digest}: {exc.render()}; skipped")
+    if fetched:
+        store.record_referrers(subject.digest, fetched)
+    return len(fetched)
+
+
+def _pull_referrer(registry: Registry, repo: str, subject: str, entry: dict[str, Any], store: Any,
+                   steps: Steps) -> dict[str, Any]:
+    """One referrer into the store, verified: its manifest against the digest listed, its
+    ``subject`` against *subject*, its blobs bounded and each downloaded verified. Returns
+    the descriptor to record (the referrer's own ``artifactType``, whatever the list said).
+    Errors say what is wrong with it; the caller names it."""
+    from modelbuild.oci import mediatypes as mt
+    from modelbuild.oci.verify import IntegrityError, ManifestParts, parse_json_object, shown
+
+    if entry.get("mediaType", mt.OCI_MANIFEST) != mt.OCI_MANIFEST:
+        raise IntegrityError(f"it is listed as a {shown(entry.get('mediaType'), 80)!r}, not an image manifest")
+    data, _media, digest = registry.get_manifest(repo, entry["digest"])  # verified against the digest
+    doc = parse_json_object(data, "its manifest")
+    parts = ManifestParts.parse(doc, "its manifest")
+    named = (doc.get("subject") or {}).get("digest")
+    if named != subject:
+        raise IntegrityError(f"its subject is {shown(str(named), 80)!r}, not {subject}")
+    blobs = parts.blobs()
+    total = sum(b.size for b in blobs)
+    if total > MAX_REFERRER_BYTES:
+        raise IntegrityError(f"its blobs add up to {total} bytes, more than the {MAX_REFERRER_BYTES} a referrer "
+                             "may have")
+    step = steps.new(f"pull referrer {digest[7:19]} of {subject[7:19]}", total + len(data))
+    for b in blobs:
+        if not store.check_blob(b.digest, b.size, on_damage=steps.warn):
+            store.download(b.digest, b.size, lambda dest, partial, b=b: _pull_blob(
+                registry, repo, b.digest, b.size, dest, partial=partial, progress=step.advance))
+    if store.put_bytes(data) != digest:
+        raise StoreError(f"its manifest {digest} changed on its way into the store")
+    step.finish(True)
+    artifact_type = doc.get("artifactType") or (parts.config.media_type if parts.config else "")
+    return {"mediaType": mt.OCI_MANIFEST, "artifactType": artifact_type, "digest": digest, "size": len(data)}
 
 
 # -- pull into a directory ---------------------------------------------------------------
@@ -217,4 +322,4 @@ def pull_to_dir(registry: Registry, repo: str, ref: str, dest: Path, platform: s
     }
 
 
-__all__ = ["pull_artifact", "pull_to_dir", "remote_tree"]
+__all__ = ["pull_artifact", "pull_referrers", "pull_to_dir", "referrers_tag", "remote_referrers", "remote_tree"]

@@ -6,6 +6,13 @@ at a time); then child manifests by digest; then the manifest or index under its
 manifest is read back from the store verified, by the one walker, and PUT with those exact
 bytes, so the registry's digests are the store's. The store's gc lock is held shared
 throughout, so ``prune`` never removes a blob being pushed.
+
+Then each manifest's referrers recorded in the store (its runtime description, a signature)
+follow it (:func:`push_referrers`): their blobs by the same upload path, the referrer manifest
+by digest; a registry with the OCI 1.1 referrers API lists them by itself (it answers
+``GET /v2/<name>/referrers/<digest>``), any other gets the referrers tag schema: the index
+under ``sha256-<hex>`` read, the new referrers added, written back. A referrer the store cannot
+give whole is skipped with a warning: the artifact pushed is complete without it.
 """
 
 from __future__ import annotations
@@ -86,6 +93,8 @@ def push_artifact(store: Any, descriptor: dict[str, Any], registry: Registry, re
         registry.put_manifest(repo, ref, top.data, top.media_type)
         step.finish(True)
         present.add(top.digest)
+        referred = [push_referrers(store, registry, repo, m, jobs=jobs, present=present, steps=steps,
+                                   mount_from=mount_from) for m in manifests]
     uploaded = [n for n in results if n >= 0]
     return {
         "reference": where if not is_digest(ref) else f"{registry.host}/{repo}@{ref}",
@@ -97,7 +106,80 @@ def push_artifact(store: Any, descriptor: dict[str, Any], registry: Registry, re
         "skipped": len(blobs) - len(uploaded),
         "bytes": sum(uploaded),
         "manifests": len(manifests),
+        "referrers": sum(n for n, _ in referred),
+        "referrerBytes": sum(b for _, b in referred),
     }
+
+
+def push_referrers(store: Any, registry: Registry, repo: str, subject: Node, *, jobs: int, present: set[str],
+                   steps: Steps, mount_from: str | None = None) -> tuple[int, int]:
+    """Push the referrers the store records for the manifest *subject* (pushed already) that
+    the registry does not list yet, and make it list them; return how many were pushed and
+    the bytes their blobs took."""
+    from modelbuild.oci.pull import remote_referrers
+    from modelbuild.oci.verify import IntegrityError
+
+    try:
+        recorded = store.list_referrers(subject.digest)
+    except IntegrityError as exc:
+        steps.warn(f"{exc.render()}; {subject.digest} is pushed without its referrers")
+        return 0, 0
+    if not recorded:
+        return 0, 0
+    listed, api = remote_referrers(registry, repo, subject.digest)
+    known = {d["digest"] for d in listed}
+    sent, sizes = [], 0
+    for entry in recorded:
+        if entry["digest"] in known:
+            continue  # pushed before: nothing to send, not even a HEAD
+        try:
+            sizes += _push_referrer(store, registry, repo, subject.digest, entry, jobs=jobs, present=present,
+                                    steps=steps, mount_from=mount_from)
+        except (StoreError, IntegrityError) as exc:  # the store's problem; a registry's fails the push
+            steps.warn(f"referrer {entry['digest']} of {subject.digest}: {exc.render()}; not pushed")
+            continue
+        sent.append(entry)
+    if sent and not api:
+        _extend_referrers_tag(registry, repo, subject.digest, listed, sent)
+    return len(sent), sizes
+
+
+def _push_referrer(store: Any, registry: Registry, repo: str, subject: str, entry: dict[str, Any], *, jobs: int,
+                   present: set[str], steps: Steps, mount_from: str | None) -> int:
+    """One referrer: read back verified, its ``subject`` checked, its blobs uploaded (by the
+    one upload path), its manifest PUT by digest. Returns the bytes its blobs took."""
+    from modelbuild.oci.verify import IntegrityError, shown
+
+    (node,) = store_tree(store, {k: entry[k] for k in ("mediaType", "digest", "size")})[-1:]
+    named = (node.doc.get("subject") or {}).get("digest")
+    if named != subject:
+        raise IntegrityError(f"its subject is {shown(str(named), 80)!r}, not {subject}")
+    blobs = blobs_of([node])
+    for b in blobs:
+        _check_before_push(store, b, entry["digest"])
+    sent = upload_blobs(store, registry, repo, blobs, jobs=jobs, present=present,
+                        mount_from=mount_from if mount_from and mount_from != repo else None,
+                        step=lambda b: steps.new(f"push {b.label} {b.digest[7:19]} ({human_size(b.size)})", b.size))
+    if node.digest not in present:
+        step = steps.new(f"push referrer {node.digest[7:19]} of {subject[7:19]}")
+        step.start()
+        registry.put_manifest(repo, node.digest, node.data, node.media_type)
+        step.finish(True)
+        present.add(node.digest)
+    return sum(n for n in sent if n >= 0)
+
+
+def _extend_referrers_tag(registry: Registry, repo: str, subject: str, listed: list[dict[str, Any]],
+                          sent: list[dict[str, Any]]) -> None:
+    """For a registry without the referrers API: the referrers tag ``sha256-<hex>`` of
+    *subject*, which listed *listed*, now lists *sent* too (the distribution spec's fallback;
+    two pushers at once may race, and the later one wins, as the spec accepts). A registry
+    with the API needs nothing: it indexes a manifest's ``subject`` when the manifest is PUT."""
+    from modelbuild.oci import mediatypes as mt
+    from modelbuild.oci.pull import referrers_tag
+    from modelbuild.storage.referrers import referrers_index
+
+    registry.put_manifest(repo, referrers_tag(subject), referrers_index(listed + sent), mt.OCI_INDEX)
 
 
 def _check_before_push(store: Any, blob: Blob, artifact: str) -> None:
@@ -135,4 +217,4 @@ def push_refs(store: Any, pairs: list[tuple[str, str]], *, plain_http: bool = Fa
     return results
 
 
-__all__ = ["push_artifact", "push_refs", "store_tree"]
+__all__ = ["push_artifact", "push_referrers", "push_refs", "store_tree"]

@@ -174,6 +174,20 @@ class Registry(BlobUploads, BlobDownloads):
         return digest, shown(resp.headers.get("Content-Type", ""), 200), header_int(resp.headers.get("Content-Length")) or 0
 
 
+    def get_referrers(self, repo: str, subject: str) -> bytes | None:
+        """``GET /v2/<name>/referrers/<digest>`` (OCI distribution 1.1): the body of a 200
+        answer, bounded as a manifest is, or None for any other answer (a registry without
+        the referrers API answers 404; the caller falls back to the referrers tag schema).
+        The body is untrusted: the caller parses it."""
+        op = f"list the referrers of {subject}"
+        self._check_ref(op, repo, subject)
+        if not is_digest(subject):
+            raise self._fail(op, repo, f"{shown(subject, 80)!r} is not a sha256 digest")
+        resp = self._request("GET", self._url(repo, "referrers", subject), op=op, repo=repo,
+                             scopes=self._scopes(repo), headers={"Accept": "application/vnd.oci.image.index.v1+json"})
+        return resp.content if resp.status_code == 200 else None
+
+
 def transfer_all(tasks: Iterable[Callable[[], T]], jobs: int) -> list[T]:
     """Run transfers *jobs* at a time; results in task order. The first failure cancels the
     tasks not started yet and is raised once the running ones end (no thread is orphaned)."""

@@ -16,6 +16,7 @@ from modelbuild.errors import ModelbuildError
 from modelbuild.graph import Step
 from modelbuild.oci import mediatypes as mt
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
+from modelbuild.ops.runtime import AttachedManifest, attach, key_extras
 from modelbuild.results import ConfigBlob, Descriptor, Exported, IndexBlob, Layer, LayerSet, ManifestBlob, Metadata
 
 # Config fields a build derives from the weights; a value the Modelfile sets wins.
@@ -105,15 +106,18 @@ def _agrees(name: str, explicit: str, found: str) -> bool:
 
 
 class ManifestOp(_DescriptorOp):
-    """Write the OCI image manifest that makes the files a ModelPack artifact."""
+    """Write the OCI image manifest that makes the files a ModelPack artifact, and attach the
+    variant's runtime description to it (an OCI referrer: :mod:`modelbuild.ops.runtime`),
+    which changes nothing in the manifest."""
 
     name = "manifest"
-    result_type = ManifestBlob
+    result_type = AttachedManifest
 
     def key(self, step: Step, inputs: list[Any], env: ExecEnv) -> str | None:
         config: ConfigBlob = inputs[0]
         return key_of({**step.definition(), "config": config.descriptor.to_oci(),
-                       "layers": [layer.descriptor.to_oci() for layer in all_layers(inputs[1:])]})
+                       "layers": [layer.descriptor.to_oci() for layer in all_layers(inputs[1:])],
+                       "runtime": key_extras(step.params["runtime"], env)})
 
     def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
         config: ConfigBlob = inputs[0]
@@ -131,7 +135,9 @@ class ManifestOp(_DescriptorOp):
             manifest["annotations"] = dict(sorted(annotations.items()))
         data = canonical_json(manifest)
         digest = ctx.env.store.put_bytes(data)
-        return Outcome(ManifestBlob(Descriptor(mt.OCI_MANIFEST, digest, len(data), mt.MODEL_ARTIFACT), config))
+        descriptor = Descriptor(mt.OCI_MANIFEST, digest, len(data), mt.MODEL_ARTIFACT)
+        runtime = attach(ctx.env, step.params["runtime"], descriptor, config, all_layers(inputs[1:]))
+        return Outcome(AttachedManifest(descriptor, config, (runtime,)))
 
 
 class IndexOp(_DescriptorOp):
@@ -177,9 +183,12 @@ class IndexOp(_DescriptorOp):
 
 class ExportOp(Op):
     """Write the ``--output``s (``type=oci``: an OCI layout; ``type=local``: the files, one
-    directory per stage for a multi-platform build), and say which tags the build sets: the
-    result (the index, and each stage's manifest as ``TAG-STAGE`` for tools that cannot read
-    an index).
+    directory per stage for a multi-platform build), record in the store the referrers the
+    manifest steps attached (each variant's runtime description), and say which tags the
+    build sets: the result (the index, and each stage's manifest as ``TAG-STAGE`` for tools
+    that cannot read an index). Outputs carry no referrers: an OCI layout would have to list
+    them in its ``index.json`` beside the artifact, which readers of a one-artifact layout
+    do not expect.
 
     The tags are not written here: :func:`modelbuild.build.build` writes them all at once
     (:meth:`Store.set_tags`) after every step, ``--output`` and ``--cache-to`` succeeded, so
@@ -202,6 +211,7 @@ class ExportOp(Op):
                               [m.descriptor.to_oci() for m in manifests])
         current = ctx.env.store.tags()
         changed = any(current.get(ref) != tag_entry(ref, d) for ref, d in entries)
+        changed |= record_referrers(ctx.env.store, inputs)
         for output in step.params["outputs"]:
             if output["type"] == "local":
                 stages = step.params.get("stages", [])
@@ -213,6 +223,20 @@ class ExportOp(Op):
             ref = step.params["tags"][0] if step.params["tags"] else None
             changed |= export_layout(ctx.env.store, desc, Path(output["dest"]), ref)
         return Outcome(Exported(descriptor, tuple(ref for ref, _ in entries), tuple(entries)), cached=not changed)
+
+
+def record_referrers(store: Any, results: list[Any]) -> bool:
+    """Record in the store what each manifest step attached to its manifest (a runtime
+    description replaces the one an earlier build recorded); whether a record changed.
+    Here, not in the manifest step, so a cached or imported manifest is recorded too, and only
+    once all its blobs are in the store."""
+    changed = False
+    for result in results:
+        referrers = getattr(result, "referrers", ())
+        if referrers:
+            changed |= store.record_referrers(result.descriptor.digest, [r.descriptor.to_oci() for r in referrers],
+                                              replace=True)
+    return changed
 
 
 def write_files(ctx: StepContext, manifests: list[tuple[str | None, ManifestBlob]], dest: Path) -> bool:

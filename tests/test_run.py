@@ -261,3 +261,23 @@ def test_unknown_engine_and_unknown_parameter_are_usage_errors(mlp, mb, monkeypa
                                  "(its parameters: delay, mode)")
     run = mb("run", mlp, "--engine", "probe", "--param", "delay", "--dry-run")
     assert error_of(run, 2) == "modelbuild: error: --param delay: expected KEY=VALUE"
+
+
+def test_the_runtime_description_chooses_the_engine_its_parameters_and_context(mb, tmp_path, monkeypatch):
+    """RUNTIME lines of the build reach the engine through the variant's runtime description
+    (an OCI referrer in the store); the command line overrides them."""
+    use_probe(monkeypatch)
+    ctx = tmp_path / "ctx"
+    import shutil
+    shutil.copytree(ONNX_EXAMPLE / "model", ctx)
+    (ctx / "Modelfile").write_text("NAME described\nCONFIG config.json\nMODEL model.onnx\n"
+                                   "RUNTIME probe delay=0.5\nRUNTIME context=77\n")
+    assert mb("build", "-f", "Modelfile", "-t", "described:1", "-q", ".", cwd=ctx).rc == 0
+    plan = mb("run", "described:1", "--dry-run", "--json").json()
+    assert plan["engine"] == "probe", "the description's engine, though onnxruntime comes first by name"
+    assert plan["params"] == {"delay": "0.5"} and plan["argv"][plan["argv"].index("--delay") + 1] == "0.5"
+    assert plan["env"] == {"PROBE_CONTEXT": "77"}
+    plan = mb("run", "described:1", "--dry-run", "--json", "--context", "99", "--param", "delay=0").json()
+    assert plan["params"] == {"delay": "0"} and plan["env"] == {"PROBE_CONTEXT": "99"}
+    plan = mb("run", "described:1", "--dry-run", "--json", "--engine", "onnxruntime").json()
+    assert plan["engine"] == "onnxruntime" and plan["params"] == {}, "another engine gets none of probe's parameters"

@@ -26,6 +26,7 @@ quoted from its installed sources. Adding a program is one :class:`Documented` e
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shlex
@@ -809,3 +810,46 @@ def test_triton_deploy_wrapper_builds_the_repository_and_execs_tritonserver(engi
     assert (home / "1" / "classifier.onnx_data").is_file()
     assert os.path.realpath(home / "1") == str(tmp_path / "model" / "onnx")
     assert shlex.split(container.command[2])[-3:] == ["exec", "$0", "$@"]
+
+
+# -- the command `modelbuild run --dry-run` prints is the one checked above ------------------
+
+#: Which bundled example each program is dry-run on, and the variant to pick.
+DRY_RUN_ON = {
+    "vllm": ("multi-platform", "cuda"), "tgi": ("multi-platform", "rocm"), "triton": ("onnx", None),
+    "llama-server": ("convert-quantize", None), "llama_cpp.server": ("convert-quantize", None),
+    "mlserver": ("onnx", None),
+}
+
+
+@pytest.fixture(scope="module")
+def built_examples(tmp_path_factory):
+    """The bundled examples the dry runs use, built once into one store; their tags."""
+    from engines import build_example
+
+    home = tmp_path_factory.mktemp("dry-run-home")
+    return home, {name: build_example(home, name)["tags"][0] for name in {e for e, _ in DRY_RUN_ON.values()}}
+
+
+@each(DRY_RUN_ON)
+def test_run_dry_run_prints_the_documented_command_for_a_built_variant(built_examples, entry):
+    """``modelbuild run REF --engine E --dry-run``, a real CLI process on a real artifact:
+    its command is the engine's launch, every flag of it documented upstream, with the
+    extra arguments after ``--`` passed on unchanged at its end."""
+    from engines import modelbuild
+
+    home, tags = built_examples
+    doc = ENGINES[entry]
+    example, platform = DRY_RUN_ON[entry]
+    args = ["run", tags[example], "--engine", doc.engine, "--dry-run", "--json", "--port", "18123",
+            "--context", "128"] + (["--platform", platform] if platform else [])
+    plan = json.loads(modelbuild(home, *args))
+    argv = plan["argv"]
+    assert plan["engine"] == doc.engine and starts_with(argv, doc.program), argv
+    found, used = parse_command(argv[len(doc.program):], doc.flags())
+    assert len(found) == doc.positionals, argv
+    # the port asked for reaches the engine: a flag, or its settings file (MLServer's http_port)
+    assert "18123" in used.values() or any('"http_port": 18123' in text for text in plan["workFiles"].values())
+    assert plan["command"] == shlex.join(argv)
+    text = modelbuild(home, *[a for a in args if a != "--json"], "--", "--extra")
+    assert f"command:  {shlex.join([*argv, '--extra'])}" in text.splitlines()

@@ -456,3 +456,24 @@ def test_an_oci_layout_output_holds_the_artifact_alone(tmp_path):
     assert [m["digest"] for m in index["manifests"]] == [result.digest]
     assert not (out / "referrers").exists()
     assert rd.find_description(Store(home / "store"), result.digest) is not None
+
+
+def test_inspect_shows_the_description_and_sizes_memory_at_its_context(mb, tmp_path):
+    """``inspect`` of a variant: a Runtime line (engines, parameters, context) and, in
+    --json, the description itself; the memory estimate is at the description's context
+    unless --context says otherwise."""
+    import shutil
+
+    from support import EXAMPLES
+
+    ctx = tmp_path / "ctx"
+    shutil.copytree(EXAMPLES / "tiny-llama" / "model", ctx)
+    (ctx / "Modelfile").write_text("NAME described\nCONFIG config.json\nMODEL model.safetensors\n"
+                                   "RUNTIME vllm gpu_memory_utilization=0.8\nRUNTIME context=64\n")
+    assert mb("build", "-f", "Modelfile", "-t", "described:1", "-q", ".", cwd=ctx).rc == 0
+    text = mb("inspect", "described:1").out
+    assert "Runtime:       vllm gpu_memory_utilization=0.8, context 64 (`modelbuild run` serves it)" in text
+    doc = mb("inspect", "described:1", "--json").json()
+    assert doc["runtime"]["engines"] == [{"name": "vllm", "params": {"gpu_memory_utilization": "0.8"}}]
+    assert doc["memory"]["contextLength"] == 64 == doc["runtime"]["contextLength"]
+    assert mb("inspect", "described:1", "--json", "--context", "32").json()["memory"]["contextLength"] == 32

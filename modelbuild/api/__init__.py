@@ -35,6 +35,8 @@ Plugin kinds: Protocols of exactly what the core calls (see each docstring)
     ``Engine``          serves a variant (``modelbuild run``/``deploy``, since 1.1): gets an
                         ``EngineModel``, returns a ``Launch`` (a command) or a ``Container``
                         (a pod's container); ``ENGINE_PROTOCOLS`` the APIs a server can speak
+    ``engine_params``   ``engine_params(name, options, params)``: an engine's ``params``
+                        typed by its ``OptionSpec`` declarations (a UsageError otherwise)
 
 Provisional kinds: contracts for the next issues, no hook registers them yet
     ``Attester``        signs or attests a pushed artifact; ``Subject`` is what it signs,
@@ -87,7 +89,7 @@ from typing import Any as _Any
 _WHERE = {
     **dict.fromkeys(("Converter", "Frontend", "LayerCodec", "LayerSink", "PluginLookup", "Quantizer",
                      "ShardStrategy", "Source", "Target", "WeightFormat"), "modelbuild.api._kinds"),
-    "OptionSpec": "modelbuild.api._options",
+    **dict.fromkeys(("OptionSpec", "engine_params"), "modelbuild.api._options"),
     **dict.fromkeys(("Container", "Engine", "EngineModel", "Launch"), "modelbuild.api._engines"),
     "ENGINE_PROTOCOLS": "modelbuild.api._engines",  # PROTOCOLS, under its public name
     **dict.fromkeys(("Attestation", "Attester", "Executor", "StepRequest", "Subject"),
@@ -134,7 +136,7 @@ if _TYPE_CHECKING:
         Target,
         WeightFormat,
     )
-    from modelbuild.api._options import OptionSpec
+    from modelbuild.api._options import OptionSpec, engine_params
     from modelbuild.api._engines import PROTOCOLS as ENGINE_PROTOCOLS
     from modelbuild.api._engines import Container, Engine, EngineModel, Launch
     from modelbuild.api._provisional import Attestation, Attester, Executor, StepRequest, Subject
@@ -180,7 +182,7 @@ __all__ = [
     "Converter", "Frontend", "LayerCodec", "LayerSink", "OptionSpec", "Quantizer", "ShardStrategy", "Source",
     "Target", "WeightFormat", "modelfile_frontend",
     # engines
-    "Container", "ENGINE_PROTOCOLS", "Engine", "EngineModel", "Launch",
+    "Container", "ENGINE_PROTOCOLS", "Engine", "EngineModel", "Launch", "engine_params",
     # provisional kinds
     "Attestation", "Attester", "Executor", "StepRequest", "Subject",
     # values exchanged

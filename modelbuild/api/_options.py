@@ -4,8 +4,11 @@ checking arguments from declarations, not by hand)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
+
+from modelbuild.errors import UsageError
 
 # what ``OptionSpec.type`` may be; ``list`` is a list of strings
 OPTION_TYPES: tuple[type, ...] = (str, int, float, bool, list)
@@ -48,3 +51,47 @@ class OptionSpec:
             raise TypeError(f"option {self.name}: only str and list options take choices")
         if self.choices and isinstance(self.default, str) and self.default not in self.choices:
             raise ValueError(f"option {self.name}: default {self.default!r} is not one of its choices")
+
+
+def engine_params(engine: str, options: Sequence[OptionSpec], params: Mapping[str, Any]) -> dict[str, Any]:
+    """An engine's ``EngineModel.params`` (strings, from ``RUNTIME`` lines and ``--param``)
+    typed by the engine's declarations: a :class:`~modelbuild.api.UsageError` names an
+    unknown key (with the known ones) or a value not of its type (``bool``: true/false,
+    1/0, yes/no, on/off; ``str`` choices match in any case), before any command is built.
+    An engine declaring ``OPTIONS`` derives ``parameters`` from them
+    (``{o.name: o.help for o in OPTIONS}``) and calls this in ``launch`` and ``container``."""
+    specs = {spec.name: spec for spec in options}
+    out: dict[str, Any] = {}
+    for key, raw in params.items():
+        spec = specs.get(key)
+        if spec is None:
+            raise UsageError(f"engine {engine} has no parameter {key!r}",
+                             hint=f"its parameters: {', '.join(sorted(specs))}")
+        out[key] = _typed(engine, spec, str(raw).strip())
+    return out
+
+
+def _typed(engine: str, spec: OptionSpec, text: str) -> Any:
+    """One value converted to its declared type, or a one-line UsageError."""
+    where = f"engine {engine} parameter {spec.name}={text!r}"
+    if spec.type is bool:
+        if text.lower() in ("true", "1", "yes", "on"):
+            return True
+        if text.lower() in ("false", "0", "no", "off"):
+            return False
+        raise UsageError(f"{where}: not a boolean", hint="write true or false")
+    if spec.type in (int, float):
+        try:
+            value = spec.type(text)
+        except ValueError:
+            raise UsageError(f"{where}: not {'an integer' if spec.type is int else 'a number'}",
+                             hint=spec.help) from None
+        return value
+    if spec.choices:
+        found = {c.lower(): c for c in spec.choices}.get(text.lower())
+        if found is None:
+            raise UsageError(f"{where}: not one of {', '.join(spec.choices)}", hint=spec.help)
+        return found
+    if not text:
+        raise UsageError(f"{where}: empty", hint=spec.help)
+    return text

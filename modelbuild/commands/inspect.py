@@ -39,7 +39,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--platform", default=None, metavar="auto|STAGE|TARGET",
                    help="of a multi-platform artifact, show the one variant `pull` would pick (auto: for this host)")
     p.add_argument("--context", type=int, default=None, metavar="N",
-                   help="context length for the memory estimate (default: the model's own, from config.json)")
+                   help="context length for the memory estimate (default: the runtime description's, else the "
+                        "model's own, from config.json)")
     p.add_argument("--kv-cache-type", default="f16", metavar="TYPE",
                    help="the KV cache's element type for the memory estimate: f16 (default), bf16, f32, q8_0, fp8")
 
@@ -145,6 +146,19 @@ def _memory(store: Store, node: Node, context: int | None, kv_type: str) -> Any:
     return for_artifact(list(node.parts.layers), lambda d: store.read_blob(d.digest, d.size), context, kv_type)
 
 
+def _runtime(store: Store, node: Node) -> dict[str, Any] | None:
+    """The runtime description the build attached to a manifest (docs/spec/runtime.md §4),
+    as its JSON document, or None; a damaged one is a warning, never an error."""
+    import sys
+
+    from modelbuild.runtime.description import find_description
+
+    if node.is_index:
+        return None
+    found = find_description(store, node.digest, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
+    return found.as_dict() if found is not None else None
+
+
 def _print_manifest(label: str, doc: dict[str, Any], node: Node) -> None:
     from modelbuild.commands._common import human_size, table
 
@@ -154,6 +168,12 @@ def _print_manifest(label: str, doc: dict[str, Any], node: Node) -> None:
         lines.append(f"Memory:        {human_size(memory['total'])} to serve ({human_size(memory['weights'])} weights + "
                      f"{human_size(memory['kvCache'])} KV cache at {memory['contextLength']} tokens, "
                      f"{memory['kvCacheType']})")
+    runtime = doc.get("runtime")
+    if runtime:
+        engines = ", ".join(e["name"] + "".join(f" {k}={v}" for k, v in sorted(e["params"].items()))
+                            for e in runtime["engines"]) or "none installed at build time"
+        context = f", context {runtime['contextLength']}" if runtime.get("contextLength") else ""
+        lines.append(f"Runtime:       {engines}{context} (`modelbuild run` serves it)")
     rows = [_layer_row(layer) for layer in node.parts.layers]
     lines.append(f"Layers:        {len(rows)} ({human_size(sum(layer.size for layer in node.parts.layers))})")
     print("\n".join(lines))
@@ -297,7 +317,11 @@ def run(args: argparse.Namespace) -> int:
             _print_index(doc, tree.root.doc)
         return 0
     doc = {"reference": label, **extra, **describe(store, node)}
-    memory = _memory(store, node, args.context, args.kv_cache_type)
+    runtime = _runtime(store, node)
+    if runtime is not None:
+        doc["runtime"] = runtime
+    context = args.context or (runtime or {}).get("contextLength")  # the context it is served at
+    memory = _memory(store, node, context, args.kv_cache_type)
     if memory is not None:
         doc["memory"] = memory.as_dict()
     if args.json:

@@ -39,7 +39,7 @@ import os
 from typing import Any
 
 from modelbuild.api import Container, EngineModel, Launch, OptionSpec, UsageError, hookimpl
-from modelbuild_plugins.engines.vllm import parse_params
+from modelbuild.api import engine_params as parse_params
 
 #: The TGI release whose flags and images this module was written against.
 VERSION = "3.3.5"

@@ -46,7 +46,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from modelbuild.api import Container, EngineModel, Launch, OptionSpec, UsageError, hookimpl
-from modelbuild_plugins.engines.vllm import parse_params
+from modelbuild.api import engine_params as parse_params
 
 #: The Triton release (and its NGC container) whose flags this module was written against.
 VERSION = "2.71.0"

@@ -31,10 +31,10 @@ Choices, and why:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Any
 
 from modelbuild.api import Container, EngineModel, Launch, OptionSpec, UsageError, hookimpl
+from modelbuild.api import engine_params as parse_params
 
 #: The vLLM release whose flags and images this module was written against.
 VERSION = "0.34.0"
@@ -62,46 +62,6 @@ OPTIONS = (
 )
 
 
-def parse_params(engine: str, options: tuple[OptionSpec, ...], params: Mapping[str, Any]) -> dict[str, Any]:
-    """``params`` typed by their declarations: a UsageError names an unknown key (with the
-    known ones) or a value that is not of its type, before any command is built. The TGI and
-    Triton engines use it too (``modelbuild.api`` has declarations, ``OptionSpec``, but no
-    checker a plugin can call)."""
-    specs = {spec.name: spec for spec in options}
-    out: dict[str, Any] = {}
-    for key, raw in params.items():
-        spec = specs.get(key)
-        if spec is None:
-            raise UsageError(f"engine {engine} has no parameter {key!r}",
-                             hint=f"its parameters: {', '.join(sorted(specs))}")
-        out[key] = _typed(engine, spec, str(raw).strip())
-    return out
-
-
-def _typed(engine: str, spec: OptionSpec, text: str) -> Any:
-    """One value converted to its declared type, or a one-line UsageError."""
-    where = f"engine {engine} parameter {spec.name}={text!r}"
-    if spec.type is bool:
-        if text.lower() in ("true", "1", "yes", "on"):
-            return True
-        if text.lower() in ("false", "0", "no", "off"):
-            return False
-        raise UsageError(f"{where}: not a boolean", hint="write true or false")
-    if spec.type in (int, float):
-        try:
-            value = spec.type(text)
-        except ValueError:
-            raise UsageError(f"{where}: not {'an integer' if spec.type is int else 'a number'}",
-                             hint=spec.help) from None
-        return value
-    if spec.choices:
-        found = {c.lower(): c for c in spec.choices}.get(text.lower())
-        if found is None:
-            raise UsageError(f"{where}: not one of {', '.join(spec.choices)}", hint=spec.help)
-        return found
-    if not text:
-        raise UsageError(f"{where}: empty", hint=spec.help)
-    return text
 
 
 def _check_ranges(params: dict[str, Any]) -> None:

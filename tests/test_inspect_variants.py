@@ -146,8 +146,10 @@ def test_a_single_manifest_is_shown_as_before(mb, home):
     doc = mb("inspect", "tiny-llama", "--json").json()
     manifest, config = read_artifact(home / "store", built["digest"])
     memory = doc.pop("memory")  # the estimate to serve it (tests/test_runtime_memory.py)
+    runtime = doc.pop("runtime")  # its runtime description (tests/test_runtime_description.py)
     assert doc == {"reference": "tiny-llama", "digest": built["digest"], "manifest": manifest, "config": config}
-    assert memory["contextLength"] == 256
+    assert memory["contextLength"] == 256 == runtime["contextLength"]
+    assert [e["name"] for e in runtime["engines"]] == ["tgi", "vllm"]  # the installed engines for safetensors
     text = mb("inspect", "tiny-llama").out
     head, table = text.split("\n\n")
     lines = head.splitlines()
@@ -155,7 +157,8 @@ def test_a_single_manifest_is_shown_as_before(mb, home):
                          "Artifact type: application/vnd.cncf.model.manifest.v1+json"]
     assert "name:          tiny-llama" in lines and "paramSize:     156.5K" in lines
     assert "Label:         org.opencontainers.image.source=https://example.invalid/modelbuild" in lines
-    assert lines[-2].startswith("Memory:        ") and "KV cache at 256 tokens, f16" in lines[-2]
+    assert lines[-3].startswith("Memory:        ") and "KV cache at 256 tokens, f16" in lines[-3]
+    assert lines[-2] == "Runtime:       tgi, vllm, context 256 (`modelbuild run` serves it)"
     assert lines[-1].startswith("Layers:        7 (") and "Tags:" not in text and "Variants:" not in text
     assert table.splitlines()[0].split() == ["PATH", "TYPE", "SIZE", "DIGEST"]
 

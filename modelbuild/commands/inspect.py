@@ -320,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
     runtime = _runtime(store, node)
     if runtime is not None:
         doc["runtime"] = runtime
-    context = args.context or (runtime or {}).get("contextLength")  # the context it is served at
+    context = args.context if args.context is not None else (runtime or {}).get("contextLength")  # served at
     memory = _memory(store, node, context, args.kv_cache_type)
     if memory is not None:
         doc["memory"] = memory.as_dict()

@@ -1,4 +1,4 @@
-"""``modelbuild run``: serve a variant with an engine (docs/spec/runtime.md §4).
+"""``modelbuild run``: serve a variant with an engine (docs/spec/runtime.md §5).
 
 The reference is resolved (a registry reference is pulled into the store when the store
 lacks it), the variant for this host chosen, its files linked from the store into a

@@ -1,10 +1,11 @@
-"""Choosing the engine that serves a variant (docs/spec/runtime.md §4.2).
+"""Choosing the engine that serves a variant (docs/spec/runtime.md §5.1).
 
 In order: the engine the user names (``--engine``); else the engines the artifact's runtime
-description lists, in its order; else every registered engine, in registration order. The
-first that accepts the variant (and, for ``run``, is installed on this machine) wins. When
-none does, the error names every engine with the reason it was passed over and how to
-install the ones that would serve it: a user never has to guess which package is missing.
+description lists, in its order; else every registered engine, in name order (the engine
+registry's order). The first that accepts the variant (and, for ``run``, is installed on
+this machine) wins. When none does, the error names every engine with the reason it was
+passed over and how to install the ones that would serve it: a user never has to guess
+which package is missing.
 """
 
 from __future__ import annotations

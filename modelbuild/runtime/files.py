@@ -1,5 +1,5 @@
 """A variant's files on disk for an engine, without a second copy of the weights
-(docs/spec/runtime.md §3.3).
+(docs/spec/runtime.md §3.6).
 
 ``run`` materialises a variant into ``$MODELBUILD_HOME/run/<manifest hex>/`` through the one
 materialisation (:mod:`modelbuild.oci.materialize`: every path checked, nothing written

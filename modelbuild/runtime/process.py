@@ -1,5 +1,5 @@
 """Starting an engine, waiting for it to be ready, and stopping it with nothing left behind
-(docs/spec/runtime.md §4.3).
+(docs/spec/runtime.md §5.2, §5.3).
 
 Written once for every engine: a plugin only describes its command (:class:`~modelbuild.api.Launch`).
 

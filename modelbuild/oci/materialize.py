@@ -48,7 +48,9 @@ DEFAULT_RATIO = 32  # weights barely compress; text and JSON 4–10×; past 32×
 
 
 class BlobSource(Protocol):
-    """Where an artifact's blobs come from: the local store or a layout, or a registry."""
+    """Where an artifact's blobs come from: the local store or a layout, or a registry. A
+    source may name what it does with each blob for the progress lines (``verb``: ``link``;
+    ``pull`` when it does not say)."""
 
     where: str
 
@@ -199,7 +201,8 @@ def _materialize(source: BlobSource, layers: list[Layer], dest: Path, outcome: O
         first_of: dict[str, int] = {}  # digest → the raw layer that fetches it
 
         def fetch(layer: Layer) -> int:
-            step = steps.new(f"pull {layer.label} {layer.desc.digest[7:19]} ({human_size(layer.desc.size)})",
+            verb = getattr(source, "verb", "pull")  # what the source does with a blob: pull, link
+            step = steps.new(f"{verb} {layer.label} {layer.desc.digest[7:19]} ({human_size(layer.desc.size)})",
                              layer.desc.size)
             if layer.is_tar:
                 path = blobs / f"{layer.index:05d}"

@@ -50,6 +50,8 @@ class LinkSource:
     verified when a link is impossible, and always for an OCI layout's blobs (the user's
     files: making a link read-only would change theirs)."""
 
+    verb = "link"  # the progress line's word for what happens to each blob
+
     def __init__(self, store: Any, where: str) -> None:
         self.store, self.where = store, where
         self.linked = self.copied = 0

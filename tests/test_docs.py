@@ -180,6 +180,8 @@ def classify(b: Block) -> str | None:
             return "json-config"
         if '"manifests"' in data:
             return "json-index"
+        if '"engines"' in data and '"contextLength"' in data:
+            return "json-runtime"
         return None
     if "├── " in b.text or "└── " in b.text:
         return "tree"
@@ -936,6 +938,27 @@ def run_json_index(block: Block, mb, home, tmp_path):
         assert strip(real[stage(entry)]) == strip(entry)
 
 
+def run_json_runtime(block: Block, mb, home):
+    """A runtime description (docs/spec/runtime.md §4.4): it parses as the spec says, its
+    canonical form is itself, and it is what a build of the bundled multi-platform example
+    attaches to the variant of its ``target``, byte for byte."""
+    from modelbuild.runtime.description import find_description, parse
+    from modelbuild.store import Store
+
+    shown = json.loads(block.text)
+    parsed = parse(block.text.encode(), block.id)
+    assert parsed.as_dict() == shown
+    multi = EXAMPLES / "multi-platform"
+    run = mb("build", "-f", str(multi / "Modelfile"), "--json", "--progress", "quiet", str(multi))
+    assert run.rc == 0, run.err
+    store = Store(home / "store")
+    index = json.loads((home / "store" / "blobs" / "sha256" / run.json()["digest"][7:]).read_bytes())
+    entry = next(e for e in index["manifests"]
+                 if e["annotations"]["dev.modelbuild.platform.target"] == shown["target"])
+    found = find_description(store, entry["digest"])
+    assert found is not None and found.to_json() == parsed.to_json()
+
+
 def run_error_lines(block: Block, mb, tmp_path):
     """Each documented ``Modelfile:L:C: DIRECTIVE 'VALUE' …`` error, from a Modelfile with
     ``DIRECTIVE VALUE`` on line L (comment lines before it) in the §9 demo directory."""
@@ -1028,6 +1051,6 @@ RUNNERS = {
     "modelfile": run_modelfile, "console": run_console, "sh": run_sh, "readme-lines": run_readme_lines,
     "python": run_python, "pyproject": run_pyproject, "tree": run_tree, "json-config": run_json_config,
     "json-capabilities": run_json_capabilities, "json-file-metadata": run_json_file_metadata,
-    "json-index": run_json_index, "error-lines": run_error_lines, "template": run_template,
+    "json-index": run_json_index, "json-runtime": run_json_runtime, "error-lines": run_error_lines, "template": run_template,
     "synopsis": run_synopsis, "usage": run_usage, "graph": run_graph, "registry-error": run_registry_error,
 }

@@ -44,9 +44,10 @@ def _select(index: dict[str, Any], platform: str) -> Any:
 
 
 def remote_tree(registry: Registry, repo: str, ref: str, platform: str | None
-                ) -> tuple[list[Node], str | None, str | None]:
+                ) -> tuple[list[Node], str | None, str | None, dict[str, Any] | None]:
     """The manifests of ``repo:ref``, children first; with *platform*, an index is narrowed
-    to the one entry chosen for this host. Also returns the index digest and the stage.
+    to the one entry chosen for this host. Also returns the index digest, the stage and the
+    chosen index entry (its platform and annotations say what the variant is for).
     Each manifest's media type is the one the registry served it with, where its own
     document does not say."""
     served: dict[str, tuple[bytes, str]] = {}
@@ -68,15 +69,15 @@ def remote_tree(registry: Registry, repo: str, ref: str, platform: str | None
     root = fetch(ref)
     (top,) = walk(root, read, max_depth=0)
     if not is_index(top.doc, root.media_type):
-        return [typed(top)], None, None
+        return [typed(top)], None, None, None
     if platform:
         choice = _select(top.doc, platform)
         chosen = fetch(choice.descriptor["digest"])
         (node,) = walk(chosen, read, max_depth=0)
         if is_index(node.doc, chosen.media_type):
             raise RegistryError(f"{registry.host}/{repo}: the entry chosen for {choice.stage} is itself an index")
-        return [typed(node)], root.digest, choice.stage
-    return [typed(node) for node in walk(root, read)], None, None
+        return [typed(node)], root.digest, choice.stage, dict(choice.descriptor)
+    return [typed(node) for node in walk(root, read)], None, None, None
 
 
 # -- pull into the store -----------------------------------------------------------------
@@ -103,7 +104,7 @@ def pull_artifact(registry: Registry, repo: str, ref: str, store: Any, *, jobs: 
     except OSError as exc:
         raise UsageError(f"cannot create the store at {store.root}: {exc.strerror}") from None
     with store.gc_lock(exclusive=False):
-        manifests, index_digest, stage = remote_tree(registry, repo, ref, platform)
+        manifests, index_digest, stage, entry = remote_tree(registry, repo, ref, platform)
         blobs = blobs_of(manifests)
 
         def pull_one(blob: Blob) -> int:
@@ -122,7 +123,10 @@ def pull_artifact(registry: Registry, repo: str, ref: str, store: Any, *, jobs: 
                 raise StoreError(f"manifest {m.digest} changed on its way into the store")
         referrers = sum(pull_referrers(registry, repo, m, store, steps) for m in manifests)
         top = manifests[-1]
-        store.tag(tag, {"mediaType": top.media_type, "digest": top.digest, "size": len(top.data)})
+        tagged: dict[str, Any] = {"mediaType": top.media_type, "digest": top.digest, "size": len(top.data)}
+        if entry is not None:  # one variant of an index: the tag keeps what its entry said it is for
+            tagged.update({k: entry[k] for k in ("platform", "annotations") if isinstance(entry.get(k), dict)})
+        store.tag(tag, tagged)
     fetched = [n for n in results if n >= 0]
     return {
         "reference": where,
@@ -300,7 +304,7 @@ def pull_to_dir(registry: Registry, repo: str, ref: str, dest: Path, platform: s
 
     steps = Steps.of(progress)
     where = f"{registry.host}/{repo}{'@' if is_digest(ref) else ':'}{ref}"
-    manifests, index_digest, stage = remote_tree(registry, repo, ref, platform or "auto")
+    manifests, index_digest, stage, _entry = remote_tree(registry, repo, ref, platform or "auto")
     manifest = manifests[-1]
     if manifest.is_index or not isinstance(manifest.doc.get("layers"), list):
         raise RegistryError(f"{where} is not an artifact with layers (media type {manifest.media_type})")

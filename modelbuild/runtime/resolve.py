@@ -85,11 +85,15 @@ def resolve_variant(ref: str, *, home: str | None, platform: str = "auto", plain
     if names_registry(ref) and not _is_layout(ref):
         host, repo, name, normalised = remote_ref(ref)
         remote, tag = f"{host}/{repo}", None if name.startswith("sha256:") else name
-        stored = pull != "always" and _in_store(normalised, home)
-        if pull == "never" and not stored:
-            raise NotFoundError(f"{normalised} is not in the local store", hint="pull it, or drop --pull never")
-        if not stored:
-            _pull(host, repo, name, normalised, home, platform, plain_http, insecure, progress)
+        narrow = select is None and platform in ("auto", "")  # run on this host: its variant only
+        stored = None if pull == "always" else _stored(normalised, home)
+        if stored is not None and not narrow and _is_one_variant(stored):
+            stored = None  # one variant of an index is stored; another choice needs the index
+        if pull == "never" and stored is None:
+            raise NotFoundError(f"{normalised} is not in the local store" + ("" if narrow else " as a whole index"),
+                                hint="pull it, or drop --pull never")
+        if stored is None:
+            _pull(host, repo, name, normalised, home, narrow, plain_http, insecure, progress)
         ref = normalised
     store, descriptor, shown = _open(ref, home)
     return _variant(store, descriptor, shown, remote, tag, platform, select)
@@ -100,22 +104,32 @@ def _is_layout(ref: str) -> bool:
     return os.path.isdir(path) and os.path.lexists(os.path.join(path, "oci-layout"))
 
 
-def _in_store(ref: str, home: str | None) -> bool:
+def _stored(ref: str, home: str | None) -> dict[str, Any] | None:
+    """The store's descriptor for the tag *ref*, or None."""
     from modelbuild.home import home_dir
     from modelbuild.store import Store
 
     try:
-        Store(home_dir(home) / "store").resolve(ref)
+        return Store(home_dir(home) / "store").resolve(ref)
     except NotFoundError:
-        return False
-    return True
+        return None
 
 
-def _pull(host: str, repo: str, name: str, normalised: str, home: str | None, platform: str, plain_http: bool,
+def _is_one_variant(descriptor: dict[str, Any]) -> bool:
+    """Whether a stored tag names one variant of an index (pulled by ``run`` for this host:
+    its entry's target annotation kept), not a whole artifact."""
+    from modelbuild.targets import ANN_TARGET
+
+    return ANN_TARGET in (descriptor.get("annotations") or {})
+
+
+def _pull(host: str, repo: str, name: str, normalised: str, home: str | None, narrow: bool, plain_http: bool,
           insecure: bool, progress: Any) -> None:
-    """Into the store, tagged with the full reference: the whole index when the artifact has
-    one (every variant's manifest is small; only the chosen variant's blobs are needed now,
-    but a later ``run --platform`` of another variant should not need the network)."""
+    """Into the store, tagged with the full reference. *narrow* (``run`` with ``--platform
+    auto``): of an index, only the variant for this host, its blobs and referrers, tagged with
+    its index entry's platform and annotations (a 3-variant model is not downloaded three
+    times to serve one); else the whole artifact (``--platform NAME`` and ``deploy`` choose
+    among every variant)."""
     from modelbuild.home import home_dir
     from modelbuild.oci.pull import pull_artifact
     from modelbuild.oci.transfer import login_hint, open_registry
@@ -123,7 +137,8 @@ def _pull(host: str, repo: str, name: str, normalised: str, home: str | None, pl
 
     store = Store(home_dir(home) / "store")
     with open_registry(host, plain_http=plain_http, insecure=insecure) as registry, login_hint(host):
-        pull_artifact(registry, repo, name, store, progress=progress, tag=normalised)
+        pull_artifact(registry, repo, name, store, progress=progress, tag=normalised,
+                      platform="auto" if narrow else None)
 
 
 def _variant(store: Store, descriptor: dict[str, Any], shown: str, remote: str | None, tag: str | None,
@@ -144,6 +159,14 @@ def _variant(store: Store, descriptor: dict[str, Any], shown: str, remote: str |
         annotations = dict(choice.descriptor.get("annotations") or {})
         node = tree.nodes.get(entry.digest) or read_tree(entry, lambda d: store.read_blob(d.digest, d.size),
                                                          max_depth=0).root
+    elif isinstance(descriptor.get("annotations"), dict):  # one variant of an index, as pulled for this host
+        from modelbuild.targets import ANN_STAGE, ANN_TARGET
+
+        said = descriptor["annotations"]
+        if isinstance(said.get(ANN_TARGET), str):
+            target = said[ANN_TARGET]
+            stage = said.get(ANN_STAGE) if isinstance(said.get(ANN_STAGE), str) else None
+            annotations = {k: v for k, v in said.items() if isinstance(v, str)}
     config: dict[str, Any] = {}
     if node.parts.config is not None:
         config = store.read_json(node.parts.config.digest, node.parts.config.size)

@@ -56,3 +56,26 @@ def test_an_engine_that_cannot_serve_the_chosen_variant_says_why_and_names_other
     line = error_of(run, 2)
     assert line.startswith("modelbuild: error: engine probe cannot serve this variant (safetensors float16 for rocm): "
                            "probe runs on cpu, not rocm"), line
+
+
+def test_run_pulls_only_the_variant_this_host_runs(pushed, mb, home, monkeypatch):
+    """Of a three-variant index, ``run`` downloads the cpu variant's blobs alone (a 70 B model
+    is not fetched three times to serve one variant); its tag keeps what the index entry
+    said it is for, and ``--platform rocm`` later pulls the index to choose from."""
+    import json
+
+    use_probe(monkeypatch)
+    plan = mb("run", pushed, "--plain-http", "--engine", "probe", "--dry-run", "--json").json()
+    store = home / "store"
+    index = json.loads((store / "index.json").read_text())
+    (tagged,) = [m for m in index["manifests"]
+                 if m["annotations"]["org.opencontainers.image.ref.name"] == pushed]
+    assert tagged["digest"] == plan["digest"] and tagged["annotations"]["dev.modelbuild.platform.target"] == "cpu"
+    blobs = {p.name for p in (store / "blobs" / "sha256").iterdir()}
+    manifest = json.loads((store / "blobs" / "sha256" / plan["digest"][7:]).read_text())
+    assert {layer["digest"][7:] for layer in manifest["layers"]} <= blobs
+    assert not any(f.endswith(".safetensors") for f in plan["files"]), "no other variant's weights"
+    weights = [p for p in blobs if (store / "blobs" / "sha256" / p).stat().st_size > 100_000]
+    assert len(weights) == 1, "only the cpu variant's weight file came"
+    rocm = mb("run", pushed, "--plain-http", "--platform", "rocm", "--engine", "probe", "--dry-run")
+    assert "probe runs on cpu, not rocm" in rocm.err  # the index was pulled to choose rocm from

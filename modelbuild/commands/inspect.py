@@ -36,6 +36,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("ref", metavar="REF|DIR[:TAG]",
                    help="a tag or digest in the local store, or an OCI layout directory")
     p.add_argument("--json", action="store_true", help="print manifest and config (an index: its variants) as JSON")
+    p.add_argument("--remote", action="store_true",
+                   help="read REF (registry.example.com/repo:tag) in the registry: manifests and configs only, "
+                        "no layer downloaded, nothing stored")
+    p.add_argument("--plain-http", action="store_true", help="with --remote: talk to the registry over HTTP")
+    p.add_argument("--insecure", action="store_true",
+                   help="with --remote: accept a registry certificate that does not verify")
     p.add_argument("--platform", default=None, metavar="auto|STAGE|TARGET",
                    help="of a multi-platform artifact, show the one variant `pull` would pick (auto: for this host)")
     p.add_argument("--context", type=int, default=None, metavar="N",
@@ -141,7 +147,7 @@ def _memory(store: Store, node: Node, context: int | None, kv_type: str) -> Any:
         raise UsageError(f"--context {context}: a context length is at least 1 and at most 2**31")
     if kv_type.lower() not in KV_TYPES:
         raise UsageError(f"--kv-cache-type {kv_type}: unknown", hint=f"one of {', '.join(sorted(KV_TYPES))}")
-    if node.is_index:
+    if node.is_index or getattr(store, "remote", False):  # the estimate reads config.json: a layer
         return None
     return for_artifact(list(node.parts.layers), lambda d: store.read_blob(d.digest, d.size), context, kv_type)
 
@@ -153,7 +159,7 @@ def _runtime(store: Store, node: Node) -> dict[str, Any] | None:
 
     from modelbuild.runtime.description import find_description
 
-    if node.is_index:
+    if node.is_index or getattr(store, "remote", False):
         return None
     found = find_description(store, node.digest, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
     return found.as_dict() if found is not None else None
@@ -301,9 +307,25 @@ def _pick(tree: Tree, wanted: str, label: str) -> tuple[Node, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.remote:
+        from modelbuild.errors import UsageError
+        from modelbuild.oci.remote import RemoteArtifact
+        from modelbuild.oci.transfer import login_hint, names_registry, open_registry, remote_ref
+
+        if not names_registry(args.ref):
+            raise UsageError(f"--remote {args.ref}: not a registry reference",
+                             hint="write it as registry.example.com/team/model:tag")
+        host, repo, ref, label = remote_ref(args.ref)
+        with open_registry(host, plain_http=args.plain_http, insecure=args.insecure) as registry, login_hint(host):
+            remote = RemoteArtifact(registry, repo)
+            return _show(args, remote, remote.descriptor(ref), label)
+    store, descriptor, label = _open(args.ref, args.home)
+    return _show(args, store, descriptor, label)
+
+
+def _show(args: argparse.Namespace, store: Any, descriptor: dict[str, Any], label: str) -> int:
     from modelbuild.commands._common import print_json
 
-    store, descriptor, label = _open(args.ref, args.home)
     tree = read(store, descriptor)
     node, extra = tree.root, {}
     if args.platform is not None:

@@ -22,6 +22,7 @@ from modelbuild.errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, ModelbuildEr
 # name → (module, one-line summary). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("modelbuild.commands.build", "build a ModelPack artifact from a Modelfile"),
+    "modelfile": ("modelbuild.commands.modelfile", "write a Modelfile for a directory of model files"),
     "inspect": ("modelbuild.commands.inspect", "show an artifact's manifest, config and files"),
     "ls": ("modelbuild.commands.ls", "list the artifacts in the local store"),
     "pull": ("modelbuild.commands.pull", "pull from a registry, or pick the variant for this host and write its files"),

@@ -19,6 +19,7 @@ examples:
   modelbuild pull localhost:5000/qwen2:0.5b --plain-http --platform cuda -o ./model
   modelbuild pull qwen2:0.5b -o ./model                 a local tag: the variant for this machine
   modelbuild pull ./layout:qwen2:0.5b --platform cpu --json
+  modelbuild pull registry.example.com/team/qwen2:0.5b -o ./cfg --include '*.json'   configs only
 
 Credentials come from docker's config.json (`modelbuild login`, `docker login`).
 """
@@ -33,6 +34,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="which variant of a multi-platform artifact (default with -o or a local REF: auto, detect "
                         "this host; into the store: all of them)")
     p.add_argument("-o", "--output", metavar="DIR", help="write the variant's files into DIR")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="with -o: only the files matching GLOB (repeatable; `*.json` matches at any depth, "
+                        "`tokenizer/*` the whole path); the others are not downloaded")
     p.add_argument("--plain-http", action="store_true", help="talk to the registry over HTTP, not HTTPS")
     p.add_argument("--insecure", action="store_true", help="accept a registry certificate that does not verify")
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N", help="blobs to download at once (default: 4)")
@@ -55,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    if args.include and not args.output:
+        raise UsageError("--include needs -o DIR: the store keeps whole artifacts",
+                         hint="pull -o DIR --include GLOB writes only the matching files")
     if _is_local(args.ref):
         return _run_local(args)
     return _run_remote(args)
@@ -75,7 +82,7 @@ def _run_remote(args: argparse.Namespace) -> int:
         with open_registry(host, plain_http=args.plain_http, insecure=args.insecure) as registry, login_hint(host):
             if args.output:
                 result = pull_to_dir(registry, repo, ref, Path(args.output), args.platform or "auto", jobs=jobs,
-                                     progress=emitter)
+                                     progress=emitter, include=args.include)
             else:
                 store = Store(home_dir(args.home) / "store")
                 result = pull_artifact(registry, repo, ref, store, jobs=jobs, platform=args.platform,
@@ -116,7 +123,7 @@ def _run_local(args: argparse.Namespace) -> int:
         emitter = Emitter(make_renderer(args.progress))
         try:
             outcome = materialize(StoreSource(store, shown), doc, config_doc, Path(args.output),
-                                  jobs=args.jobs or 4, steps=emitter)
+                                  jobs=args.jobs or 4, steps=emitter, include=args.include)
             for warning in outcome.warnings:
                 emitter.warn(warning)
         finally:

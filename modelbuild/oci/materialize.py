@@ -28,7 +28,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -170,13 +170,20 @@ class Outcome:
 
 
 def materialize(source: BlobSource, manifest: dict[str, Any], config: dict[str, Any] | None, dest: Path, *,
-                jobs: int = 4, steps: Any = None) -> Outcome:
-    """Write the files of *manifest* from *source* into *dest*; see the module docstring."""
+                jobs: int = 4, steps: Any = None, include: Sequence[str] = ()) -> Outcome:
+    """Write the files of *manifest* from *source* into *dest*; see the module docstring.
+    With *include* (glob patterns, :func:`included`), only the layers whose path matches
+    one are fetched and written (a partial pull); the whole manifest is still validated."""
     from modelbuild.oci.transfer import Steps
 
     steps = Steps.of(steps)
     where = source.where
     layers, warnings = plan(manifest, config, where)
+    if include:
+        layers = [layer for layer in layers if layer.path is not None and included(layer.path, include)]
+        if not layers:
+            raise UsageError(f"--include {' '.join(include)}: no file of {where} matches",
+                             hint="`modelbuild inspect --remote REF` lists its files")
     ratio = env_int(EXPANSION_VAR, DEFAULT_RATIO)
     created = prepare_target(dest)
     try:
@@ -186,6 +193,23 @@ def materialize(source: BlobSource, manifest: dict[str, Any], config: dict[str, 
             with contextlib.suppress(OSError):
                 dest.rmdir()
         raise
+
+
+def included(path: str, patterns: Sequence[str]) -> bool:
+    """Whether *path* matches one of *patterns*: a pattern without ``/`` matches the file
+    name at any depth (``*.json``), one with ``/`` the whole path (``tokenizer/*``), as in
+    ``.gitignore``; a directory's pattern (``docs/``) matches what is under it."""
+    import fnmatch
+
+    for pattern in patterns:
+        if pattern.endswith("/") and (path + "/").startswith(pattern):
+            return True
+        if "/" in pattern.rstrip("/"):
+            if fnmatch.fnmatchcase(path, pattern.strip("/")):
+                return True
+        elif fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], pattern) or fnmatch.fnmatchcase(path, pattern):
+            return True
+    return False
 
 
 def _materialize(source: BlobSource, layers: list[Layer], dest: Path, outcome: Outcome, jobs: int, steps: Any,
@@ -321,5 +345,6 @@ def _move_into_place(tree_root: Path, dest: Path, tree: PathTree, moves: list[tu
                 os.chmod(dest / rel, stat.S_IMODE(os.lstat(tree_root / rel).st_mode))
 
 
-__all__ = ["BlobSource", "Layer", "Outcome", "StoreSource", "diff_ids", "file_mode", "layer_path", "materialize",
+__all__ = ["BlobSource", "Layer", "Outcome", "StoreSource", "diff_ids", "file_mode", "included", "layer_path",
+           "materialize",
            "partial_dir", "plan", "prepare_target", "same_file"]

@@ -20,7 +20,7 @@ platform, an index is narrowed to the one entry chosen for this host.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -292,13 +292,14 @@ class _Buffer:
 
 
 def pull_to_dir(registry: Registry, repo: str, ref: str, dest: Path, platform: str | None = "auto", *,
-                jobs: int = DEFAULT_JOBS, progress: Emitter | None = None) -> dict[str, Any]:
+                jobs: int = DEFAULT_JOBS, progress: Emitter | None = None, include: Sequence[str] = ()
+                ) -> dict[str, Any]:
     """Write the files of ``registry/repo:ref`` into *dest*, without the local store.
 
     For an index, *platform* (``auto``, a stage or a target name) picks the variant. The files
     are written by :func:`modelbuild.oci.materialize.materialize`: verified in a staging
     directory, moved into place only when all of them are; a file already holding the right
-    bytes is not downloaded again.
+    bytes is not downloaded again. *include* (glob patterns) fetches only the matching files.
     """
     from modelbuild.oci.materialize import materialize
 
@@ -310,7 +311,8 @@ def pull_to_dir(registry: Registry, repo: str, ref: str, dest: Path, platform: s
         raise RegistryError(f"{where} is not an artifact with layers (media type {manifest.media_type})")
     source = RegistrySource(registry, repo, where, dest)
     try:
-        outcome = materialize(source, manifest.doc, source.config(manifest.doc), dest, jobs=jobs, steps=steps)
+        outcome = materialize(source, manifest.doc, source.config(manifest.doc), dest, jobs=jobs, steps=steps,
+                              include=include)
     finally:
         source.close()
     for warning in outcome.warnings:

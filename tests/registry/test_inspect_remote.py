@@ -59,3 +59,33 @@ def test_a_reference_that_names_no_registry_is_refused(mb):
     run = mb("inspect", "--remote", "qwen2:0.5b")
     assert error_of(run, 2) == ("modelbuild: error: --remote qwen2:0.5b: not a registry reference "
                                 "(write it as registry.example.com/team/model:tag)")
+
+
+def test_pull_include_fetches_only_the_matching_files(pushed_multi, proxy, mb, tmp_path):
+    """``pull -o DIR --include '*.json'``: the cuda variant's JSON files, and only their blobs
+    cross the network (counted at the proxy): not its weights."""
+    path, local = pushed_multi
+    cuda = next(v for v in local["variants"] if v["stage"] == "cuda")
+    proxy.reset()
+    out = tmp_path / "cfg"
+    run = mb("pull", f"{proxy.host}/{path}", "--plain-http", "--platform", "cuda", "-o", str(out),
+             "--include", "*.json", "--json")
+    assert run.rc == 0, run.err
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+    assert run.json()["files"] == sorted(run.json()["files"]) or set(run.json()["files"]) == set(files)
+    blob_gets = proxy.count("GET", "/blobs/")
+    assert blob_gets == 1 + len(files), "the config, and one blob per matching file"
+    weights = next(v for v in local["variants"] if v["stage"] == "cuda")["size"]
+    assert proxy.bytes_down("/blobs/") < weights / 2 if hasattr(proxy, "bytes_down") else True
+    assert cuda["layerCount"] > len(files)
+
+
+def test_include_without_output_and_matching_nothing_are_usage_errors(pushed_multi, proxy, mb, tmp_path):
+    path, _local = pushed_multi
+    run = mb("pull", f"{proxy.host}/{path}", "--plain-http", "--include", "*.json")
+    assert error_of(run, 2).startswith("modelbuild: error: --include needs -o DIR: the store keeps whole artifacts")
+    run = mb("pull", f"{proxy.host}/{path}", "--plain-http", "--platform", "cuda", "-o", str(tmp_path / "x"),
+             "--include", "*.bin")
+    assert "--include *.bin: no file of " in error_of(run, 2)
+    assert not (tmp_path / "x").exists()

@@ -104,11 +104,14 @@ def prepare(
     platforms: Sequence[str] = (),
     labels: Sequence[str] = (),
     annotations: Sequence[str] = (),
+    excludes: Sequence[str] = (),
 ) -> tuple[Any, Any, Any]:
     """Everything up to the graph: plugins, frontend, tags, options, plan. Reads no weights.
-    *labels* and *annotations* are ``--label`` / ``--annotation`` values (``KEY=VALUE``)."""
+    *labels* and *annotations* are ``--label`` / ``--annotation`` values (``KEY=VALUE``);
+    *excludes* are ``--exclude`` patterns, applied after the context's ignore file."""
     from modelbuild.frontend import load_description
     from modelbuild.frontend.resolve import resolve
+    from modelbuild.ignore import command_line, parse_excludes
     from modelbuild.oci.reference import parse_reference
     from modelbuild.planner import BuildOptions, plan
     from modelbuild.plugins import make_plugin_manager
@@ -119,15 +122,18 @@ def prepare(
     from modelbuild.annotations import parse_annotations, parse_labels, place_annotations
 
     label_map, parsed_annotations = parse_labels(labels), parse_annotations(annotations)
+    exclude_rules = parse_excludes(excludes)
     host = host or make_plugin_manager()
     host.codecs.get(layer_format)  # a clear error before any work
-    desc = load_description(modelfile, host=host, build_args=build_args, context=context)
-    if context is not None and desc.context != context.resolve():
-        desc = _with_warning(desc, f"the Modelfile's FROM ({desc.context}) overrides the CONTEXT argument ({context})")
-    if not refs and desc.name:
-        refs = [default_tag(desc)]
-    created, epoch = source_date_epoch()
-    resolved = resolve(desc, host, platforms=platforms)
+    with command_line(exclude_rules):  # the frontend and resolve read the context's rules
+        desc = load_description(modelfile, host=host, build_args=build_args, context=context)
+        if context is not None and desc.context != context.resolve():
+            desc = _with_warning(desc, f"the Modelfile's FROM ({desc.context}) overrides the CONTEXT argument "
+                                       f"({context})")
+        if not refs and desc.name:
+            refs = [default_tag(desc)]
+        created, epoch = source_date_epoch()
+        resolved = resolve(desc, host, platforms=platforms)
     _check_stage_tags(refs, resolved)
     options = BuildOptions(
         layer_format=layer_format,
@@ -203,6 +209,7 @@ def build(
     cache_from: Sequence[Any] = (),
     labels: Sequence[str] = (),
     annotations: Sequence[str] = (),
+    excludes: Sequence[str] = (),
 ) -> BuildResult:
     """Build; *cache_to* / *cache_from* are ``--cache-to`` / ``--cache-from`` values (strings
     or parsed :class:`modelbuild.cache.CacheSpec`), see :mod:`modelbuild.cache`."""
@@ -219,7 +226,7 @@ def build(
         cache_from = [parse_cache_spec(c, direction="from") if isinstance(c, str) else c for c in cache_from]
     host, desc, graph = prepare(modelfile, host=host, context=context, build_args=build_args, tags=tags,
                                 outputs=outputs, layer_format=layer_format, platforms=platforms, labels=labels,
-                                annotations=annotations)
+                                annotations=annotations, excludes=excludes)
     emitter = Emitter(renderer or PlainRenderer(sys.stderr))
     store = Store(home / "store").ensure()
     store.manifests()  # a damaged index.json fails the build now, not once its work is done

@@ -10,7 +10,10 @@ Pattern rules (documented in docs/modelfile.md):
   ``**`` selects every file below;
 * a pattern without magic characters is a literal path and must exist;
 * a matched directory is packaged whole, as one tar layer;
-* no pattern may leave the context: absolute paths and ``..`` are refused.
+* no pattern may leave the context: absolute paths and ``..`` are refused;
+* what ``.modelbuildignore`` and ``build --exclude`` exclude (:mod:`modelbuild.ignore`) is not
+  in the context: a pattern never selects it, a packaged directory leaves it out, and naming
+  it literally is an error that says which rule excludes it.
 
 Symlinks are followed for content (a Hugging Face cache snapshot is a tree of symlinks into
 ``blobs/``); the path recorded in the artifact is the link's path inside the context.
@@ -26,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from modelbuild.artifact_paths import link_problem, path_problem
 from modelbuild.errors import ModelfileError
+from modelbuild.ignore import IgnoreRules, Rule, context_rules
 from modelbuild.oci.verify import shown
 
 _MAGIC = set("*?[")
@@ -44,10 +48,12 @@ def has_magic(pattern: str) -> bool:
 
 
 class BuildContext:
-    """A directory that Modelfile paths are relative to."""
+    """A directory that Modelfile paths are relative to, less what its ignore rules exclude."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, ignore: IgnoreRules | None = None) -> None:
         self.root = root
+        # the rules of the context's .modelbuildignore and --exclude unless the caller chose
+        self.ignore = context_rules(root) if ignore is None else ignore
 
     def __repr__(self) -> str:
         return f"BuildContext({str(self.root)!r})"
@@ -57,10 +63,14 @@ class BuildContext:
         segments = _normalise(pattern)
         if not any(has_magic(s) for s in segments):
             rel = "/".join(segments)
+            if self.ignore and os.path.lexists(self.root / rel) and (
+                    why := self.ignore.exclusion(rel, _is_dir(self.root / rel))):
+                raise ModelfileError(why.message(rel), hint=why.hint(rel))
             return [Match(rel, self._check(rel, literal=True))]
         recursive = "**" in segments
         found: list[str] = []
-        self._walk(Path(self.root), segments, [], found)
+        skipped: list[tuple[Rule, bool]] = []  # (rule, is_dir) for each match an ignore rule excluded
+        self._walk(Path(self.root), segments, [], found, skipped)
         matches = []
         for rel in sorted(set(found)):
             is_dir = self._check(rel, literal=False)
@@ -68,35 +78,51 @@ class BuildContext:
                 continue
             matches.append(Match(rel, is_dir))
         if not matches:
-            raise ModelfileError(f"pattern {pattern!r} matches nothing in {self.root}")
+            rules = [rule for rule, is_dir in skipped if not (recursive and is_dir)]  # ** selects files only
+            hint = f"what it matches is excluded by {rules[0].origin}, {rules[0].text!r}" if rules else None
+            raise ModelfileError(f"pattern {pattern!r} matches nothing in {self.root}", hint=hint)
         return matches
 
-    def _walk(self, base: Path, segments: list[str], prefix: list[str], found: list[str]) -> None:
+    def _walk(self, base: Path, segments: list[str], prefix: list[str], found: list[str],
+              skipped: list[tuple[Rule, bool]]) -> None:
         if not segments:
             if prefix:
                 found.append("/".join(prefix))
             return
         head, rest = segments[0], segments[1:]
         if head == "**":
-            self._walk(base, rest, prefix, found)  # zero directories
+            self._walk(base, rest, prefix, found, skipped)  # zero directories
             for name, is_dir in _listdir(base):
-                if name.startswith("."):
+                final = not (is_dir or rest)  # a file a trailing ** takes
+                if name.startswith(".") or self._excluded(prefix + [name], is_dir, skipped if final else None):
                     continue
                 if is_dir:
-                    self._walk(base / name, segments, prefix + [name], found)
+                    self._walk(base / name, segments, prefix + [name], found, skipped)
                 elif not rest:
                     found.append("/".join(prefix + [name]))  # a trailing ** takes every file
             return
         if not has_magic(head):
-            if os.path.lexists(base / head):
-                self._walk(base / head, rest, prefix + [head], found)
+            if os.path.lexists(base / head) and not self._excluded(prefix + [head], bool(rest) or _is_dir(base / head),
+                                                                  None if rest else skipped):
+                self._walk(base / head, rest, prefix + [head], found, skipped)
             return
         wanted = head.replace("[^", "[!")  # Go's negation spelling, as modctl users write it
         for name, is_dir in _listdir(base):
             if name.startswith(".") and not head.startswith("."):
                 continue
-            if fnmatchcase(name, wanted) and (is_dir or not rest):
-                self._walk(base / name, rest, prefix + [name], found)
+            if fnmatchcase(name, wanted) and (is_dir or not rest) and not self._excluded(prefix + [name], is_dir,
+                                                                                        None if rest else skipped):
+                self._walk(base / name, rest, prefix + [name], found, skipped)
+
+    def _excluded(self, names: list[str], is_dir: bool, skipped: list[tuple[Rule, bool]] | None) -> bool:
+        """Whether the walk must leave this path out (its parents passed this check already);
+        *skipped*, when the path would be a match, records the rule that excluded it."""
+        rule = self.ignore.rule_for("/".join(names), is_dir)
+        if rule is None or rule.negate:
+            return False
+        if skipped is not None:
+            skipped.append((rule, is_dir))
+        return True
 
     def _check(self, rel: str, *, literal: bool) -> bool:
         """Check that *rel* is something we can package; return whether it is a directory."""
@@ -113,7 +139,7 @@ class BuildContext:
         if stat.S_ISDIR(st.st_mode):
             if not os.access(path, os.R_OK | os.X_OK):
                 raise ModelfileError(f"{rel}: directory is not readable")
-            walk_tree(self.root, rel)  # a bad member is an error now, at the line, not mid-build
+            walk_tree(self.root, rel, self.ignore)  # a bad member is an error now, at the line, not mid-build
             return True
         if not stat.S_ISREG(st.st_mode):
             raise ModelfileError(f"{rel}: {_what(st.st_mode)}, not a regular file or directory")
@@ -146,6 +172,14 @@ def _what(mode: int) -> str:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device file"
     return "a special file"
+
+
+def _is_dir(path: Path) -> bool:
+    """Whether *path* is a directory for an ignore rule's trailing ``/``: a symlink is not (git's view)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _listdir(base: Path) -> list[tuple[str, bool]]:
@@ -190,11 +224,13 @@ class TreeFile:
     linkname: str = ""
 
 
-def walk_tree(root: Path, rel: str) -> list[TreeFile]:
+def walk_tree(root: Path, rel: str, ignore: IgnoreRules | None = None) -> list[TreeFile]:
     """The members of directory *rel* in lexicographic order, the directory itself first.
 
     Symlinks to files are followed (their content is packaged); symlinks to directories are
-    kept as links, so a link cycle cannot make the walk endless.
+    kept as links, so a link cycle cannot make the walk endless. What *ignore* excludes is
+    left out unseen (its names are not checked, its directories not entered), *rel* itself
+    being known not to be excluded.
     """
     out: list[TreeFile] = []
     top = root / rel
@@ -203,8 +239,10 @@ def walk_tree(root: Path, rel: str) -> list[TreeFile]:
     stack = [rel]
     while stack:
         current = stack.pop()
-        for name, _ in _listdir(root / current):
+        for name, is_dir in _listdir(root / current):
             child_rel = f"{current}/{name}"
+            if ignore is not None and ignore.excludes(child_rel, is_dir):
+                continue
             _check_name(child_rel)
             abspath = root / child_rel
             lst = os.lstat(abspath)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from modelbuild.errors import Span
 
 if TYPE_CHECKING:
+    from modelbuild.ignore import IgnoreRules
     from modelbuild.targets import Constraint
 
 
@@ -121,6 +122,9 @@ class BuildDescription:
     warnings: tuple[str, ...] = ()
     name_origin: Span | None = None  # where the name is written: a NAME that is no valid tag is an error there
     runtime: RuntimeSpec = RuntimeSpec()  # RUNTIME lines before the first TARGET: every stage's
+    # the .modelbuildignore and --exclude rules the frontend applied (None: it applied none, and
+    # the resolve stage reads them); the build applies them inside packaged directories too
+    ignore: "IgnoreRules | None" = None
 
 
 # -- resolved: what the planner takes ------------------------------------------------------

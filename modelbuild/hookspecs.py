@@ -81,7 +81,11 @@ def modelbuild_register_frontends(registry: Registry[Frontend]) -> None:
     ``load(text, *, filename, base_dir, default_context, build_args, sources)``, which
     returns a :class:`~modelbuild.api.BuildDescription` or raises
     :class:`~modelbuild.api.ModelfileError` with a span. The built-in ``modelfile``
-    frontend is :func:`modelbuild.api.modelfile_frontend`.
+    frontend is :func:`modelbuild.api.modelfile_frontend`. Optional member: ``filenames``, a
+    tuple of ``fnmatch`` patterns (case-sensitive) for the build file's own name, which
+    select the frontend for a file without a ``# syntax=`` line (the ``kitfile`` frontend
+    declares ``("Kitfile", "kitfile", ".kitfile", "*.Kitfile", "*.kitfile")``; two frontends
+    claiming one file is a usage error); since 1.1.
 
     Parameters:
         ``registry``: the frontend :class:`~modelbuild.api.Registry` to add to.

@@ -62,6 +62,9 @@ def plan(resolved: ResolvedBuild, options: BuildOptions) -> BuildGraph:
     in_set = {f.path for f in resolved.model_set}
     # the model set's files are packed one by one only if some variant leaves them untransformed
     needs_plain = any(not shared and not v.chain for v in variants)
+    # a packaged directory leaves out what .modelbuildignore and --exclude exclude; the digest
+    # step is never keyed, so the rules reach no cache key but through the files they leave
+    exclude = desc.ignore.patterns() if desc.ignore else []
     file_layers: list[Step] = []
     set_digests: list[Step] = []
     cards: list[Step] = []  # model cards (DOC README.md): what converters read metadata from
@@ -75,7 +78,8 @@ def plan(resolved: ResolvedBuild, options: BuildOptions) -> BuildGraph:
                 f"digest:{spec.path}",
                 "digest",
                 f"{'ingest' if ingest else 'digest'} {spec.path}{'/' if spec.is_dir else ''}",
-                {"path": spec.path, "is_dir": spec.is_dir, "ingest": ingest, "kind": spec.kind.value},
+                {"path": spec.path, "is_dir": spec.is_dir, "ingest": ingest, "kind": spec.kind.value,
+                 **({"exclude": exclude} if spec.is_dir and exclude else {})},
             ),
             [source],
         )

@@ -12,7 +12,8 @@ How each class of block runs (``classify``):
   or the directory tree drawn in the same section. No Modelfile example needs
   ``--print-graph`` instead of a build.
 * **console** (```` ```console ````): each ``$ command`` runs, its documented output compared
-  (see ``Session``). ``modelbuild …`` runs in this process with its own store; ``cat FILE``
+  (see ``Session``). ``modelbuild …`` runs in this process with its own store (a build first
+  writes stand-ins for the files its Modelfile, or its Kitfile's ``path:`` entries, name); ``cat FILE``
   writes FILE from the documented text when it does not exist yet (that is how the examples
   show their Modelfiles), else compares; ``cd``; ``echo $?`` compares the exit status;
   ``pip install ./DIST`` installs the distribution assembled from the page; anything else
@@ -303,6 +304,33 @@ def generate_context(modelfile: Path, build_args: dict[str, str] | None = None,
     return context
 
 
+def is_kitfile(path: Path) -> bool:
+    """Whether the ``kitfile`` frontend reads *path*: a ``# syntax=kitfile`` first line, or,
+    without a syntax line, a name its ``filenames`` patterns claim."""
+    from modelbuild.frontend.syntax import syntax_directive
+    from modelbuild_plugins.kitfile import KitfileFrontend
+
+    chosen = syntax_directive(path.read_text())
+    if chosen is not None:
+        return chosen[0] == "kitfile"
+    return any(fnmatch.fnmatchcase(path.name, p) for p in KitfileFrontend.filenames)
+
+
+def generate_kitfile_context(kitfile: Path) -> None:
+    """Stand-ins beside *kitfile* for every ``path:`` it names (a directory for a path that
+    ends in ``/`` or has no suffix), unless they exist."""
+    import yaml
+
+    data = yaml.safe_load(kitfile.read_text()) or {}
+    model = data.get("model") or {}
+    entries = [model, *(model.get("parts") or [])] + [e for key in ("code", "datasets", "docs", "prompts")
+                                                      for e in data.get(key) or []]
+    for entry in entries:
+        value = str(entry.get("path") or "").removeprefix("./")
+        if value and value != ".":
+            write_stand_in(kitfile.parent / value, directory=value.endswith("/") or "." not in Path(value).name)
+
+
 def write_tree(text: str, root: Path, modelfile: str | None) -> Path:
     """The files a drawn directory tree names, under *root*; the tree's ``Modelfile`` is
     *modelfile*. Returns the tree's top directory."""
@@ -527,7 +555,9 @@ class Session:
                 name, _, value = args[k + 1].partition("=")
                 build_args[name] = value
         path = self.cwd / modelfile
-        if path.is_file() and path.suffix == "" or path.name == "Modelfile":
+        if path.is_file() and is_kitfile(path):
+            generate_kitfile_context(path)
+        elif path.is_file() and path.suffix == "" or path.name == "Modelfile":
             for doc, real in self.paths.items():
                 real.mkdir(parents=True, exist_ok=True)
             generate_context(path, build_args, {str(real): real for real in self.paths.values()})

@@ -51,6 +51,12 @@ also tags each stage's manifest TAG-STAGE.
 multi-platform build writes DIR/STAGE/ for each stage); type=oci,dest=DIR writes an OCI image
 layout. Outputs are written once every step has succeeded; a build that fails moves no tag.
 
+--exclude PATTERN: a line of the context's .modelbuildignore (gitignore syntax), read after that
+file's lines, so '--exclude !PATH' re-includes what the file excludes. What is excluded is not in
+the context: no pattern selects it, a packaged directory leaves it out, naming it is an error.
+MODELFILE.modelbuildignore beside the Modelfile, when it exists, replaces the context's
+.modelbuildignore (docs/modelfile.md, "Excluding files").
+
 --label KEY=VALUE: the command-line LABEL. The ModelPack config has no labels field (its
 schema is closed), so labels are annotations of each manifest, as LABEL in a Modelfile;
 --label overrides a LABEL of the Modelfile for the same key.
@@ -89,6 +95,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotation", action="append", default=[], metavar="[LEVEL:]KEY=VALUE",
                    help="add an annotation (repeatable); LEVEL: manifest (default), manifest[STAGE], index, "
                         "manifest-descriptor, index-descriptor")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave out of the context what PATTERN matches (.modelbuildignore syntax, "
+                        "after that file's rules; repeatable)")
     p.add_argument("--layer-format", default="raw", metavar="FORMAT",
                    help="raw (default), tar, tar+gzip or tar+zstd; directories are always archives")
     p.add_argument("-o", "--output", action="append", default=[], metavar="DIR|type=local|oci,dest=DIR",
@@ -200,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
         cache_from=cache_from,
         labels=args.label,
         annotations=args.annotation,
+        excludes=args.exclude,
     )
     pushed = _push(args, result, progress) if args.push else []
     doc = {**result.as_dict(), **({"pushed": pushed} if args.push else {})}
@@ -290,7 +300,7 @@ def _print_graph(args: argparse.Namespace, modelfile: str, context: Path | None,
 
     _, _, graph = prepare(modelfile, context=context, build_args=build_args, layer_format=args.layer_format,
                           tags=args.tag, outputs=args.output, platforms=_platforms(args), labels=args.label,
-                          annotations=args.annotation)
+                          annotations=args.annotation, excludes=args.exclude)
     if args.print_graph == "dot":
         sys.stdout.write(graph.to_dot())
     elif args.print_graph == "json":

@@ -1,7 +1,9 @@
 """Frontends turn a build file into a :class:`~modelbuild.description.BuildDescription`.
 
-The frontend is chosen by a ``# syntax=NAME`` first line (BuildKit's convention), else the
-built-in ``modelfile`` frontend. Frontends are plugins: see ``modelbuild_register_frontends``.
+The frontend is chosen by a ``# syntax=NAME`` first line (BuildKit's convention), else by
+the build file's name (a frontend's optional ``filenames`` patterns: the ``kitfile`` frontend
+claims ``Kitfile``), else the built-in ``modelfile`` frontend. Frontends are plugins: see
+``modelbuild_register_frontends``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from modelbuild.frontend.limits import Limits, raise_hint
 from modelbuild.frontend.syntax import decode_source, syntax_directive
 
 if TYPE_CHECKING:
+    from modelbuild.api import Frontend
     from modelbuild.description import BuildDescription
-    from modelbuild.plugins import PluginHost
+    from modelbuild.plugins import PluginHost, Registry
 
 DEFAULT_FRONTEND = "modelfile"
 
@@ -86,6 +89,29 @@ def _read_bounded(read: Callable[[int], bytes], shown: str, limits: Limits) -> b
     )
 
 
+def _by_filename(frontends: "Registry[Frontend]", path: str) -> "Frontend | None":
+    """The frontend whose ``filenames`` patterns (fnmatch, case-sensitive, on the file's own
+    name) match *path*, or None. Read with ``getattr``: a frontend need not declare any. Two
+    frontends claiming one name is ambiguous, and the user's to settle with ``# syntax=``."""
+    if path == "-":
+        return None
+    from fnmatch import fnmatchcase
+
+    base = os.path.basename(path)
+    claims = []
+    for frontend in frontends:
+        patterns = getattr(frontend, "filenames", ())
+        if isinstance(patterns, str):
+            patterns = (patterns,)
+        if any(isinstance(p, str) and fnmatchcase(base, p) for p in patterns or ()):
+            claims.append(frontend)
+    if len(claims) > 1:
+        names = " and ".join(f.name for f in claims)
+        raise UsageError(f"{path}: the {names} frontends both claim files named {base!r}",
+                         hint=f"name one on the file's first line: # syntax={claims[0].name}")
+    return claims[0] if claims else None
+
+
 def load_description(
     path: str,
     *,
@@ -93,7 +119,7 @@ def load_description(
     build_args: Mapping[str, str] | None = None,
     context: Path | None = None,
 ) -> "BuildDescription":
-    """Parse and interpret a build file with the frontend its first line selects."""
+    """Parse and interpret a build file with the frontend its first line, else its name, selects."""
     text, display = read_build_file(path, Limits.from_env())
     # the directory the Modelfile is in, as named: a symlinked Modelfile keeps its link's place
     base_dir = Path.cwd() if path == "-" else Path(os.path.abspath(path)).parent
@@ -108,7 +134,7 @@ def load_description(
         except UsageError as exc:
             raise ModelfileError.at(span, f"unknown syntax {name!r}", hint=exc.hint) from None
     else:
-        frontend = host.frontends.get(name)
+        frontend = _by_filename(host.frontends, path) or host.frontends.get(name)
     return frontend.load(
         text,
         filename=display,

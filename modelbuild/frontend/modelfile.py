@@ -147,6 +147,7 @@ class _Interpreter:
             source_file=self.filename,
             warnings=tuple(self.warnings),
             runtime=self.runtime.spec(),
+            ignore=self._context().ignore,
         )
 
     def _check_arity(self, ins: syntax.Instruction, d: Directive) -> None:
@@ -164,8 +165,16 @@ class _Interpreter:
 
     def _context(self) -> BuildContext:
         if self.context is None:
-            self.context = BuildContext(self.default_context)
+            self.context = self._new_context(self.default_context)
         return self.context
+
+    def _new_context(self, root: Path) -> BuildContext:
+        """The context at *root*, less what its ignore file (or ``<Modelfile>.modelbuildignore``
+        beside this Modelfile) and ``--exclude`` exclude (:mod:`modelbuild.ignore`)."""
+        from modelbuild.ignore import context_rules
+
+        modelfile = None if self.filename == "<stdin>" else self.base_dir / Path(self.filename).name
+        return BuildContext(root, context_rules(root, modelfile))
 
     # -- words ----------------------------------------------------------------------
     def expand(self, word: syntax.Word) -> str:
@@ -269,7 +278,7 @@ class _Interpreter:
         except OSError as exc:  # the path itself is unusable: too long a name, a loop of links
             raise ModelfileError.at(word.span, f"FROM {syntax.shown(ref)}: cannot access ({exc.strerror})") from None
         self.from_span = ins.span
-        self.context = BuildContext(root)
+        self.context = self._new_context(root)
 
     def _do_files(self, ins: syntax.Instruction, d: Directive) -> None:
         if self.first_file_span is None:

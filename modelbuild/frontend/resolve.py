@@ -11,7 +11,12 @@ same checks run here, before anything is planned or run, and every problem is a
   names no steps gets its target's defaults;
 * ``--platform`` selects stages;
 * each variant's ``RUNTIME`` engines are installed, take the parameters given, and can serve
-  what the stage builds (:func:`modelbuild.frontend.runtime.resolve_runtime`).
+  what the stage builds (:func:`modelbuild.frontend.runtime.resolve_runtime`);
+* no file the context's ignore rules exclude is packaged, whether or not the frontend
+  applied them (:func:`modelbuild.ignore.apply_to_description`);
+* every path any frontend names is one an artifact may hold (not absolute, no ``..``, no
+  control character, not a reserved name) and stays inside the context, links resolved
+  (:func:`check_paths`): a third-party frontend cannot package ``../secret``.
 
 The result, :class:`~modelbuild.description.ResolvedBuild`, is what the planner plans.
 """
@@ -39,10 +44,34 @@ if TYPE_CHECKING:
 
 def resolve(desc: BuildDescription, host: "PluginHost", *, platforms: Sequence[str] = ()) -> ResolvedBuild:
     """Check *desc* against *host*'s plugins; *platforms* is ``--platform`` (stage or target names)."""
+    from modelbuild.ignore import apply_to_description
+
+    check_paths(desc)
+    desc = apply_to_description(desc)
     files = model_set(desc)
     shared, fmt = resolve_transforms(desc.transforms, desc, host, None)
     variants = resolve_variants(desc, host, fmt, platforms, shared=shared)
     return ResolvedBuild(desc, tuple(files), tuple(shared), tuple(variants))
+
+
+def check_paths(desc: BuildDescription) -> None:
+    """Every FileSpec path is a valid artifact path inside the context (links resolved), or a
+    located error at the line that named it; a path that is not there is the frontend's to
+    report, and the build's when it reads it."""
+    import os
+
+    from modelbuild.artifact_paths import path_problem
+
+    root = os.path.realpath(desc.context)
+    for spec in desc.files:
+        problem = path_problem(spec.path)
+        if problem is None:
+            real = os.path.realpath(os.path.join(root, spec.path))
+            if real != root and not real.startswith(root + os.sep):
+                problem = "leads outside the build context (through a link or ..)"
+        if problem is not None:
+            raise ModelfileError(f"{spec.path!r} {problem}", spec.origin,
+                                 hint="name a file inside the build context")
 
 
 def model_set(desc: BuildDescription) -> list[FileSpec]:

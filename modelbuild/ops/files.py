@@ -12,6 +12,7 @@ from modelbuild.context import walk_tree
 from modelbuild.digests import key_of
 from modelbuild.errors import BuildError
 from modelbuild.graph import Step
+from modelbuild.ignore import IgnoreRules
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
 from modelbuild.results import ContextRoot, FileDigest, TreeEntry
 from modelbuild.tarball import normalise_mode
@@ -54,7 +55,7 @@ class DigestOp(Op):
         root = Path(inputs[0].root)
         try:
             if p["is_dir"]:
-                return self._directory(root, p["path"], ctx)
+                return self._directory(root, p["path"], IgnoreRules.from_patterns(p.get("exclude", ())), ctx)
             return self._file(root, p["path"], p["ingest"], ctx)
         except FileNotFoundError as exc:
             raise BuildError(f"{p['path']}: vanished during the build ({exc.filename})") from None
@@ -125,8 +126,8 @@ class DigestOp(Op):
             env.cache.set_file_digest(st, digest)
         return digest
 
-    def _directory(self, root: Path, rel: str, ctx: StepContext) -> Outcome:
-        tree = walk_tree(root, rel)
+    def _directory(self, root: Path, rel: str, ignore: IgnoreRules, ctx: StepContext) -> Outcome:
+        tree = walk_tree(root, rel, ignore)  # the same members the frontend checked
         all_cached = True
         members = []
         for f in tree:

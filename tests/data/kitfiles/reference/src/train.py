@@ -1,0 +1,5 @@
+import tensorflow as tf
+
+
+def train():
+    return tf.keras.Sequential()

@@ -1,11 +1,10 @@
-"""Whatever a frontend returns, the core packages only paths inside the build context: a
-third-party frontend naming ``../secret.txt``, an absolute path, or a link out of the
-context is a located error before anything is read."""
+"""Whatever a frontend returns, the core packages only artifact paths relative to the build
+context: a third-party frontend naming ``../secret.txt`` or an absolute path is a located
+error before anything is read. (A symbolic link the user put in the context is followed:
+docs/modelfile.md, "Symbolic links".)"""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 
@@ -34,14 +33,13 @@ class NamingPlugin:
 @pytest.mark.parametrize("path, problem", [
     ("../secret.txt", "has an empty, '.' or '..' component"),
     ("/etc/passwd", "is absolute"),
-    ("out/secret.txt", "leads outside the build context (through a link or ..)"),
+    ("a/../../secret.txt", "has an empty, '.' or '..' component"),
 ])
 def test_a_frontend_cannot_package_a_path_outside_the_context(tmp_path, path, problem):
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (tmp_path / "secret.txt").write_text("not yours\n")
     (ctx / "README.md").write_text("readme\n")
-    os.symlink(tmp_path, ctx / "out")  # a directory link out of the context
     build_file = ctx / "Build.naming"
     build_file.write_text(f"# syntax=naming\nREADME.md\n{path}\n")
     with pytest.raises(ModelfileError) as caught:

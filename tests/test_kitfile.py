@@ -517,3 +517,18 @@ def test_kitops_left_out_paths_warn(mb, home, tmp_path):
     run = mb("build", "-f", "Kitfile", "-t", "m:1", "--progress", "plain", cwd=ctx, timeout=60)
     assert run.rc == 0, run.err
     assert "Kitfile:5:11: docs[0] path 'notes.md' is left out by .kitignore; nothing is packaged for it" in run.err
+
+
+def test_a_context_with_a_kitfile_and_no_modelfile_builds_without_f(mb, home, tmp_path):
+    """``modelbuild build CONTEXT`` finds ``CONTEXT/Kitfile`` as ``kit pack`` does: the same
+    artifact as ``-f Kitfile``; a context with neither is a usage error naming what was
+    looked for."""
+    ctx = context("reference", tmp_path)
+    manifest, _config = build(mb, home, ctx, "-t", "aiproject:1.2.3")
+    run = mb("build", str(ctx), "-t", "aiproject:1.2.3", "--json", "--progress", "quiet")
+    assert run.rc == 0, run.err
+    assert read_artifact(home / "store", run.json()["digest"])[0] == manifest
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = mb("build", str(empty))
+    assert run.rc == 2 and "looked for Modelfile, Kitfile" in run.err, run.err

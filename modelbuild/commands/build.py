@@ -85,7 +85,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.epilog = HELP
     p.add_argument("context", nargs="?", help="build context directory when the Modelfile has no FROM")
     p.add_argument("-f", "--file", default=None, metavar="MODELFILE",
-                   help="the Modelfile (default: CONTEXT/Modelfile); '-' reads standard input")
+                   help="the Modelfile (default: CONTEXT/Modelfile, else CONTEXT/Kitfile); '-' reads standard input")
     p.add_argument("-t", "--tag", action="append", default=[], metavar="REF",
                    help="tag the result, e.g. qwen2:0.5b (repeatable; default: from NAME)")
     p.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
@@ -143,10 +143,25 @@ def _modelfile(args: argparse.Namespace) -> str:
     if args.file:
         return args.file
     base = Path(args.context or ".")
-    candidate = base / "Modelfile"
-    if not candidate.exists():
-        raise UsageError(f"no Modelfile in {base.resolve()}", hint="pass -f PATH")
-    return str(candidate)
+    for name in default_build_files():
+        if (base / name).is_file():
+            return str(base / name)
+    raise UsageError(f"no Modelfile in {base.resolve()}",
+                     hint=f"pass -f PATH (looked for {', '.join(default_build_files())})")
+
+
+def default_build_files() -> list[str]:
+    """The names a build file may have in CONTEXT when ``-f`` is not given, in order:
+    ``Modelfile``, then the exact names frontends claim (``Kitfile``…; patterns such as
+    ``*.Kitfile`` need ``-f``)."""
+    from modelbuild.plugins import make_plugin_manager
+
+    names = ["Modelfile"]
+    for frontend in make_plugin_manager().frontends:
+        for pattern in getattr(frontend, "filenames", ()) or ():
+            if isinstance(pattern, str) and not any(c in pattern for c in "*?[") and pattern not in names:
+                names.append(pattern)
+    return names
 
 
 def _progress(args: argparse.Namespace) -> str:

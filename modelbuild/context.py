@@ -142,7 +142,7 @@ class BuildContext:
             walk_tree(self.root, rel, self.ignore)  # a bad member is an error now, at the line, not mid-build
             return True
         if not stat.S_ISREG(st.st_mode):
-            raise ModelfileError(f"{rel}: {_what(st.st_mode)}, not a regular file or directory")
+            raise ModelfileError(f"{rel}: {special_file_kind(st.st_mode)}, not a regular file or directory")
         if not os.access(path, os.R_OK):
             raise ModelfileError(f"{rel}: file is not readable (permission denied)")
         return False
@@ -163,7 +163,7 @@ def _check_name(rel: str) -> None:
     raise ModelfileError(f"{shown(rel)}: this file name {problem}; an artifact cannot carry it, rename it")
 
 
-def _what(mode: int) -> str:
+def special_file_kind(mode: int) -> str:
     """Name a special file the way a user would."""
     if stat.S_ISFIFO(mode):
         return "a named pipe (FIFO)"
@@ -270,6 +270,6 @@ def walk_tree(root: Path, rel: str, ignore: IgnoreRules | None = None) -> list[T
             elif stat.S_ISREG(st.st_mode):
                 out.append(TreeFile(child_rel, str(abspath), "file", st.st_mode, st.st_size))
             else:
-                raise ModelfileError(f"{child_rel}: {_what(st.st_mode)}, not a regular file, directory or symlink")
+                raise ModelfileError(f"{child_rel}: {special_file_kind(st.st_mode)}, not a regular file, directory or symlink")
     out.sort(key=lambda t: t.path)
     return out

@@ -62,6 +62,9 @@ Values exchanged
     ``BuildDescription``  what a frontend returns; made of ``FileSpec`` (with ``FileKind``),
                         ``TransformSpec`` and ``StageSpec``
     ``Span``            a place in a build file, for errors
+    ``artifact_path_problem``  ``artifact_path_problem(path)``: why an artifact cannot carry a
+                        file at *path* (absolute, ``..``, a control character, a reserved
+                        name…), else None: the core's own rule, for frontends
     ``lfs_pointer_hint``  ``lfs_pointer_hint(first_bytes)``: the hint for a format error on a
                         file that is a Git LFS pointer (a clone without ``git lfs pull``), else None
 
@@ -100,6 +103,7 @@ _WHERE = {
                     "modelbuild.errors"),
     **dict.fromkeys(("hookimpl", "hookspec"), "modelbuild.hookspecs"),
     "lfs_pointer_hint": "modelbuild.lfs",  # pointer_hint, under its public name
+    "artifact_path_problem": "modelbuild.artifact_paths",  # path_problem, under its public name
     **dict.fromkeys(("Registry", "SourceRegistry"), "modelbuild.plugins"),
     **dict.fromkeys(("Member", "write_tar"), "modelbuild.tarball"),
     **dict.fromkeys(("ANN_ACCELERATOR", "ANN_REQUIRES", "ANN_TARGET", "Accelerator", "Constraint", "ConstraintError",
@@ -107,7 +111,7 @@ _WHERE = {
     **dict.fromkeys(("FormatError", "ModelInfo", "Output", "TransformContext", "WeightFile"), "modelbuild.weights"),
 }
 
-_RENAMED = {"lfs_pointer_hint": "pointer_hint", "ENGINE_PROTOCOLS": "PROTOCOLS"}
+_RENAMED = {"lfs_pointer_hint": "pointer_hint", "ENGINE_PROTOCOLS": "PROTOCOLS", "artifact_path_problem": "path_problem"}
 
 
 def __getattr__(name: str) -> _Any:
@@ -143,6 +147,7 @@ if _TYPE_CHECKING:
     from modelbuild.description import BuildDescription, FileKind, FileSpec, StageSpec, TransformSpec
     from modelbuild.errors import BuildError, ModelbuildError, ModelfileError, PluginError, Span, UsageError
     from modelbuild.hookspecs import hookimpl, hookspec
+    from modelbuild.artifact_paths import path_problem as artifact_path_problem
     from modelbuild.lfs import pointer_hint as lfs_pointer_hint
     from modelbuild.plugins import Registry, SourceRegistry
     from modelbuild.tarball import Member, write_tar
@@ -188,7 +193,7 @@ __all__ = [
     # values exchanged
     "ANN_ACCELERATOR", "ANN_REQUIRES", "ANN_TARGET", "Accelerator", "BuildDescription", "Constraint", "FileKind",
     "FileSpec", "HostInfo", "Member", "ModelInfo", "Output", "Span", "Stage", "StageSpec", "TransformContext",
-    "TransformSpec", "WeightFile", "lfs_pointer_hint", "version_tuple", "write_tar",
+    "TransformSpec", "WeightFile", "artifact_path_problem", "lfs_pointer_hint", "version_tuple", "write_tar",
     # errors
     "BuildError", "ConstraintError", "FormatError", "ModelbuildError", "ModelfileError", "PluginError",
     "UsageError",

@@ -147,15 +147,10 @@ def _inside(root: Path, target: str) -> bool:
 
 
 def _not_regular(mode: int) -> str | None:
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "a special file"
+    """None for a regular file, else what it is, in the build's own words."""
+    from modelbuild.context import special_file_kind
+
+    return None if stat.S_ISREG(mode) else special_file_kind(mode)
 
 
 def _name_problem(rel: str) -> str | None:

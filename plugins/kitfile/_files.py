@@ -29,19 +29,15 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import stat
 from dataclasses import dataclass
 
-from modelbuild.api import FileKind, FileSpec, ModelfileError, Span
+from modelbuild.api import FileKind, FileSpec, ModelfileError, Span, artifact_path_problem
 
 from ._ignore import KitIgnore, go_clean
 from ._yaml import shown
 
 MAX_WALK = 1_000_000  # entries looked at under one build context
-MAX_COMPONENT, MAX_PATH = 255, 4096  # what an artifact's file path may be (modelbuild.artifact_paths)
-RESERVED_PREFIX = ".modelbuild-"
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 # KitOps' generator calls a model's files with these suffixes metadata, not weights
 # (pkg/lib/kitfile/generate/generate.go, metadataSuffixes): here they are CONFIG layers
 METADATA_SUFFIXES = (".json", ".yaml", ".xml", ".txt")
@@ -64,23 +60,9 @@ class Entry:
 
 
 def name_problem(rel: str) -> str | None:
-    """Why an artifact cannot carry a file at *rel*, else None: the core's rule
-    (``modelbuild.artifact_paths.path_problem``), which ``pull -o`` applies on the way out."""
-    if _CONTROL.search(rel):
-        return "contains a control character"
-    if "\\" in rel:
-        return "contains a backslash"
-    try:
-        encoded = rel.encode("utf-8")
-    except UnicodeEncodeError:
-        return "is not valid UTF-8"
-    if len(encoded) > MAX_PATH:
-        return f"is longer than {MAX_PATH} bytes"
-    if any(len(part.encode("utf-8")) > MAX_COMPONENT for part in rel.split("/")):
-        return f"has a component longer than {MAX_COMPONENT} bytes"
-    if rel.startswith(RESERVED_PREFIX):
-        return f"starts with {RESERVED_PREFIX!r}, a name modelbuild reserves for its own files"
-    return None
+    """Why an artifact cannot carry a file at *rel* (cleaned, relative), else None: the
+    core's own rule, which ``pull -o`` applies on the way out."""
+    return artifact_path_problem(rel)
 
 
 def _name_error(rel: str, problem: str) -> ModelfileError:

@@ -111,7 +111,8 @@ _WHERE = {
     **dict.fromkeys(("FormatError", "ModelInfo", "Output", "TransformContext", "WeightFile"), "modelbuild.weights"),
 }
 
-_RENAMED = {"lfs_pointer_hint": "pointer_hint", "ENGINE_PROTOCOLS": "PROTOCOLS", "artifact_path_problem": "path_problem"}
+_RENAMED = {"lfs_pointer_hint": "pointer_hint", "ENGINE_PROTOCOLS": "PROTOCOLS",
+            "artifact_path_problem": "path_problem"}
 
 
 def __getattr__(name: str) -> _Any:

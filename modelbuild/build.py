@@ -224,10 +224,17 @@ def build(
 
         cache_to = [parse_cache_spec(c, direction="to") if isinstance(c, str) else c for c in cache_to]
         cache_from = [parse_cache_spec(c, direction="from") if isinstance(c, str) else c for c in cache_from]
-    host, desc, graph = prepare(modelfile, host=host, context=context, build_args=build_args, tags=tags,
-                                outputs=outputs, layer_format=layer_format, platforms=platforms, labels=labels,
-                                annotations=annotations, excludes=excludes)
+    from modelbuild.fetch import FetchSession, fetching
+
     emitter = Emitter(renderer or PlainRenderer(sys.stderr))
+    try:
+        with fetching(FetchSession(home, emitter)):  # a remote FROM fetches into this home
+            host, desc, graph = prepare(modelfile, host=host, context=context, build_args=build_args, tags=tags,
+                                        outputs=outputs, layer_format=layer_format, platforms=platforms,
+                                        labels=labels, annotations=annotations, excludes=excludes)
+    except BaseException:
+        emitter.close()
+        raise
     store = Store(home / "store").ensure()
     store.manifests()  # a damaged index.json fails the build now, not once its work is done
     cache = BuildCache(home / "cache")

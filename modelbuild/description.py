@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from modelbuild.errors import Span
 
 if TYPE_CHECKING:
+    from modelbuild.api._sources import OpenedSource
     from modelbuild.ignore import IgnoreRules
     from modelbuild.targets import Constraint
 
@@ -125,6 +126,9 @@ class BuildDescription:
     # the .modelbuildignore and --exclude rules the frontend applied (None: it applied none, and
     # the resolve stage reads them); the build applies them inside packaged directories too
     ignore: "IgnoreRules | None" = None
+    # a remote FROM (hf://, oci://, …): what it was pinned to, its listing and fetch key;
+    # the context is its snapshot directory. None for a local directory.
+    source: "OpenedSource | None" = None
 
 
 # -- resolved: what the planner takes ------------------------------------------------------

@@ -106,6 +106,10 @@ def modelbuild_register_sources(registry: SourceRegistry) -> None:
     context's files, or :class:`~modelbuild.api.ModelfileError` without a span for a
     reference it cannot serve (the frontend adds the location).
 
+    Since 1.2 a source may instead be a :class:`modelbuild.api.RemoteSource` (``name``,
+    ``schemes``, ``version``; ``pin``, ``listing``, ``open``): it describes and streams, and
+    the core fetches, verifies, caches and links the files (:mod:`modelbuild.fetch`).
+
     Parameters:
         ``registry``: the :class:`~modelbuild.api.SourceRegistry` to add to.
     Return value: None; a returned value is ignored.

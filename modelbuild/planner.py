@@ -57,7 +57,7 @@ def plan(resolved: ResolvedBuild, options: BuildOptions) -> BuildGraph:
     """The DAG of steps that builds *resolved* with *options*."""
     desc = resolved.description
     graph = BuildGraph()
-    source = graph.add(Step.make("source", "source", f"load build context {desc.context}", {"root": str(desc.context)}))
+    source = graph.add(_source_step(desc))
     shared, variants = resolved.shared, resolved.variants
     in_set = {f.path for f in resolved.model_set}
     # the model set's files are packed one by one only if some variant leaves them untransformed
@@ -134,6 +134,18 @@ def plan(resolved: ResolvedBuild, options: BuildOptions) -> BuildGraph:
         [top, *(manifests if top not in manifests else [])],
     ).id
     return graph
+
+
+def _source_step(desc: BuildDescription) -> Step:
+    """The graph's first step: the context. A remote FROM names the identity it was pinned
+    to and its fetch key (:mod:`modelbuild.fetch`), so ``--print-graph`` shows exactly what
+    the build reads; the fetch itself ran when the frontend opened the source."""
+    fetched = desc.source
+    if fetched is None or fetched.pin is None:
+        return Step.make("source", "source", f"load build context {desc.context}", {"root": str(desc.context)})
+    return Step.make("source", "source", f"fetch {fetched.pin.identity}",
+                     {"root": str(desc.context), "source": fetched.source, "identity": fetched.pin.identity,
+                      "key": fetched.key})
 
 
 def _suffix(v: Variant) -> str:

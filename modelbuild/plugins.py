@@ -26,6 +26,9 @@ from modelbuild import hookspecs
 from modelbuild.errors import ModelfileError, PluginError, UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from modelbuild.api._sources import OpenedSource
     from modelbuild.api import (
         Converter,
         Engine,
@@ -96,6 +99,26 @@ class SourceRegistry(Registry["Source"]):
             f"no source plugin handles {scheme}:// references",
             hint=f"installed schemes: plain paths{', ' if known else ''}{', '.join(s + '://' for s in known)}",
         )
+
+    def open(self, ref: str, *, base_dir: Path, include: tuple[str, ...] = (),
+             exclude: tuple[str, ...] = ()) -> "OpenedSource":
+        """The build context *ref* names, ready to read: a local source's directory, or a
+        remote source's files fetched into the store (:mod:`modelbuild.fetch`: pinned,
+        keyed, cached, verified) and linked into a snapshot directory. *include* and
+        *exclude* (glob patterns: one without ``/`` matches a file name at any depth) pick a
+        remote source's files before any is downloaded. Raises ModelfileError (no span: the
+        frontend adds it) or a FetchError."""
+        from modelbuild.api._sources import OpenedSource, RemoteSource
+
+        source = self.get_for_reference(ref)
+        if isinstance(source, RemoteSource) and not hasattr(source, "resolve"):
+            from modelbuild.fetch import open_remote
+
+            return open_remote(source, ref, owner=self.owner(source.name), include=include, exclude=exclude)
+        if include or exclude:
+            raise ModelfileError("--include and --exclude choose files of a remote source",
+                                 hint="for a directory, choose files with the file directives or .modelbuildignore")
+        return OpenedSource(root=source.resolve(ref, base_dir=base_dir))
 
 
 @dataclass(frozen=True, slots=True)

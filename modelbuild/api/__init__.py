@@ -14,12 +14,18 @@ Hooks
     ``hookspec``        marks a hookspec, for a plugin that declares hooks of its own
                         (``modelbuild_addhooks``)
     ``Registry``        what a ``modelbuild_register_*`` hook receives: ``add(obj)`` by its ``name``
-    ``SourceRegistry``  the sources registry a frontend receives: ``get_for_reference(ref)``
+    ``SourceRegistry``  the sources registry a frontend receives: ``open(ref, base_dir=…)``
+                        gives an ``OpenedSource`` (the directory; a remote source's pin,
+                        listing and fetch key); ``get_for_reference(ref)`` the plugin
     ``PluginLookup``    ``ctx.plugins``: a plugin's own extension registries, plugin versions
 
 Plugin kinds: Protocols of exactly what the core calls (see each docstring)
     ``Frontend``        build-file text → build description (``# syntax=NAME``)
-    ``Source``          what ``FROM`` can name
+    ``Source``          what ``FROM`` can name: a local directory (``resolve``)
+    ``RemoteSource``    what ``FROM`` can name elsewhere (since 1.2): ``pin`` a reference to
+                        a ``SourcePin``, list its files (``RemoteFile``) in a ``SourceListing``,
+                        ``open`` a file at an offset; the core fetches, verifies and caches
+                        (``FetchError`` with ``retryable`` for a failed transfer)
     ``LayerCodec``      a file or directory → a layer blob (``--layer-format``)
     ``LayerSink``       where a codec writes
     ``WeightFormat``    recognises a weight format and reads facts from its headers
@@ -95,6 +101,8 @@ _WHERE = {
     **dict.fromkeys(("OptionSpec", "engine_params"), "modelbuild.api._options"),
     **dict.fromkeys(("Container", "Engine", "EngineModel", "Launch"), "modelbuild.api._engines"),
     "ENGINE_PROTOCOLS": "modelbuild.api._engines",  # PROTOCOLS, under its public name
+    **dict.fromkeys(("FetchError", "OpenedSource", "RemoteFile", "RemoteSource", "SourceListing", "SourcePin"),
+                    "modelbuild.api._sources"),
     **dict.fromkeys(("Attestation", "Attester", "Executor", "StepRequest", "Subject"),
                     "modelbuild.api._provisional"),
     **dict.fromkeys(("BuildDescription", "FileKind", "FileSpec", "StageSpec", "TransformSpec"),
@@ -144,6 +152,7 @@ if _TYPE_CHECKING:
     from modelbuild.api._options import OptionSpec, engine_params
     from modelbuild.api._engines import PROTOCOLS as ENGINE_PROTOCOLS
     from modelbuild.api._engines import Container, Engine, EngineModel, Launch
+    from modelbuild.api._sources import FetchError, OpenedSource, RemoteFile, RemoteSource, SourceListing, SourcePin
     from modelbuild.api._provisional import Attestation, Attester, Executor, StepRequest, Subject
     from modelbuild.description import BuildDescription, FileKind, FileSpec, StageSpec, TransformSpec
     from modelbuild.errors import BuildError, ModelbuildError, ModelfileError, PluginError, Span, UsageError
@@ -187,6 +196,8 @@ __all__ = [
     # plugin kinds
     "Converter", "Frontend", "LayerCodec", "LayerSink", "OptionSpec", "Quantizer", "ShardStrategy", "Source",
     "Target", "WeightFormat", "modelfile_frontend",
+    # remote sources
+    "FetchError", "OpenedSource", "RemoteFile", "RemoteSource", "SourceListing", "SourcePin",
     # engines
     "Container", "ENGINE_PROTOCOLS", "Engine", "EngineModel", "Launch", "engine_params",
     # provisional kinds

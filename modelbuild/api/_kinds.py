@@ -56,8 +56,11 @@ class Frontend(Protocol):
     names (``# syntax=NAME``; ``modelfile`` when it names none). ``filename`` is the
     name to put in error spans; ``base_dir`` the directory relative paths are resolved
     from; ``default_context`` the context when the file names none; ``build_args`` the
-    ``--build-arg`` values; ``sources`` the source registry, to resolve a ``FROM``
-    reference (``sources.get_for_reference(ref).resolve(ref, base_dir=…)``). Bad input is
+    ``--build-arg`` values; ``sources`` the source registry, to open a ``FROM``
+    reference: ``sources.open(ref, base_dir=…)`` (since 1.2) gives an
+    :class:`~modelbuild.api.OpenedSource` (the directory, and for a remote source its pin,
+    its listing's defaults, and the fetch key to put in ``BuildDescription.source``).
+    Bad input is
     a :class:`~modelbuild.api.ModelfileError` with a span. The description is resolved:
     every file found, every variable expanded.
     """
@@ -74,8 +77,8 @@ class Source(Protocol):
 
     The core picks the source whose ``schemes`` hold the reference's URL scheme (the empty
     string: a plain path) and calls ``resolve`` while the frontend reads ``FROM``. It returns
-    a local directory holding the context's files (a remote source materialises them
-    first), or raises :class:`~modelbuild.api.ModelfileError` without a span for a
+    a local directory holding the context's files (a source whose files are elsewhere is a
+    :class:`~modelbuild.api.RemoteSource` instead: the core fetches them), or raises :class:`~modelbuild.api.ModelfileError` without a span for a
     reference it cannot serve; the frontend adds the location.
     """
 

@@ -312,10 +312,19 @@ def _print_graph(args: argparse.Namespace, modelfile: str, context: Path | None,
     import json
 
     from modelbuild.build import prepare
+    from modelbuild.fetch import FetchSession, fetching
+    from modelbuild.home import home_dir
+    from modelbuild.progress import Emitter, PlainRenderer
 
-    _, _, graph = prepare(modelfile, context=context, build_args=build_args, layer_format=args.layer_format,
-                          tags=args.tag, outputs=args.output, platforms=_platforms(args), labels=args.label,
-                          annotations=args.annotation, excludes=args.exclude)
+    # a remote FROM is fetched (or found in the cache) first: the frontend reads its files
+    emitter = Emitter(PlainRenderer(sys.stderr))
+    try:
+        with fetching(FetchSession(home_dir(args.home), emitter)):
+            _, _, graph = prepare(modelfile, context=context, build_args=build_args, layer_format=args.layer_format,
+                                  tags=args.tag, outputs=args.output, platforms=_platforms(args), labels=args.label,
+                                  annotations=args.annotation, excludes=args.exclude)
+    finally:
+        emitter.close()
     if args.print_graph == "dot":
         sys.stdout.write(graph.to_dot())
     elif args.print_graph == "json":

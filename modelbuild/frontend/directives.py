@@ -30,7 +30,8 @@ def _d(*args, **kw) -> Directive:  # noqa: ANN002, ANN003 - a table builder
 DIRECTIVES: dict[str, Directive] = {
     d.name: d
     for d in [
-        _d("FROM", "from", "the build context: a directory, relative to the Modelfile", max_args=1),
+        _d("FROM", "from", "the build context: a directory, relative to the Modelfile, or a remote source "
+                           "(hf://, https://, oci://, ollama://) with --include=/--exclude= patterns"),
         _d("ARG", "arg", "declare a build argument, NAME or NAME=default; set it with --build-arg"),
         # modctl's file directives, one layer per file, a directory as one tar layer
         _d("CONFIG", "files", "configuration files (config.json, tokenizer.json, …)", kind=FileKind.CONFIG, modctl=True),

@@ -31,6 +31,7 @@ from modelbuild.frontend.directives import (
 from modelbuild.schema import PRECISION_ALIASES
 
 if TYPE_CHECKING:
+    from modelbuild.api._sources import OpenedSource
     from modelbuild.plugins import Registry
 
 _ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -101,6 +102,7 @@ class _Interpreter:
         self.stage_runtime: list[RuntimeLines] = []  # and each stage's
         self.list_seen: dict[str, set[str]] = {}  # values of each list directive, for O(1) de-duplication
         self.warnings: list[str] = []
+        self.opened: "OpenedSource | None" = None  # a remote FROM: its pin and listing
 
     # -- driver -----------------------------------------------------------------------
     def run(self, instructions: list[syntax.Instruction]) -> BuildDescription:
@@ -123,6 +125,8 @@ class _Interpreter:
         unused = sorted(set(self.build_args) - self.used_args)
         if unused:
             self.warnings.append(f"build argument(s) not declared by any ARG: {', '.join(unused)}")
+        if self.opened is not None:
+            self._source_defaults(self.opened)
         if not self.files:
             raise ModelfileError.at(
                 Span(self.filename, 1, 1),
@@ -148,7 +152,29 @@ class _Interpreter:
             warnings=tuple(self.warnings),
             runtime=self.runtime.spec(),
             ignore=self._context().ignore,
+            source=self.opened,
         )
+
+    def _source_defaults(self, opened: "OpenedSource") -> None:
+        """A remote FROM's defaults under the Modelfile's own values: descriptor fields
+        (``sourceURL`` and ``revision`` from the pin), annotations, the name; and, when no
+        file directive names a file, every file the source packages by default, as the kind
+        it says (a base artifact's layers keep their kinds)."""
+        listing, pin = opened.listing, opened.pin
+        assert listing is not None and pin is not None
+        defaults = {**({"sourceURL": pin.source_url} if pin.source_url else {}),
+                    **({"revision": pin.revision} if pin.revision else {}), **listing.descriptor}
+        if listing.name:
+            defaults.setdefault("name", listing.name)
+        for key, value in defaults.items():
+            self.descriptor.setdefault(key, value)
+        for key, value in listing.labels.items():
+            self.labels.setdefault(key, value)
+        if not self.files:
+            kinds = {k.value: k for k in FileKind}
+            for f in listing.files:
+                if f.kind in kinds:
+                    self.files[f.path] = FileSpec(f.path, kinds[f.kind], bool(f.unpack), self.from_span)
 
     def _check_arity(self, ins: syntax.Instruction, d: Directive) -> None:
         n = len(ins.args)
@@ -269,16 +295,33 @@ class _Interpreter:
             raise ModelfileError.at(
                 ins.span, f"FROM must come before the first file directive (line {self.first_file_span.line})"
             )
-        word = ins.args[0]
-        ref = self.expand(word)
+        options: dict[str, list[str]] = {"include": [], "exclude": []}
+        refs = []
+        for word in ins.args:
+            text = self.expand(word)
+            name, eq, value = text.partition("=")
+            if text.startswith("--") and name[2:] in options and eq and value:
+                options[name[2:]].append(value)
+            elif text.startswith("--") and not refs:
+                raise ModelfileError.at(word.span, f"unknown FROM option {syntax.shown(name)}",
+                                        hint="FROM takes --include=GLOB and --exclude=GLOB before the reference")
+            else:
+                refs.append((word, text))
+        if len(refs) != 1:
+            at = refs[1][0].span if len(refs) > 1 else ins.span
+            raise ModelfileError.at(at, f"FROM takes one argument, got {len(refs)}",
+                                    hint='quote a value that contains spaces: "like this"')
+        word, ref = refs[0]
         try:
-            root = self.sources.get_for_reference(ref).resolve(ref, base_dir=self.base_dir)
+            opened = self.sources.open(ref, base_dir=self.base_dir, include=tuple(options["include"]),
+                                       exclude=tuple(options["exclude"]))
         except ModelfileError as exc:
             raise exc.located(word.span) from None
         except OSError as exc:  # the path itself is unusable: too long a name, a loop of links
             raise ModelfileError.at(word.span, f"FROM {syntax.shown(ref)}: cannot access ({exc.strerror})") from None
         self.from_span = ins.span
-        self.context = self._new_context(root)
+        self.opened = opened if opened.pin is not None else None
+        self.context = self._new_context(opened.root)
 
     def _do_files(self, ins: syntax.Instruction, d: Directive) -> None:
         if self.first_file_span is None:

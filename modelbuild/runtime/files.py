@@ -89,9 +89,15 @@ def run_dir(home: Path, digest: str) -> Path:
 
 def materialize_variant(variant: Any, home: Path, *, steps: Any = None) -> Materialized:
     """The variant's files in :func:`run_dir`, by hard links; see the module docstring."""
+    return materialize_into(variant, run_dir(home, variant.digest), steps=steps)
+
+
+def materialize_into(variant: Any, dest: Path, *, steps: Any = None) -> Materialized:
+    """*variant*'s files in *dest* by hard links, unless a complete, sound materialisation
+    is there already; under a lock, so concurrent callers do the work once. *variant* has
+    ``digest``, ``store``, ``manifest``, ``config`` and ``shown``."""
     from modelbuild.locks import KeyLocks
 
-    dest = run_dir(home, variant.digest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with KeyLocks(dest.parent).hold(dest.name):
         done = _complete(dest, variant)

@@ -225,6 +225,13 @@ class _ConfinedSources:
 
         return Confined()
 
+    def open(self, ref: str, *, base_dir: Path, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> object:
+        from modelbuild.api import OpenedSource
+
+        if "://" in ref and not ref.startswith("file://"):  # a remote source would reach for the network
+            raise ModelfileError(f"FROM {ref}: no remote sources in the fuzz test")
+        return OpenedSource(root=self.get_for_reference(ref).resolve(ref, base_dir=base_dir))  # type: ignore[attr-defined]
+
 
 def _problem(exc: BaseException) -> str | None:
     """Why a raised error is not a clean user-facing one, or None when it is."""

@@ -26,6 +26,9 @@ Plugin kinds: Protocols of exactly what the core calls (see each docstring)
                         a ``SourcePin``, list its files (``RemoteFile``) in a ``SourceListing``,
                         ``open`` a file at an offset; the core fetches, verifies and caches
                         (``FetchError`` with ``retryable`` for a failed transfer)
+    ``open_registry``   ``open_registry(host)``: a ``RegistryClient`` (the core's transport:
+                        auth, TLS, limits) for a source that reads an OCI registry:
+                        ``manifest``, ``blob`` (small, verified), ``stream`` (from an offset)
     ``LayerCodec``      a file or directory → a layer blob (``--layer-format``)
     ``LayerSink``       where a codec writes
     ``WeightFormat``    recognises a weight format and reads facts from its headers
@@ -101,6 +104,7 @@ _WHERE = {
     **dict.fromkeys(("OptionSpec", "engine_params"), "modelbuild.api._options"),
     **dict.fromkeys(("Container", "Engine", "EngineModel", "Launch"), "modelbuild.api._engines"),
     "ENGINE_PROTOCOLS": "modelbuild.api._engines",  # PROTOCOLS, under its public name
+    **dict.fromkeys(("RegistryClient", "open_registry"), "modelbuild.oci.client"),
     **dict.fromkeys(("FetchError", "OpenedSource", "RemoteFile", "RemoteSource", "SourceListing", "SourcePin"),
                     "modelbuild.api._sources"),
     **dict.fromkeys(("Attestation", "Attester", "Executor", "StepRequest", "Subject"),
@@ -152,6 +156,7 @@ if _TYPE_CHECKING:
     from modelbuild.api._options import OptionSpec, engine_params
     from modelbuild.api._engines import PROTOCOLS as ENGINE_PROTOCOLS
     from modelbuild.api._engines import Container, Engine, EngineModel, Launch
+    from modelbuild.oci.client import RegistryClient, open_registry
     from modelbuild.api._sources import FetchError, OpenedSource, RemoteFile, RemoteSource, SourceListing, SourcePin
     from modelbuild.api._provisional import Attestation, Attester, Executor, StepRequest, Subject
     from modelbuild.description import BuildDescription, FileKind, FileSpec, StageSpec, TransformSpec
@@ -197,7 +202,8 @@ __all__ = [
     "Converter", "Frontend", "LayerCodec", "LayerSink", "OptionSpec", "Quantizer", "ShardStrategy", "Source",
     "Target", "WeightFormat", "modelfile_frontend",
     # remote sources
-    "FetchError", "OpenedSource", "RemoteFile", "RemoteSource", "SourceListing", "SourcePin",
+    "FetchError", "OpenedSource", "RegistryClient", "RemoteFile", "RemoteSource", "SourceListing", "SourcePin",
+    "open_registry",
     # engines
     "Container", "ENGINE_PROTOCOLS", "Engine", "EngineModel", "Launch", "engine_params",
     # provisional kinds

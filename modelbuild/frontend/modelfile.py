@@ -173,8 +173,9 @@ class _Interpreter:
         if not self.files:
             kinds = {k.value: k for k in FileKind}
             for f in listing.files:
-                if f.kind in kinds:
-                    self.files[f.path] = FileSpec(f.path, kinds[f.kind], bool(f.unpack), self.from_span)
+                if f.kind in kinds:  # an archive may hold one file (modctl packs files as tar layers)
+                    is_dir = bool(f.unpack) and (opened.root / f.path).is_dir()
+                    self.files[f.path] = FileSpec(f.path, kinds[f.kind], is_dir, self.from_span)
 
     def _check_arity(self, ins: syntax.Instruction, d: Directive) -> None:
         n = len(ins.args)

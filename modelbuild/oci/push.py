@@ -72,6 +72,7 @@ def push_artifact(store: Any, descriptor: dict[str, Any], registry: Registry, re
     where = f"{registry.host}/{repo}:{ref}"
     with store.gc_lock(exclusive=False):
         manifests = store_tree(store, descriptor)
+        mount_from = mount_from or base_repository(manifests, registry.host)
         blobs = blobs_of(manifests)
         for b in blobs:
             _check_before_push(store, b, descriptor["digest"])
@@ -188,6 +189,19 @@ def _check_before_push(store: Any, blob: Blob, artifact: str) -> None:
     if not store.check_blob(blob.digest, blob.size, on_damage=damage.append):
         raise StoreError(damage[0] if damage else f"blob {blob.digest} of {artifact} is missing from the local store",
                          hint="rebuild it, or pull it again")
+
+
+def base_repository(manifests: list[Any], host: str) -> str | None:
+    """The repository of *host* an artifact was built from (the image spec's
+    ``org.opencontainers.image.base.name``, which ``FROM oci://`` writes), so its unchanged
+    layers are mounted from there instead of uploaded; None if it names another registry."""
+    for m in manifests:
+        annotations = m.doc.get("annotations")
+        name = annotations.get("org.opencontainers.image.base.name") if isinstance(annotations, dict) else None
+        if isinstance(name, str) and name.startswith(host + "/"):
+            repo = name[len(host) + 1:].split("@", 1)[0]
+            return repo.rsplit(":", 1)[0] if ":" in repo.rsplit("/", 1)[-1] else repo
+    return None
 
 
 def push_refs(store: Any, pairs: list[tuple[str, str]], *, plain_http: bool = False, insecure: bool = False,

@@ -225,10 +225,14 @@ def test_builtin_plugins_satisfy_their_protocol(hook):
     protocol = PLUGIN_KINDS[hook]
     registry = getattr(plugin_host(), REGISTRIES[hook])
     assert registry.names()
+    from modelbuild.api import RemoteSource
+
     for obj in registry:
-        assert isinstance(obj, protocol), f"{obj.name}: not a {protocol.__name__}"
-        for method in _methods(protocol):
-            positional, keywords = _call_shape(getattr(protocol, method))
+        # a source whose files are elsewhere is a RemoteSource (since 1.2)
+        kind = RemoteSource if hook == "modelbuild_register_sources" and not hasattr(obj, "resolve") else protocol
+        assert isinstance(obj, kind), f"{obj.name}: not a {kind.__name__}"
+        for method in _methods(kind):
+            positional, keywords = _call_shape(getattr(kind, method))
             # the core's call binds: every positional argument and every keyword it may pass
             inspect.signature(getattr(obj, method)).bind(*positional, **{k: k for k in keywords})
 

@@ -40,7 +40,7 @@ class ReversedPlugin:
 def test_builtins_come_from_entry_points():
     host = plugin_host()
     dists = {name: dist for name, dist in ((i.name, i.distribution) for i in host.infos())}
-    assert dists == {name: "modelbuild" for name in ("gguf", "hf-gguf", "kitfile", "layers", "local", "modelfile",
+    assert dists == {name: "modelbuild" for name in ("gguf", "hf-gguf", "kitfile", "layers", "local", "modelfile", "oci",
                                                      "onnx", "safetensors", "targets", "llama-cpp", "onnxruntime",
                                                      "tgi", "triton", "vllm")}
     assert host.engines.names() == ["llama.cpp", "onnxruntime", "tgi", "triton", "vllm"]

@@ -74,6 +74,14 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/benchmarks.md", "machine: 2 CPUs"): "a benchmark's recorded output: the measurements are the record",
     ("docs/benchmarks.md", "PYTHONPATH=/tmp/before"):
         "benchmark runs: a git worktree of an older commit in /tmp/before, 2.15 GB of generated weights, minutes",
+    ("docs/sources.md", "FROM hf://Qwen/Qwen2-0.5B@8f4c"):
+        "needs the Hub, a web server and two registries: tests/test_source_hf.py, tests/test_source_https.py, "
+        "tests/registry/test_from_oci.py and tests/registry/test_from_ollama.py build each kind",
+    ("docs/sources.md", "#1  fetch hf://"): "needs the Hub: tests/test_fetch.py checks the first step's label",
+    ("docs/sources.md", "FROM --include="): "needs the Hub: tests/test_fetch.py and tests/test_source_hf.py "
+                                              "build with --include/--exclude",
+    ("docs/sources.md", "FROM oci://registry.example.com/team/qwen2"):
+        "tests/registry/test_from_oci.py re-quantizes a pushed artifact the same way",
     ("docs/benchmarks.md", "git worktree add /tmp/before"):
         "benchmark runs: git worktrees of older commits, a 1.05 GB input, 12 rounds each",
 }

@@ -25,6 +25,7 @@ examples:
   modelbuild modelfile generate ./Qwen2-0.5B -o ./Qwen2-0.5B/Modelfile
   modelbuild modelfile generate . --name team/qwen2:0.5b -o Modelfile && modelbuild -f Modelfile
   modelbuild modelfile generate ./model --json                how each file was classified, for scripts
+  modelbuild modelfile generate hf://Qwen/Qwen2-0.5B -o Modelfile   fetch, classify, FROM pinned to the commit
 
 `modelbuild modelfile generate --help` tells how files are classified.
 """
@@ -69,7 +70,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     gen = sub.add_parser("generate", help="write a Modelfile for a directory of model files",
                          description="Write a Modelfile for the model files in DIR, one that builds unchanged.",
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=GENERATE_HELP)
-    gen.add_argument("directory", metavar="DIR", help="the directory holding the model files")
+    gen.add_argument("directory", metavar="DIR", help="the directory holding the model files, or a remote source "
+                     "(hf://org/name[@revision], oci://…, ollama://…): fetched, then FROM names it pinned")
     gen.add_argument("--name", metavar="NAME", help="the Modelfile's NAME, a repository name such as "
                      "team/llama3:8b (default: DIR's name, lower-cased)")
     gen.add_argument("-o", "--output", metavar="FILE", help="write the Modelfile to FILE (default: standard output)")
@@ -97,8 +99,11 @@ def _generate(args: argparse.Namespace) -> int:
     if args.force and not args.output:
         raise UsageError("--force replaces the file -o names; there is no -o", hint="add -o FILE")
     target = _check_output(Path(args.output), args.force) if args.output else None
-    plan = generate(args.directory, name=args.name, output=str(target) if target else None,
-                    skip_lfs_pointers=args.skip_lfs_pointers)
+    if _is_remote(args.directory):
+        plan = _generate_remote(args)
+    else:
+        plan = generate(args.directory, name=args.name, output=str(target) if target else None,
+                        skip_lfs_pointers=args.skip_lfs_pointers)
     for warning in plan.warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
     text = modelfile(plan)
@@ -112,6 +117,35 @@ def _generate(args: argparse.Namespace) -> int:
     elif target is None:
         sys.stdout.write(text)
     return 0
+
+
+def _is_remote(text: str) -> bool:
+    return "://" in text and not text.startswith("file://")
+
+
+def _generate_remote(args: argparse.Namespace):  # noqa: ANN202 - a generate.Plan
+    """``generate hf://…`` (any remote source): fetch it as a build would (pinned, into the
+    store, cached), classify the snapshot's files, and write a Modelfile whose FROM is the
+    pinned reference, so the build finds the same files, from the cache."""
+    from modelbuild.fetch import FetchSession, fetching
+    from modelbuild.generate import generate
+    from modelbuild.home import home_dir
+    from modelbuild.plugins import make_plugin_manager
+    from modelbuild.progress import Emitter, PlainRenderer
+
+    host = make_plugin_manager()
+    emitter = Emitter(PlainRenderer(sys.stderr))
+    try:
+        with fetching(FetchSession(home_dir(getattr(args, "home", None)), emitter)):
+            opened = host.sources.open(args.directory, base_dir=Path.cwd())
+    finally:
+        emitter.close()
+    assert opened.pin is not None and opened.listing is not None
+    plan = generate(opened.root, name=args.name, default_name=opened.listing.name, host=host,
+                    skip_lfs_pointers=args.skip_lfs_pointers)
+    plan.from_ref = opened.pin.identity
+    plan.directory_shown = opened.pin.identity
+    return plan
 
 
 def _check_output(target: Path, force: bool) -> Path:

@@ -91,13 +91,15 @@ class Plan:
 
 
 def generate(directory: str | os.PathLike[str], *, name: str | None = None, output: str | None = None,
-             skip_lfs_pointers: bool = False, host: PluginHost | None = None) -> Plan:
+             skip_lfs_pointers: bool = False, host: PluginHost | None = None,
+             default_name: str | None = None) -> Plan:
     """Classify every file under *directory* and gather the Modelfile's metadata.
 
     *output* is where the Modelfile will be written: left out of the files, and when it lies
-    in another folder, a relative ``FROM`` points back at *directory*."""
+    in another folder, a relative ``FROM`` points back at *directory*. Without *name*, the
+    name is *default_name* (a remote source's), else the directory's, folded."""
     root = _root(directory)
-    name = _name(name, root)  # checked before any file is read
+    name = _name(name, Path(default_name) if default_name else root)  # checked before any file is read
     out_path = Path(os.path.realpath(Path(output).parent)) / Path(output).name if output else None
     listing = walk(root, exclude=frozenset({str(out_path)} if out_path else ()))
     if host is None:

@@ -126,3 +126,20 @@ def test_not_a_modelpack_artifact_is_one_line(registry, cli, home, tmp_path: Pat
     r = cli("build", "-f", str(mf), "--progress", "quiet")
     assert r.rc == 1 and len(r.err.strip().splitlines()) == 1, r.err
     assert "nothing/here" in r.err
+
+
+def test_generate_for_a_remote_source_pins_it_and_builds(registry, cli, home, tmp_path: Path) -> None:
+    ref = f"{registry.host}/{_repo('gen')}:1.0"
+    base = _build(cli, EXAMPLES / "tiny-llama" / "Modelfile", ref)
+    assert cli("push", ref, "--plain-http", "--progress", "quiet").rc == 0
+    out = tmp_path / "Modelfile"
+    r = cli("modelfile", "generate", f"oci://{ref}", "-o", str(out), "--json")
+    assert r.rc == 0, r.err
+    text = out.read_text()
+    pinned = f"oci://{ref.rsplit(':', 1)[0]}@"
+    assert f"FROM {pinned}sha256:" in text, text
+    kinds = {f["path"]: f["kind"] for f in r.json()["files"]}
+    assert kinds["config.json"] == "config" and kinds["model.safetensors"] == "model" and kinds["README.md"] == "doc"
+    assert "NAME tiny-llama" in text  # the base's name, not the snapshot directory's
+    built = _build(cli, out, "regenerated:1", env={"MODELBUILD_OFFLINE": "1"})  # pinned and fetched: no network
+    assert {p: d for p, (_, d) in _layers(built).items()} == {p: d for p, (_, d) in _layers(base).items()}

@@ -58,8 +58,27 @@ class ModelfileFrontend:
         sources: "Registry",
     ) -> BuildDescription:
         limits = Limits.from_env()
-        instructions = syntax.parse(text, filename, limits)
-        return _Interpreter(filename, base_dir, default_context, build_args, sources, limits).run(instructions)
+        try:
+            instructions = syntax.parse(text, filename, limits)
+            return _Interpreter(filename, base_dir, default_context, build_args, sources, limits).run(instructions)
+        except ModelfileError as exc:
+            if exc.span is not None and (command := _ollama_command(text, exc.span.line)):
+                exc.hint = (f"{command} is an Ollama Modelfile command: start the file with '# syntax=ollama' "
+                            "or name it Ollama.Modelfile (docs/ollama.md)")
+            raise
+
+
+_OLLAMA_ONLY = ("PARAMETER", "TEMPLATE", "SYSTEM", "ADAPTER", "MESSAGE", "REQUIRES")
+
+
+def _ollama_command(text: str, line: int) -> str | None:
+    """The Ollama-only command that starts line *line* of *text*, if one does: an Ollama
+    Modelfile given to this frontend fails there, and the hint names the fix."""
+    lines = text.splitlines()
+    if not 1 <= line <= len(lines):
+        return None
+    word = lines[line - 1].strip().split(None, 1)[0].upper() if lines[line - 1].strip() else ""
+    return word if word in _OLLAMA_ONLY else None
 
 
 class _Interpreter:

@@ -107,7 +107,7 @@ def open_remote(source: RemoteSource, reference: str, *, owner: str = "", includ
     root = session.home / "sources"
     root.mkdir(parents=True, exist_ok=True)
     store = Store(session.home / "store").ensure()
-    with KeyLocks(root).hold(key):
+    with store.gc_lock(exclusive=False), KeyLocks(root).hold(key):  # prune waits; so does a second fetch
         listing = _load_record(root, key, pin)
         if listing is None:
             if not session.network:

@@ -257,3 +257,19 @@ def test_the_snapshot_links_store_blobs_read_only(tmp_path: Path, home: Path) ->
     record = json.loads(next(p for p in (home / "sources").iterdir() if p.suffix == ".json").read_text())
     assert record["identity"] == f"mem://t/x@{COMMIT}"
     assert {f["path"]: f["digest"] for f in record["files"]}["notes.txt"] == _sha(FILES["notes.txt"])
+
+
+def test_prune_removes_snapshots_and_a_later_build_relinks_them(tmp_path: Path, home: Path) -> None:
+    from modelbuild.commands.prune import prune
+    from modelbuild.store import Store
+
+    src = MemorySource(dict(FILES))
+    # only what is packaged is fetched: a tag keeps all of it through prune
+    mf = _modelfile(tmp_path, f"FROM --exclude=*.txt mem://t/x@{COMMIT}\nMODEL model.bin\nCONFIG config.json\n")
+    first = build_with(mf, home, Plugin(src), tags=["kept:1"])
+    snapshots = [p for p in (home / "sources").iterdir() if p.is_dir() and p.name != "partial"]
+    assert len(snapshots) == 1
+    report = prune(Store(home / "store"), home)
+    assert report["temp_files"] >= 1 and not snapshots[0].exists()
+    src.down = True  # every packaged file is still a tagged blob: linked again, no network
+    assert build_with(mf, home, Plugin(src), tags=["kept:1"]).digest == first.digest

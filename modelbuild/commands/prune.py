@@ -62,11 +62,30 @@ def prune(store: Any, home: Path, *, verify: bool = False, dry_run: bool = False
                 report["temp_files"] += 1
                 if not dry_run:
                     leftover.unlink(missing_ok=True)
+        report["temp_files"] += _prune_sources(home / "sources", dry_run)
         locks = store.root / "locks"
         if locks.exists() and not dry_run:
             for lock in locks.glob("*.lock"):
                 lock.unlink(missing_ok=True)
     return report
+
+
+def _prune_sources(root: Path, dry_run: bool) -> int:
+    """Remote sources' snapshot directories (hard links to blobs: they would keep a deleted
+    blob's bytes on disk) and partial downloads; the listings stay, so a source whose blobs
+    are still stored is linked again without the network. How many were (or would be)
+    removed. Fetches hold the gc lock shared, so none of these is in use."""
+    from modelbuild.runtime.files import remove_tree
+
+    if not root.is_dir():
+        return 0
+    leftovers = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name != "partial"]
+    partial = root / "partial"
+    leftovers += [p for p in partial.iterdir() if p.is_file()] if partial.is_dir() else []
+    if not dry_run:
+        for path in leftovers:
+            remove_tree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    return len(leftovers)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,9 +40,9 @@ class ReversedPlugin:
 def test_builtins_come_from_entry_points():
     host = plugin_host()
     dists = {name: dist for name, dist in ((i.name, i.distribution) for i in host.infos())}
-    assert dists == {name: "modelbuild" for name in ("gguf", "hf-gguf", "kitfile", "layers", "local", "modelfile", "oci",
-                                                     "onnx", "safetensors", "targets", "llama-cpp", "onnxruntime",
-                                                     "tgi", "triton", "vllm")}
+    assert dists == {name: "modelbuild" for name in ("gguf", "hf", "hf-gguf", "https", "kitfile", "layers", "local",
+                                                     "modelfile", "oci", "ollama", "onnx", "safetensors", "targets",
+                                                     "llama-cpp", "onnxruntime", "tgi", "triton", "vllm")}
     assert host.engines.names() == ["llama.cpp", "onnxruntime", "tgi", "triton", "vllm"]
     assert host.codecs.names() == ["raw", "tar", "tar+gzip", "tar+zstd"]
     assert host.formats.names() == ["gguf", "onnx", "safetensors"]

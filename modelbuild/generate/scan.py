@@ -17,6 +17,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelbuild.artifact_paths import RESERVED_PREFIX
 from modelbuild.errors import UsageError
 from modelbuild.limits import env_int, raise_hint
 
@@ -67,6 +68,8 @@ def walk(root: Path, *, exclude: frozenset[str] = frozenset()) -> Listing:
             if seen > limit:
                 raise UsageError(f"{root} holds more than {limit} files and directories",
                                  hint=f"generate for a subdirectory, or {raise_hint(MAX_FILES_VARIABLE)}")
+            if name.startswith(RESERVED_PREFIX):  # modelbuild's own bookkeeping (a fetched snapshot's record)
+                continue
             problem = _name_problem(rel)
             if problem:
                 listing.skipped.append(Skipped(shown(rel), problem, warn=True))

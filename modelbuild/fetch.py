@@ -34,8 +34,9 @@ import contextvars
 import hashlib
 import json
 import os
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ MAX_RECORD = 64 << 20
 RETRIES = 6  # failed attempts in a row (without progress) before a transfer gives up
 BACKOFF = 0.5  # seconds before the first retry; doubled each time, at most 15 s
 OFFLINE_VAR = "MODELBUILD_OFFLINE"
+JOBS = 4  # files downloaded at once, as pull does
 
 _MEDIA = {"": "application/vnd.cncf.model.weight.v1.raw", "tar": "application/vnd.cncf.model.weight.v1.tar",
           "tar+gzip": "application/vnd.cncf.model.weight.v1.tar+gzip",
@@ -228,12 +230,13 @@ def _load_record(root: Path, key: str, pin: SourcePin) -> SourceListing | None:
 def _fetch_all(source: RemoteSource, pin: SourcePin, files: Sequence[RemoteFile], store: Any, root: Path,
                session: FetchSession) -> dict[str, RemoteFile]:
     """Every file of *files* in the store; returns each with its digest filled in."""
+    from modelbuild.oci.registry import transfer_all
     from modelbuild.oci.transfer import Steps
 
     out: dict[str, RemoteFile] = {}
     missing = [f for f in files if not (f.digest and store.check_blob(f.digest, f.size))]
     out.update({f.path: f for f in files if f not in missing})
-    step = Steps(session.emitter, first=0).new(f"fetch {pin.identity}", sum(f.size for f in missing) or None)
+    step = _Shared(Steps(session.emitter, first=0).new(f"fetch {pin.identity}", sum(f.size for f in missing) or None))
     if missing and not session.network:
         raise ModelfileError(f"{pin.identity}: {len(missing)} file(s) are not in the store "
                              f"({shown(missing[0].path)}…), and the network is off ({OFFLINE_VAR})")
@@ -243,7 +246,7 @@ def _fetch_all(source: RemoteSource, pin: SourcePin, files: Sequence[RemoteFile]
                                                      ).hexdigest()[:40] for f in missing}
     try:
         # every file downloaded and checked first: a fetch that fails stores nothing at all
-        checked = [(f, _download(source, pin, f, partials[f.path], step)) for f in missing]
+        checked = transfer_all([_task(source, pin, f, partials[f.path], step) for f in missing], JOBS)
     except BuildError:  # a wrong checksum: the remote is not what was pinned; keep none of it
         for partial in partials.values():
             partial.unlink(missing_ok=True)
@@ -253,6 +256,25 @@ def _fetch_all(source: RemoteSource, pin: SourcePin, files: Sequence[RemoteFile]
         out[f.path] = replace(f, digest=digest)
     step.finish(bool(missing))
     return out
+
+
+class _Shared:
+    """One progress step that several download threads advance."""
+
+    def __init__(self, step: Any) -> None:
+        self.step, self.steps, self._lock = step, step.steps, threading.Lock()
+
+    def advance(self, n: int) -> None:
+        with self._lock:
+            self.step.advance(n)
+
+    def finish(self, moved: bool) -> None:
+        self.step.finish(moved)
+
+
+def _task(source: RemoteSource, pin: SourcePin, f: RemoteFile, partial: Path,
+          step: Any) -> Callable[[], tuple[RemoteFile, str]]:
+    return lambda: (f, _download(source, pin, f, partial, step))
 
 
 def _install(store: Any, partial: Path, digest: str, size: int) -> None:

@@ -273,3 +273,28 @@ def test_prune_removes_snapshots_and_a_later_build_relinks_them(tmp_path: Path, 
     assert report["temp_files"] >= 1 and not snapshots[0].exists()
     src.down = True  # every packaged file is still a tagged blob: linked again, no network
     assert build_with(mf, home, Plugin(src), tags=["kept:1"]).digest == first.digest
+
+
+def test_files_are_fetched_several_at_a_time(tmp_path: Path, home: Path) -> None:
+    import threading
+
+    class Concurrent(MemorySource):
+        """Each transfer waits (up to 5 s) until another is running too."""
+
+        def __init__(self, files: dict[str, bytes]) -> None:
+            super().__init__(files)
+            self.barrier = threading.Barrier(2, timeout=5)
+            self.met = 0
+
+        @contextlib.contextmanager
+        def open(self, pin, file, *, offset):
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self.barrier.wait()
+                self.met += 1
+            with super().open(pin, file, offset=offset) as chunks:
+                yield chunks
+
+    src = Concurrent({"a.bin": b"a" * 100, "b.bin": b"b" * 100})
+    mf = _modelfile(tmp_path, f"FROM mem://t/x@{COMMIT}\nMODEL *.bin\n")
+    build_with(mf, home, Plugin(src))
+    assert src.met == 2  # both transfers were in flight at once

@@ -195,7 +195,7 @@ def test_a_server_refusing_head_or_hiding_the_size_there_is_asked_for_one_byte(s
     (f"https://example.com/m.gguf#sha256={SHA}0", "as 64 hex digits"),
     ("https://example.com/m.gguf#md5=abc", "the fragment #md5=abc is not understood"),
     (f"https://example.com/m.gguf#sha256={SHA}&sha256={SHA}", "#sha256= is given twice"),
-    (f"https://example.com/m.gguf#etag=x", "the fragment #etag=x is not understood"),
+    ("https://example.com/m.gguf#etag=x", "the fragment #etag=x is not understood"),
     (f"https://example.com/m.gguf#sha256={SHA}&name=../x", "#name= '../x' is not a plain file name"),
     (f"https://example.com/m.gguf#sha256={SHA}&name=a%2Fb", "#name= 'a/b' is not a plain file name"),
     (f"https://example.com/m.gguf#sha256={SHA}&name=..", "has an empty, '.' or '..' component"),

@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tests"))

@@ -10,7 +10,6 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 

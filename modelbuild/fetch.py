@@ -47,7 +47,7 @@ from modelbuild.digests import CHUNK, canonical_json, is_digest
 from modelbuild.errors import BuildError, ModelfileError, PluginError
 from modelbuild.oci.verify import shown
 
-FORM = 1  # the record's form: bumped when it changes, so an old record is fetched again
+FORM = 2  # the record's form: bumped when it changes, so an old record is fetched again
 MAX_FILES = 100_000
 MAX_SIZE = 1 << 50  # 1 PiB: a listed size past this is a lie
 MAX_RECORD = 64 << 20
@@ -202,7 +202,7 @@ def _save_record(root: Path, key: str, pin: SourcePin, listing: SourceListing) -
               "name": listing.name, "descriptor": dict(listing.descriptor), "config": dict(listing.config),
               "labels": dict(listing.labels),
               "files": [{"path": f.path, "size": f.size, "digest": f.digest, "git_oid": f.git_oid, "kind": f.kind,
-                         "unpack": f.unpack, "media_type": f.media_type, "locator": f.locator}
+                         "unpack": f.unpack, "media_type": f.media_type, "locator": f.locator, "diff_id": f.diff_id}
                         for f in listing.files]}
     atomic_write(_record_path(root, key), json.dumps(record, sort_keys=True).encode())
 
@@ -218,7 +218,7 @@ def _load_record(root: Path, key: str, pin: SourcePin) -> SourceListing | None:
         if record.get("form") != FORM or record.get("identity") != pin.identity:
             return None
         files = tuple(RemoteFile(**{k: f[k] for k in ("path", "size", "digest", "git_oid", "kind", "unpack",
-                                                        "media_type", "locator")}) for f in record["files"])
+                                                        "media_type", "locator", "diff_id")}) for f in record["files"])
         listing = SourceListing(files=files, descriptor=record["descriptor"], config=record["config"],
                                 labels=record["labels"], name=record["name"])
         return checked_listing(listing, pin.identity)

@@ -26,10 +26,11 @@ config and manifest steps) and its top step, so nothing downstream parses step i
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from modelbuild.description import BuildDescription, FileKind, ResolvedBuild, Transform, Variant
+from modelbuild.description import BuildDescription, FileKind, FileSpec, ResolvedBuild, Transform, Variant
 from modelbuild.graph import BuildGraph, Step, VariantSteps
 
 
@@ -89,12 +90,15 @@ def plan(resolved: ResolvedBuild, options: BuildOptions) -> BuildGraph:
             cards.append(digest)
         if plain:
             codec = "tar" if (options.layer_format == "raw" and spec.is_dir) else options.layer_format
+            base = _base_layer(desc, spec)
             file_layers.append(graph.add(
                 Step.make(
                     f"layer:{spec.path}",
                     "layer",
-                    f"pack {spec.path}{'/' if spec.is_dir else ''} ({codec})",
-                    {"path": spec.path, "kind": spec.kind.value, "codec": codec, "epoch": options.epoch},
+                    f"pack {spec.path}{'/' if spec.is_dir else ''} "
+                    + ("(the base's layer)" if base else f"({codec})"),
+                    {"path": spec.path, "kind": spec.kind.value, "codec": codec, "epoch": options.epoch,
+                     **({"base": base} if base else {})},
                 ),
                 [digest],
             ))
@@ -134,6 +138,25 @@ def plan(resolved: ResolvedBuild, options: BuildOptions) -> BuildGraph:
         [top, *(manifests if top not in manifests else [])],
     ).id
     return graph
+
+
+_LAYER_TYPE = re.compile(r"application/vnd\.cncf\.model\.(?P<family>[a-z.]+)\.v1\.(?:raw|tar|tar\+gzip|tar\+zstd)")
+
+
+def _base_layer(desc: BuildDescription, spec: FileSpec) -> dict[str, Any] | None:
+    """The base artifact's layer for *spec*, when a remote FROM gave one that the file can
+    keep: same path, a ModelPack layer of the kind it is packaged as, its diffId known.
+    The file is the base's, unchanged (the snapshot is read-only), so the layer is too."""
+    listing = desc.source.listing if desc.source is not None else None
+    if listing is None:
+        return None
+    for f in listing.files:
+        if f.path != spec.path or not f.media_type or not f.diff_id:
+            continue
+        m = _LAYER_TYPE.fullmatch(f.media_type)
+        if m and m["family"] == spec.kind.media_family and (f.unpack or not spec.is_dir):  # a folder is an archive
+            return {"mediaType": f.media_type, "digest": f.digest, "size": f.size, "diffId": f.diff_id}
+    return None
 
 
 def _source_step(desc: BuildDescription) -> Step:

@@ -16,8 +16,9 @@ artifact as the base of a build (re-quantize it, re-shard it, add metadata).
   ``org.opencontainers.image.base.name`` (``registry/repo[:tag]``) and
   ``org.opencontainers.image.base.digest`` (the base manifest).
 
-A file the build packages unchanged as a raw layer gets the same bytes, so the same layer
-digest as in the base: nothing is hashed again, and a push to the base's registry mounts
+A file the build packages unchanged, as the same kind, keeps the base's layer: its media
+type (raw or an archive, whatever ``--layer-format`` says), digest and diffId. Nothing is
+packed again, and a push to the base's registry mounts
 the blob from the base's repository (named by ``org.opencontainers.image.base.name``)
 instead of uploading it.
 """
@@ -89,7 +90,10 @@ class OciSource:
         layers = doc.get("layers") or []
         if not isinstance(layers, list) or len(layers) > MAX_LAYERS:
             raise FetchError(f"{pin.identity}: its layers are not a list of at most {MAX_LAYERS}")
-        files = tuple(_file(layer, pin.identity) for layer in layers)
+        modelfs = model_config.get("modelfs") if isinstance(model_config.get("modelfs"), dict) else {}
+        diff_ids = modelfs.get("diffIds") if isinstance(modelfs.get("diffIds"), list) else []
+        diff_ids = diff_ids if len(diff_ids) == len(layers) else [""] * len(layers)
+        files = tuple(_file(layer, diff_id, pin.identity) for layer, diff_id in zip(layers, diff_ids))
         descriptor = model_config.get("descriptor") if isinstance(model_config.get("descriptor"), dict) else {}
         defaults = {k: descriptor[k] for k in _DESCRIPTOR_KEYS if k in descriptor}
         base = f"{host}/{repo}" + (f":{pin.data['tag']}" if pin.data.get("tag") else "")
@@ -119,7 +123,7 @@ def _first_model(index: dict[str, Any], where: str) -> str:
     raise FetchError(f"{where} is an index without a manifest")
 
 
-def _file(layer: Any, where: str) -> RemoteFile:
+def _file(layer: Any, diff_id: Any, where: str) -> RemoteFile:
     if not isinstance(layer, dict):
         raise FetchError(f"{where}: a layer is not a descriptor")
     media_type, digest, size = layer.get("mediaType"), layer.get("digest"), layer.get("size")
@@ -133,8 +137,12 @@ def _file(layer: Any, where: str) -> RemoteFile:
     if not isinstance(size, int) or isinstance(size, bool) or not isinstance(digest, str):
         raise FetchError(f"{where}: layer {path!r} has a malformed descriptor")
     form = m["form"]
+    if form in ("raw", "tar"):
+        diff_id = digest  # an uncompressed layer is its own content
     return RemoteFile(path.rstrip("/"), size, digest, kind=_KINDS[m["family"]],
-                      unpack="" if form == "raw" else form, media_type=media_type, locator=digest)
+                      unpack="" if form == "raw" else form, media_type=media_type, locator=digest,
+                      diff_id=diff_id if isinstance(diff_id, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", diff_id)
+                      else "")
 
 
 @hookimpl

@@ -72,7 +72,9 @@ class RemoteFile:
     ``config``, ``code``, ``dataset``, ``doc``; ``""``: not packaged by default).
     ``unpack``: ``""`` for a file, or ``tar``/``tar+gzip``/``tar+zstd`` for an archive
     that becomes the directory ``path`` (an OCI tar layer), unpacked with every member
-    checked. ``media_type`` is the OCI layer media type it came from, if any.
+    checked. ``media_type`` is the OCI layer media type it came from, if any, and
+    ``diff_id`` that layer's uncompressed digest (its config's ``modelfs.diffIds`` entry):
+    a file the build packages unchanged, as the same kind, keeps that very layer.
     ``locator`` is the source's own handle (a URL, a blob digest): it enters no key."""
 
     path: str
@@ -83,6 +85,7 @@ class RemoteFile:
     unpack: str = ""
     media_type: str = ""
     locator: str = ""
+    diff_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,13 @@ def pack_layer(path: str, kind: str, src: FileDigest | ModelFile, codec_name: st
         if not codec.archive and digest != src.digest:
             raise BuildError(f"{path} changed during the build; build again")
         reused = False
+    media_type = mt.layer_media_type(FileKind(kind).media_family, codec.media_suffix)
+    return Layer(Descriptor(media_type, digest, size, annotations=layer_annotations(path, src, epoch)), diff_id), reused
+
+
+def layer_annotations(path: str, src: FileDigest | ModelFile, epoch: int) -> dict[str, str]:
+    """The layer descriptor's annotations for *src* packaged at *path*."""
+    is_dir = isinstance(src, FileDigest) and src.is_dir
     metadata = {
         "name": path.rsplit("/", 1)[-1],
         "mode": src.mode,
@@ -74,14 +81,12 @@ def pack_layer(path: str, kind: str, src: FileDigest | ModelFile, codec_name: st
         "mtime": rfc3339(epoch),
         "typeflag": 5 if is_dir else 0,
     }
-    annotations = {
+    return {
         mt.ANNOTATION_FILE_METADATA: json.dumps(metadata, separators=(",", ":"), ensure_ascii=False),
         mt.ANNOTATION_FILEPATH: path,
         mt.ANNOTATION_MEDIATYPE_UNTESTED: "false",
         mt.ANNOTATION_TITLE: path,
     }
-    media_type = mt.layer_media_type(FileKind(kind).media_family, codec.media_suffix)
-    return Layer(Descriptor(media_type, digest, size, annotations=annotations), diff_id), reused
 
 
 def _members(path: str, src: FileDigest | ModelFile) -> list[Member]:
@@ -109,6 +114,11 @@ class LayerOp(_LayersOp):
 
     def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
         p = step.params
+        base = p.get("base")
+        if base and ctx.env.blob_ok(base["digest"], base["size"]):  # a base artifact's file, unchanged
+            desc = Descriptor(base["mediaType"], base["digest"], base["size"],
+                              annotations=layer_annotations(p["path"], inputs[0], p["epoch"]))
+            return Outcome(LayerSet((Layer(desc, base["diffId"]),)))
         layer, _ = pack_layer(p["path"], p["kind"], inputs[0], p["codec"], p["epoch"], ctx)
         return Outcome(LayerSet((layer,)))
 

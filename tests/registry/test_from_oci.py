@@ -71,7 +71,7 @@ def test_a_modelpack_client_artifact_is_a_base(registry, cli, home, tmp_path: Pa
     assert sorted(got) == ["README.md", "config.json", "model.safetensors", "tokenizer"]
     for rel in ("model.safetensors", "config.json", "README.md"):  # raw layers: the very same blobs
         assert got[rel][1] == base[rel] == _sha256(files[rel])
-    assert got["tokenizer"][0] == "application/vnd.cncf.model.weight.config.v1.tar"
+    assert got["tokenizer"] == ("application/vnd.cncf.model.weight.config.v1.tar", base["tokenizer"])  # the archive too
     assert got["model.safetensors"][0] == "application/vnd.cncf.model.weight.v1.raw"
     desc = built["config"]["descriptor"]
     assert (desc["name"], desc["family"], desc["authors"], desc["version"]) == ("interop", "llama", ["tests"], "2.0")
@@ -142,3 +142,23 @@ def test_generate_for_a_remote_source_pins_it_and_builds(registry, cli, home, tm
     assert "NAME tiny-llama" in text  # the base's name, not the snapshot directory's
     built = _build(cli, out, "regenerated:1", env={"MODELBUILD_OFFLINE": "1"})  # pinned and fetched: no network
     assert {p: d for p, (_, d) in _layers(built).items()} == {p: d for p, (_, d) in _layers(base).items()}
+
+
+def test_archive_layers_of_a_base_are_kept_as_they_are(registry, cli, home, tmp_path: Path) -> None:
+    """A base whose every file is a tar+zstd layer (as modctl and KitOps pack files): a build
+    that packages them unchanged keeps each layer (media type, digest, diffId), whatever its
+    own --layer-format; a file packaged as another kind is packed anew."""
+    ref = f"{registry.host}/{_repo('zstd')}:1.0"
+    base = _build(cli, EXAMPLES / "tiny-llama" / "Modelfile", ref, "--layer-format", "tar+zstd")
+    assert cli("push", ref, "--plain-http", "--progress", "quiet").rc == 0
+    mf = tmp_path / "Modelfile"
+    mf.write_text(f"FROM oci://{ref}\nNAME kept\nDOC config.json\nMODEL *.safetensors\nDOC README.md\n")
+    built = _build(cli, mf, "kept:1")
+    got, want = _layers(built), _layers(base)
+    assert got["model.safetensors"] == want["model.safetensors"]
+    assert got["README.md"] == want["README.md"]
+    assert got["model.safetensors"][0] == "application/vnd.cncf.model.weight.v1.tar+zstd"
+    assert got["config.json"][0] == "application/vnd.cncf.model.doc.v1.raw"  # another kind: packed anew
+    ids = dict(zip([l["digest"] for l in base["layers"]], base["config"]["modelfs"]["diffIds"]))
+    kept = dict(zip([l["digest"] for l in built["layers"]], built["config"]["modelfs"]["diffIds"]))
+    assert kept[want["model.safetensors"][1]] == ids[want["model.safetensors"][1]]

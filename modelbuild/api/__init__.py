@@ -69,7 +69,8 @@ Values exchanged
     ``ANN_TARGET``, ``ANN_ACCELERATOR``, ``ANN_REQUIRES``  the index annotation keys a
                         target writes (docs/spec/multi-platform.md §3)
     ``BuildDescription``  what a frontend returns; made of ``FileSpec`` (with ``FileKind``),
-                        ``TransformSpec`` and ``StageSpec``
+                        ``TransformSpec``, ``StageSpec`` and ``RuntimeSpec`` (the ``RUNTIME``
+                        lines: ``EngineSpec`` engines and a context length; since 1.2)
     ``Span``            a place in a build file, for errors
     ``artifact_path_problem``  ``artifact_path_problem(path)``: why an artifact cannot carry a
                         file at *path* (absolute, ``..``, a control character, a reserved
@@ -109,8 +110,8 @@ _WHERE = {
                     "modelbuild.api._sources"),
     **dict.fromkeys(("Attestation", "Attester", "Executor", "StepRequest", "Subject"),
                     "modelbuild.api._provisional"),
-    **dict.fromkeys(("BuildDescription", "FileKind", "FileSpec", "StageSpec", "TransformSpec"),
-                    "modelbuild.description"),
+    **dict.fromkeys(("BuildDescription", "EngineSpec", "FileKind", "FileSpec", "RuntimeSpec", "StageSpec",
+                     "TransformSpec"), "modelbuild.description"),
     **dict.fromkeys(("BuildError", "ModelbuildError", "ModelfileError", "PluginError", "Span", "UsageError"),
                     "modelbuild.errors"),
     **dict.fromkeys(("hookimpl", "hookspec"), "modelbuild.hookspecs"),
@@ -159,7 +160,15 @@ if _TYPE_CHECKING:
     from modelbuild.oci.client import RegistryClient, open_registry
     from modelbuild.api._sources import FetchError, OpenedSource, RemoteFile, RemoteSource, SourceListing, SourcePin
     from modelbuild.api._provisional import Attestation, Attester, Executor, StepRequest, Subject
-    from modelbuild.description import BuildDescription, FileKind, FileSpec, StageSpec, TransformSpec
+    from modelbuild.description import (
+        BuildDescription,
+        EngineSpec,
+        FileKind,
+        FileSpec,
+        RuntimeSpec,
+        StageSpec,
+        TransformSpec,
+    )
     from modelbuild.errors import BuildError, ModelbuildError, ModelfileError, PluginError, Span, UsageError
     from modelbuild.hookspecs import hookimpl, hookspec
     from modelbuild.artifact_paths import path_problem as artifact_path_problem
@@ -209,9 +218,9 @@ __all__ = [
     # provisional kinds
     "Attestation", "Attester", "Executor", "StepRequest", "Subject",
     # values exchanged
-    "ANN_ACCELERATOR", "ANN_REQUIRES", "ANN_TARGET", "Accelerator", "BuildDescription", "Constraint", "FileKind",
-    "FileSpec", "HostInfo", "Member", "ModelInfo", "Output", "Span", "Stage", "StageSpec", "TransformContext",
-    "TransformSpec", "WeightFile", "artifact_path_problem", "lfs_pointer_hint", "version_tuple", "write_tar",
+    "ANN_ACCELERATOR", "ANN_REQUIRES", "ANN_TARGET", "Accelerator", "BuildDescription", "Constraint", "EngineSpec",
+    "FileKind", "FileSpec", "HostInfo", "Member", "ModelInfo", "Output", "RuntimeSpec", "Span", "Stage", "StageSpec",
+    "TransformContext", "TransformSpec", "WeightFile", "artifact_path_problem", "lfs_pointer_hint", "version_tuple", "write_tar",
     # errors
     "BuildError", "ConstraintError", "FormatError", "ModelbuildError", "ModelfileError", "PluginError",
     "UsageError",

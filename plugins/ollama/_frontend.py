@@ -42,6 +42,7 @@ from modelbuild.api import (
     FileKind,
     FileSpec,
     ModelfileError,
+    RuntimeSpec,
     Span,
     artifact_path_problem,
     lfs_pointer_hint,
@@ -255,8 +256,7 @@ def _describe(said: _Said, *, filename: str, base_dir: Path, build_args: Mapping
 
 def _with_runtime(description: BuildDescription, said: _Said, first: Command) -> BuildDescription:
     """*description* with ``num_ctx`` as its runtime context length (``RUNTIME context=N``):
-    the Modelfile's own, else its base model's. RuntimeSpec is not a name of modelbuild.api,
-    so the description's default one is replaced, field by field."""
+    the Modelfile's own, else its base model's."""
     if "num_ctx" in said.params:
         context, origin = said.params["num_ctx"], said.param_at["num_ctx"]
     elif carriage.PARAMS in description.labels:
@@ -266,8 +266,7 @@ def _with_runtime(description: BuildDescription, said: _Said, first: Command) ->
         return description
     if context is None:
         return description
-    runtime = dataclasses.replace(description.runtime, context=context, context_origin=origin)
-    return dataclasses.replace(description, runtime=runtime)
+    return dataclasses.replace(description, runtime=RuntimeSpec(context=context, context_origin=origin))
 
 
 def _open_registry_model(said: _Said, base_dir: Path, sources: "SourceRegistry") -> "OpenedSource":

@@ -51,6 +51,14 @@ also tags each stage's manifest TAG-STAGE.
 multi-platform build writes DIR/STAGE/ for each stage); type=oci,dest=DIR writes an OCI image
 layout. Outputs are written once every step has succeeded; a build that fails moves no tag.
 
+remote FROM (docs/sources.md): FROM hf://ORG/NAME[@REV], https://…#sha256=HEX,
+oci://REGISTRY/REPO[:TAG|@DIGEST] or ollama://[HOST/]NS/MODEL[:TAG] fetches the files into the
+store before the build, pinned (a revision to its commit, a tag to its digest), resumed,
+verified, once; a pinned reference builds from the cache with no network. FROM
+--include=GLOB --exclude=GLOB REF fetches only the matching files. MODELBUILD_OFFLINE=1
+forbids the network; MODELBUILD_INSECURE_REGISTRIES=HOST[,HOST] reaches registries over plain
+HTTP (loopback ones always are); HF_TOKEN and HF_ENDPOINT reach the Hub as huggingface_hub does.
+
 --exclude PATTERN: a line of the context's .modelbuildignore (gitignore syntax), read after that
 file's lines, so '--exclude !PATH' re-includes what the file excludes. What is excluded is not in
 the context: no pattern selects it, a packaged directory leaves it out, naming it is an error.
@@ -85,7 +93,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.epilog = HELP
     p.add_argument("context", nargs="?", help="build context directory when the Modelfile has no FROM")
     p.add_argument("-f", "--file", default=None, metavar="MODELFILE",
-                   help="the Modelfile (default: CONTEXT/Modelfile, else CONTEXT/Kitfile); '-' reads standard input")
+                   help="the build file (default: CONTEXT/Modelfile, else a name a frontend claims: "
+                        "CONTEXT/Kitfile, CONTEXT/Ollama.Modelfile…); '-' reads standard input")
     p.add_argument("-t", "--tag", action="append", default=[], metavar="REF",
                    help="tag the result, e.g. qwen2:0.5b (repeatable; default: from NAME)")
     p.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",

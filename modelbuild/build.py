@@ -36,6 +36,7 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)
     variants: list[dict[str, Any]] = field(default_factory=list)  # one per TARGET stage
     config_digest: str | None = None  # the config blob's, for a build of one manifest
+    attestations: list[dict[str, Any]] = field(default_factory=list)  # --attest: one per kind and manifest
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class BuildResult:
             "stats": self.stats,
             "warnings": self.warnings,
             **({"variants": self.variants} if self.variants else {}),
+            **({"attestations": self.attestations} if self.attestations else {}),
         }
 
 
@@ -210,9 +212,13 @@ def build(
     labels: Sequence[str] = (),
     annotations: Sequence[str] = (),
     excludes: Sequence[str] = (),
+    attest: Sequence[str] = (),
+    sign: Any = None,
 ) -> BuildResult:
     """Build; *cache_to* / *cache_from* are ``--cache-to`` / ``--cache-from`` values (strings
-    or parsed :class:`modelbuild.cache.CacheSpec`), see :mod:`modelbuild.cache`."""
+    or parsed :class:`modelbuild.cache.CacheSpec`), see :mod:`modelbuild.cache`. *attest*
+    names the attestations to attach (:mod:`modelbuild.attest`: ``provenance``, ``sbom``);
+    *sign*, when given, turns each statement's bytes into a signed DSSE envelope."""
     from modelbuild.cache import BuildCache
     from modelbuild.ops import ExecEnv
     from modelbuild.progress import PlainRenderer
@@ -256,6 +262,9 @@ def build(
                     CacheExporter(cache_to, env, first_number=number + len(cache_from), importer=importer,
                                   mount_from=list(exported.tags)).export(solver.keyed)
                 variants = _variants(store, graph, results)
+                attested = _attest(attest, sign, store=store, graph=graph, results=results, solver=solver,
+                                   host=host, desc=desc, modelfile=modelfile, build_args=build_args or {},
+                                   platforms=platforms, layer_format=layer_format, tags=exported.tags)
                 store.set_tags(exported.tag_entries)  # last: the build has succeeded
         finally:
             if importer is not None:
@@ -276,4 +285,29 @@ def build(
         warnings=warnings,
         variants=[] if single else variants,
         config_digest=results[graph.variants[0].config].descriptor.digest if single else None,
+        attestations=attested,
     )
+
+
+def _attest(kinds: Sequence[str], sign: Any, *, store: Any, graph: Any, results: Mapping[str, Any], solver: Any,
+            host: Any, desc: Any, modelfile: str, build_args: Mapping[str, str], platforms: Sequence[str],
+            layer_format: str, tags: Sequence[str]) -> list[dict[str, Any]]:
+    """The attestations asked for, written and recorded as referrers of each manifest."""
+    if not kinds:
+        return []
+    import hashlib
+
+    from modelbuild.attest import attach
+    from modelbuild.attest.provenance import Recorder
+
+    build_file: dict[str, Any] = {"name": "<stdin>" if modelfile == "-" else os.path.basename(modelfile)}
+    if modelfile != "-":
+        with open(modelfile, "rb") as fh:
+            build_file["digest"] = {"sha256": hashlib.sha256(fh.read()).hexdigest()}
+    created, epoch = source_date_epoch()
+    recorder = Recorder(graph=graph, results=results, keys={sid: key for sid, (_, key, _) in solver.keyed.items()},
+                        host=host, desc=desc, build_file=build_file, build_args=build_args, platforms=platforms,
+                        layer_format=layer_format, tags=tags, created=created,
+                        epoch=epoch if os.environ.get("SOURCE_DATE_EPOCH") else None)
+    return [{"kind": a.kind, "subject": a.subject, **a.descriptor} for a in attach(store=store, recorder=recorder,
+                                                                                     kinds=kinds, sign=sign)]

@@ -107,6 +107,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="leave out of the context what PATTERN matches (.modelbuildignore syntax, "
                         "after that file's rules; repeatable)")
+    p.add_argument("--attest", action="append", default=[], metavar="KIND[,KIND]",
+                   help="attach attestations to each manifest as OCI referrers: provenance (SLSA v1), "
+                        "sbom (CycloneDX ML-BOM); repeatable")
     p.add_argument("--layer-format", default="raw", metavar="FORMAT",
                    help="raw (default), tar, tar+gzip or tar+zstd; directories are always archives")
     p.add_argument("-o", "--output", action="append", default=[], metavar="DIR|type=local|oci,dest=DIR",
@@ -204,6 +207,9 @@ def run(args: argparse.Namespace) -> int:
                      "insecure": bool(getattr(args, "insecure", False))}
         cache_to = parse_cache_specs(args.cache_to, direction="to", **transport)
         cache_from = parse_cache_specs(args.cache_from, direction="from", **transport)
+    from modelbuild.attest import parse_kinds
+
+    attest = parse_kinds(args.attest)  # a misspelt kind is a usage error before any work
     if args.print_graph:
         return _print_graph(args, modelfile, context, build_args)
     if args.push:
@@ -234,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
         labels=args.label,
         annotations=args.annotation,
         excludes=args.exclude,
+        attest=attest,
     )
     pushed = _push(args, result, progress) if args.push else []
     doc = {**result.as_dict(), **({"pushed": pushed} if args.push else {})}

@@ -42,6 +42,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plain-http", action="store_true", help="with --remote: talk to the registry over HTTP")
     p.add_argument("--insecure", action="store_true",
                    help="with --remote: accept a registry certificate that does not verify")
+    p.add_argument("--referrers", action="store_true",
+                   help="list what is attached to the artifact and each of its manifests (OCI referrers: "
+                        "attestations, signatures, runtime descriptions) instead of the artifact itself")
     p.add_argument("--platform", default=None, metavar="auto|STAGE|TARGET",
                    help="of a multi-platform artifact, show the one variant `pull` would pick (auto: for this host)")
     p.add_argument("--context", type=int, default=None, metavar="N",
@@ -327,6 +330,8 @@ def _show(args: argparse.Namespace, store: Any, descriptor: dict[str, Any], labe
     from modelbuild.commands._common import print_json
 
     tree = read(store, descriptor)
+    if getattr(args, "referrers", False):
+        return _show_referrers(args, store, tree, label)
     node, extra = tree.root, {}
     if args.platform is not None:
         node, stage = _pick(tree, args.platform, label)
@@ -350,4 +355,47 @@ def _show(args: argparse.Namespace, store: Any, descriptor: dict[str, Any], labe
         print_json(doc)
     else:
         _print_manifest(f"{label} [{extra['stage']}]" if extra else label, doc, node)
+    return 0
+
+
+def referrers_of(store: Any, tree: Tree) -> list[dict[str, Any]]:
+    """Every referrer of the artifact's manifests (the root first, then each entry of an
+    index), each with its subject and, for an index's entry, the stage it is for: from the
+    store's records, or the registry (referrers API, else the ``sha256-<hex>`` tag)."""
+    from modelbuild.targets import ANN_STAGE
+
+    subjects = [(tree.root.digest, None)] + [(d.digest, (d.annotations or {}).get(ANN_STAGE)) for d, _ in tree.entries()]
+    out = []
+    for digest, stage in subjects:
+        if getattr(store, "remote", False):
+            from modelbuild.oci.pull import remote_referrers
+
+            entries, _ = remote_referrers(store.registry, store.repo, digest)
+        else:
+            entries = store.list_referrers(digest)
+        for entry in entries:
+            annotations = entry.get("annotations") or {}
+            out.append({"subject": digest, **({"stage": stage} if stage else {}),
+                        "artifactType": entry.get("artifactType", ""),
+                        "predicateType": annotations.get("in-toto.io/predicate-type", ""),
+                        "digest": entry["digest"], "size": entry["size"]})
+    return out
+
+
+def _show_referrers(args: argparse.Namespace, store: Any, tree: Tree, label: str) -> int:
+    from modelbuild.commands._common import print_json
+
+    found = referrers_of(store, tree)
+    if args.json:
+        print_json({"reference": label, "digest": tree.root.digest, "referrers": found})
+        return 0
+    if not found:
+        print(f"{label}: no referrers")
+        return 0
+    rows = [["SUBJECT", "ARTIFACT TYPE", "PREDICATE", "DIGEST", "SIZE"]]
+    rows += [[r["subject"][:19] + (f" ({r['stage']})" if r.get("stage") else ""), r["artifactType"],
+              r["predicateType"] or "-", r["digest"][:19], str(r["size"])] for r in found]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return 0

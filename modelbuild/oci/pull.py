@@ -239,7 +239,12 @@ def _pull_referrer(registry: Registry, repo: str, subject: str, entry: dict[str,
         raise StoreError(f"its manifest {digest} changed on its way into the store")
     step.finish(True)
     artifact_type = doc.get("artifactType") or (parts.config.media_type if parts.config else "")
-    return {"mediaType": mt.OCI_MANIFEST, "artifactType": artifact_type, "digest": digest, "size": len(data)}
+    entry = {"mediaType": mt.OCI_MANIFEST, "artifactType": artifact_type, "digest": digest, "size": len(data)}
+    annotations = doc.get("annotations")  # the manifest's own, as the referrers API lists them (in-toto's predicate type)
+    if isinstance(annotations, dict) and len(annotations) <= 32 and all(
+            isinstance(k, str) and isinstance(v, str) and len(k) + len(v) <= 4096 for k, v in annotations.items()):
+        entry["annotations"] = dict(annotations)
+    return entry
 
 
 # -- pull into a directory ---------------------------------------------------------------

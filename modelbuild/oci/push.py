@@ -21,7 +21,7 @@ from typing import Any
 
 from modelbuild.digests import is_digest
 from modelbuild.errors import StoreError
-from modelbuild.oci.registry import Registry
+from modelbuild.oci.registry import Registry, RegistryError
 from modelbuild.oci.transfer import (
     DEFAULT_JOBS,
     Steps,
@@ -170,17 +170,40 @@ def _push_referrer(store: Any, registry: Registry, repo: str, subject: str, entr
     return sum(n for n in sent if n >= 0)
 
 
+REFERRERS_TAG_TRIES = 6
+REFERRERS_TAG_SETTLE = 0.5  # seconds between writing the tag and checking it: far longer than one read-then-write
+
+
 def _extend_referrers_tag(registry: Registry, repo: str, subject: str, listed: list[dict[str, Any]],
                           sent: list[dict[str, Any]]) -> None:
-    """For a registry without the referrers API: the referrers tag ``sha256-<hex>`` of
-    *subject*, which listed *listed*, now lists *sent* too (the distribution spec's fallback;
-    two pushers at once may race, and the later one wins, as the spec accepts). A registry
-    with the API needs nothing: it indexes a manifest's ``subject`` when the manifest is PUT."""
+    """For a registry without the referrers API: make the referrers tag ``sha256-<hex>`` of
+    *subject* list *sent* too (the distribution spec's fallback). The tag has no conditional
+    write, so two pushers attaching to one subject at once could each overwrite the other's
+    list. Each write therefore merges what the tag lists just before it (one read, then the
+    PUT: milliseconds), and the pusher reads the tag back after a pause much longer than that
+    and writes again until everything it sent is there: a pusher that read before our write
+    must have written before our check, which then sees it and adds ours back. A registry with
+    the API needs nothing: it indexes a manifest's ``subject`` when the manifest is PUT."""
+    import random
+    import time
+
     from modelbuild.oci import mediatypes as mt
-    from modelbuild.oci.pull import referrers_tag
+    from modelbuild.oci.pull import referrers_tag, remote_referrers
     from modelbuild.storage.referrers import referrers_index
 
-    registry.put_manifest(repo, referrers_tag(subject), referrers_index(listed + sent), mt.OCI_INDEX)
+    wanted = {d["digest"] for d in sent}
+    for attempt in range(REFERRERS_TAG_TRIES + 1):
+        current, _ = remote_referrers(registry, repo, subject)  # fresh: *listed* was read before the blobs went up
+        have = {d["digest"] for d in current}
+        if attempt and wanted <= have:
+            return
+        if attempt == REFERRERS_TAG_TRIES:
+            break
+        merged = current + [d for d in sent if d["digest"] not in have]
+        registry.put_manifest(repo, referrers_tag(subject), referrers_index(merged), mt.OCI_INDEX)
+        time.sleep(REFERRERS_TAG_SETTLE * (1 + random.random()))
+    raise RegistryError(f"{registry.host}/{repo}: the referrers tag of {subject} kept losing what was added to "
+                            "it; another pusher is rewriting it", hint="push again")
 
 
 def _check_before_push(store: Any, blob: Blob, artifact: str) -> None:

@@ -122,10 +122,14 @@ class Recorder:
         label = step.label
         if step.op == "source" and "identity" not in step.params:
             label = "load build context"  # its path is this machine's, and no part of what was built
-        record: dict[str, Any] = {"number": self.numbers[sid], "op": step.op, "label": label,
+        record: dict[str, Any] = {"number": self.numbers[sid], "id": step.id, "op": step.op, "label": label,
                                   "plugin": plugin, "pluginVersion": version,
                                   "inputs": [self.numbers[d] for d in self.graph.deps[sid]],
                                   "outputs": outputs(self.results.get(sid))}
+        if step.op != "source" or "identity" in step.params:  # a local context's root is this machine's path
+            record["params"] = step.params  # with op, plugin and platform: the step's whole definition
+        if step.platform:
+            record["platform"] = step.platform
         if step.op == "transform":
             record["transform"] = {k: v for k, v in step.params.items() if k in ("action", "arg", "plugin", "options")}
         if sid in self.keys:

@@ -89,6 +89,36 @@ def _validate_in_toto(statement: dict[str, Any]) -> None:
             ResourceDescriptor.copy_from_pb(rd).validate()
 
 
+def _validate_schema(statement: dict[str, Any]) -> None:
+    """The vendored JSON Schemas (tests/data/attest/, each naming the texts it transcribes)."""
+    from jsonschema import Draft202012Validator, FormatChecker
+    from referencing import Registry, Resource
+
+    schemas = {p.name: json.loads(p.read_text()) for p in (REPO / "tests" / "data" / "attest").glob("*.schema.json")}
+    registry = Registry().with_resources((s["$id"], Resource.from_contents(s)) for s in schemas.values())
+    which = ("slsa-provenance-v1.schema.json" if statement["predicateType"] == "https://slsa.dev/provenance/v1"
+             else "in-toto-statement-v1.schema.json")
+    Draft202012Validator(schemas[which], registry=registry, format_checker=FormatChecker()).validate(statement)
+
+
+def test_the_vendored_schemas_refuse_what_they_should(attested) -> None:
+    """The schemas are not vacuous: a statement without a subject digest, a provenance with
+    an unknown field or without a builder id, each fails."""
+    import jsonschema
+
+    home, _, result = attested
+    stmt = _statements(home, result)[(result["digest"], "provenance")]
+    _validate_schema(stmt)
+    for broken in (
+        {**stmt, "subject": [{"name": "x"}]},
+        {**stmt, "predicate": {**stmt["predicate"], "extra": 1}},
+        {**stmt, "predicate": {**stmt["predicate"], "runDetails": {"builder": {}}}},
+        {**stmt, "_type": "https://in-toto.io/Statement/v0.1"},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            _validate_schema(broken)
+
+
 @pytest.fixture(scope="module")
 def attested(tmp_path_factory) -> tuple[Path, Path, dict[str, Any]]:
     """The multi-platform build, attested, once for the module: (home, context, result)."""
@@ -111,6 +141,7 @@ def test_the_cpu_variant_provenance_names_sources_plugins_and_chain(attested) ->
     (cpu,) = [v for v in result["variants"] if v["stage"] == "cpu"]
     stmt = statements[(cpu["digest"], "provenance")]
     _validate_in_toto(stmt)
+    _validate_schema(stmt)
     assert stmt["subject"] == [{"name": "tiny-attested:1-cpu", "digest": {"sha256": cpu["digest"].split(":")[1]}}]
     definition = stmt["predicate"]["buildDefinition"]
     inputs = {d["name"]: d["digest"]["sha256"] for d in definition["resolvedDependencies"] if "digest" in d}
@@ -128,7 +159,9 @@ def test_the_cpu_variant_provenance_names_sources_plugins_and_chain(attested) ->
     assert chains == [f"model.safetensors ({_sha((ctx / 'model.safetensors').read_bytes())}) → convert to gguf "
                       f"(hf-gguf {plugins['hf-gguf']}) → quantize q4_k_m (gguf {plugins['gguf']}) → "
                       f"model.gguf ({gguf})"]
-    (steps,) = [b["annotations"]["steps"] for b in stmt["predicate"]["runDetails"]["byproducts"] if b["name"] == "steps"]
+    from modelbuild.attest.provenance import steps_of
+
+    steps = steps_of(stmt)
     transforms = [s for s in steps if s["op"] == "transform"]
     assert [(s["transform"]["action"], s["plugin"]) for s in transforms] == [("convert", "hf-gguf"),
                                                                              ("quantize", "gguf")]
@@ -163,6 +196,7 @@ def test_the_sbom_validates_and_lists_every_file_with_its_hash(attested, tmp_pat
     home, _, result = attested
     statements = _statements(home, result)
     for variant in result["variants"]:
+        _validate_schema(statements[(variant["digest"], "sbom")])
         bom = statements[(variant["digest"], "sbom")]["predicate"]
         assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(json.dumps(bom)) is None
         model = bom["metadata"]["component"]

@@ -28,12 +28,35 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from modelbuild.digests import canonical_json
 from modelbuild.results import ConfigBlob, FileDigest, FileSet, IndexBlob, LayerSet, ManifestBlob
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "https://modelbuild.dev/buildtypes/modelfile/v1"
 BUILDER_ID = "pkg:pypi/modelbuild"
+STEPS_MEDIA_TYPE = "application/vnd.modelbuild.steps.v1+json"
+
+
+def embedded(name: str, media_type: str, data: bytes) -> dict[str, Any]:
+    """A ResourceDescriptor carrying *data* itself (``content``, base64) and its digest."""
+    import base64
+    import hashlib
+
+    return {"name": name, "mediaType": media_type, "content": base64.b64encode(data).decode(),
+            "digest": {"sha256": hashlib.sha256(data).hexdigest()}}
+
+
+def steps_of(statement: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The step records a provenance carries (its ``steps`` byproduct), or None."""
+    import base64
+    import json
+
+    for product in statement["predicate"]["runDetails"].get("byproducts", []):
+        if product.get("name") == "steps" and product.get("mediaType") == STEPS_MEDIA_TYPE:
+            steps = json.loads(base64.b64decode(product["content"]))
+            return steps if isinstance(steps, list) else None
+    return None
 
 
 def sha(digest: str) -> dict[str, str]:
@@ -213,11 +236,11 @@ class Recorder:
         from modelbuild import __version__
 
         finished = self.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        byproducts = [{"name": "steps", "mediaType": "application/vnd.modelbuild.steps.v1+json",
-                       "annotations": {"steps": [self.step_record(sid) for sid in steps]}}]
+        byproducts = [embedded("steps", STEPS_MEDIA_TYPE, canonical_json([self.step_record(sid) for sid in steps]))]
         chains = self.chains(steps)
         if chains:
-            byproducts.append({"name": "transforms", "mediaType": "text/plain", "annotations": {"chains": chains}})
+            byproducts.append({**embedded("transforms", "text/plain; charset=utf-8",
+                                          "\n".join(chains).encode() + b"\n"), "annotations": {"chains": chains}})
         return {
             "_type": STATEMENT_TYPE,
             "subject": [{"name": subject_name, "digest": sha(subject_digest)}],

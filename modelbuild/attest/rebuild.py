@@ -95,11 +95,9 @@ def rebuild(store: Any, subject: str, *, context: Path | None = None, host: Any 
 
 
 def _steps(statement: Mapping[str, Any]) -> list[dict[str, Any]]:
-    for product in statement["predicate"]["runDetails"].get("byproducts", []):
-        if product.get("name") == "steps":
-            steps = product["annotations"]["steps"]
-            if all("id" in s and ("params" in s or s["op"] == "source") for s in steps):
-                return steps
+    steps = provenance.steps_of(statement)
+    if steps and all(isinstance(s, dict) and "id" in s and ("params" in s or s.get("op") == "source") for s in steps):
+        return steps
     raise RebuildError("the provenance records no step definitions to run again",
                        hint="it was written by an older modelbuild: build again with --attest provenance")
 

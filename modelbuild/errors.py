@@ -81,6 +81,14 @@ class BuildError(ModelbuildError):
     exit_code = EXIT_BUILD_FAILED
 
 
+class VerificationError(ModelbuildError):
+    """A signature or attestation that is missing or does not verify (``modelbuild verify``,
+    ``pull --verify-key``): exit code 1, like a failed step, so scripts tell it from a usage
+    error."""
+
+    exit_code = EXIT_BUILD_FAILED
+
+
 class StoreError(ModelbuildError):
     """The local store is missing something asked for, or is damaged."""
 

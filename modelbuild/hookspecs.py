@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         LayerCodec,
         Quantizer,
         ShardStrategy,
+        Signer,
         Target,
         WeightFormat,
     )
@@ -295,4 +296,30 @@ def modelbuild_register_engines(registry: Registry[Engine]) -> None:
     Return value: None; a returned value is ignored.
     ``firstresult``: no; every implementation is called.
     Since: 1.1.
+    """
+
+
+# -- signing and verifying what is in a registry -----------------------------------------
+
+
+@hookspec
+def modelbuild_register_signers(registry: Registry[Signer]) -> None:
+    """Add signers: signature schemes for artifacts in a registry (``modelbuild sign``,
+    ``verify``, ``push --sign``, ``pull``/``run --verify-key``; docs/signing.md).
+
+    Call ``registry.add(signer)``; a signer is a :class:`modelbuild.api.Signer`: a ``name``
+    (what ``--signer NAME`` selects; the built-in ``cosign`` is the default),
+    ``load_signing_key(path, passphrase=…)`` and ``load_verifying_key(path)`` (the scheme's
+    key files, returning a :class:`~modelbuild.api.SigningKey` or
+    :class:`~modelbuild.api.VerifyingKey`), ``sign(repository, subject, key)`` and
+    ``verify(repository, subject, key)``, called as the Protocol's docstring says. A signer
+    never opens a connection: the core hands it a :class:`~modelbuild.api.SignatureRepository`
+    over its own registry client. The built-in signer is
+    :func:`modelbuild.api.cosign_signer`; Notation or keyless sigstore would be plugins.
+
+    Parameters:
+        ``registry``: the signer :class:`~modelbuild.api.Registry` to add to.
+    Return value: None; a returned value is ignored.
+    ``firstresult``: no; every implementation is called.
+    Since: 1.3.
     """

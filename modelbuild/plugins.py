@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         LayerCodec,
         Quantizer,
         ShardStrategy,
+        Signer,
         Source,
         Target,
         WeightFormat,
@@ -154,6 +155,8 @@ class PluginHost:
         self._fill(self.targets, "modelbuild_register_targets")
         self.engines: Registry[Engine] = Registry("engine")
         self._fill(self.engines, "modelbuild_register_engines")
+        self.signers: Registry[Signer] = Registry("signer")
+        self._fill(self.signers, "modelbuild_register_signers")
 
     def format_for_path(self, path: str) -> WeightFormat | None:
         """The format handler whose extension *path* has, if any (no file access)."""
@@ -213,6 +216,7 @@ class PluginHost:
             *((reg.what, reg) for reg in self._extensions.values()),
             ("target", self.targets),
             ("engine", self.engines),
+            ("signer", self.signers),
         ):
             for name in registry.names():
                 provides.setdefault(registry.owner(name), []).append(f"{label}:{name}")

@@ -197,6 +197,7 @@ REGISTRIES = {
     "modelbuild_register_converters": "converters",
     "modelbuild_register_targets": "targets",
     "modelbuild_register_engines": "engines",
+    "modelbuild_register_signers": "signers",
 }
 
 
@@ -279,7 +280,7 @@ def test_option_specs_reject_what_the_frontend_could_not_check():
 
 
 def test_provisional_kinds_say_so_and_are_checkable():
-    for kind in (api.Attester, api.Executor, api.Subject, api.Attestation, api.StepRequest):
+    for kind in (api.Attester, api.Executor, api.Attestation, api.StepRequest):
         assert (kind.__doc__ or "").lstrip().startswith("PROVISIONAL"), kind.__name__
 
     class Signer:
@@ -290,6 +291,20 @@ def test_provisional_kinds_say_so_and_are_checkable():
             return None
 
     assert isinstance(Signer(), api.Attester) and not isinstance(Signer(), api.Executor)
+
+
+def test_signers_are_a_kind_of_api_1_3_and_subject_is_no_longer_provisional():
+    """Signing left the provisional list when its hook arrived (Since: 1.3), taking the
+    Subject it signs along."""
+    from modelbuild import hookspecs
+
+    assert "Since: 1.3" in (hookspecs.modelbuild_register_signers.__doc__ or "")
+    for kind in (api.Signer, api.Subject, api.SigningKey, api.VerifyingKey, api.SignatureRepository, api.Verified):
+        assert not (kind.__doc__ or "").lstrip().startswith("PROVISIONAL"), kind.__name__
+    assert isinstance(api.cosign_signer(), api.Signer)
+    assert plugin_host().signers.owner("cosign") == "cosign"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        api.Subject("sha256:" + "0" * 64, 2, "application/vnd.oci.image.manifest.v1+json").digest = "x"  # type: ignore[misc]
 
 
 def test_engines_are_a_kind_of_api_1_1_not_provisional():

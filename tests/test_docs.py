@@ -82,6 +82,11 @@ NOT_RUN: dict[tuple[str, str], str] = {
                                               "build with --include/--exclude",
     ("docs/sources.md", "FROM oci://registry.example.com/team/qwen2"):
         "tests/registry/test_from_oci.py re-quantizes a pushed artifact the same way",
+    ("docs/signing.md", '{"critical": {"identity"'): "the payload's format: tests/test_cosign_format.py checks "
+                                                       "what modelbuild writes and reads against it",
+    ("docs/signing.md", '{"default": [{"type": "reject"}]'):
+        "skopeo's policy: tests/registry/test_signing.py runs skopeo with it against a real registry",
+    ("docs/signing.md", "docker:"): "skopeo's registries.d: tests/registry/test_signing.py runs skopeo with it",
     ("docs/benchmarks.md", "git worktree add /tmp/before"):
         "benchmark runs: git worktrees of older commits, a 1.05 GB input, 12 rounds each",
 }
@@ -525,7 +530,7 @@ class Session:
             env[name] = value
         args = [self.real(w) for w in words[1:]]
         command_name = args[0] if args and not args[0].startswith("-") else "build"
-        if command_name in ("build", "push", "pull", "login") and self.hosts and (
+        if command_name in ("build", "push", "pull", "login", "sign", "verify") and self.hosts and (
                 any(host in command.text for host in self.hosts) or any("type=registry" in a for a in args)):
             args.append("--plain-http")
         if command_name == "build" and "--print-graph" not in " ".join(args) and self.generate:
@@ -818,7 +823,7 @@ def plugins_session(block: Block, session: Session, use_dist) -> None:
 def setup_registry_session(block: Block, session: Session, mb, doc_registry) -> None:
     """docs/registry.md: a real registry stands for registry.example.com; the working
     directory holds the bundled example's Modelfile, the store its build tagged qwen2:0.5b."""
-    if block.path != "docs/registry.md":
+    if block.path not in ("docs/registry.md", "docs/signing.md"):
         return
     server, fixtures = doc_registry()
     session.hosts["registry.example.com"] = server.host
@@ -829,6 +834,24 @@ def setup_registry_session(block: Block, session: Session, mb, doc_registry) -> 
         Path(os.environ["DOCKER_CONFIG"]).mkdir(parents=True, exist_ok=True)
         fixtures.write_docker_config(Path(os.environ["DOCKER_CONFIG"]), server.host)
     session.variables.update(REF=f"{server.host}/team/qwen2:0.5b", REPO=f"{server.host}/team/qwen2")
+    if block.path == "docs/signing.md":
+        signing_session(block, session, server.host)
+
+
+def signing_session(block: Block, session: Session, host: str) -> None:
+    """docs/signing.md: after §1 the working directory holds its cosign.key (passphrase
+    correct-horse) and cosign.pub; from §3 on, §2's push --sign and sign have run."""
+    if "key generate" in block.text and "--output-key-prefix" not in block.text:
+        return
+    env = {"COSIGN_PASSWORD": "correct-horse"}
+    assert session.mb("key", "generate", cwd=session.cwd, env=env).rc == 0
+    if "modelbuild push" not in block.text and "modelbuild verify" in block.text or "--verify-key" in block.text:
+        ref = f"{host}/team/qwen2:0.5b"
+        for args in (("push", "qwen2:0.5b", ref, "--sign"), ("sign", ref)):
+            run = session.mb(*args, "--key", "cosign.key", "--plain-http", cwd=session.cwd, env=env)
+            assert run.rc == 0, run.err
+        if "other.pub" in block.text and "--output-key-prefix other" not in block.text:
+            assert session.mb("key", "generate", "--output-key-prefix", "other", cwd=session.cwd, env=env).rc == 0
 
 
 def run_sh(block: Block, mb, tmp_path, monkeypatch, doc_registry):

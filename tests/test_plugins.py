@@ -42,12 +42,14 @@ def test_builtins_come_from_entry_points():
     dists = {name: dist for name, dist in ((i.name, i.distribution) for i in host.infos())}
     assert dists == {name: "modelbuild" for name in ("gguf", "hf", "hf-gguf", "https", "kitfile", "layers", "local",
                                                      "modelfile", "oci", "ollama", "onnx", "safetensors", "targets",
-                                                     "llama-cpp", "onnxruntime", "tgi", "triton", "vllm")}
+                                                     "llama-cpp", "onnxruntime", "tgi", "triton", "vllm",
+                                                     "cosign")}
     assert host.engines.names() == ["llama.cpp", "onnxruntime", "tgi", "triton", "vllm"]
     assert host.codecs.names() == ["raw", "tar", "tar+gzip", "tar+zstd"]
     assert host.formats.names() == ["gguf", "onnx", "safetensors"]
     assert "safetensors-cast" in host.quantizers and "gguf" in host.shard_strategies
     assert host.targets.names() == ["cpu", "cuda", "metal", "rocm"]
+    assert host.signers.names() == ["cosign"]
 
 
 def test_a_third_party_codec_builds_and_enters_the_cache_key(tmp_path):
@@ -108,7 +110,7 @@ def test_every_hookspec_is_documented_as_reference():
 
     package = tuple(int(p) for p in __version__.split(".")[:2])
     specs = _hookspecs()
-    assert len(specs) == 11
+    assert len(specs) == 12
     for spec in specs:
         name, doc = spec.__name__, inspect.getdoc(spec) or ""
         opts = spec.modelbuild_spec

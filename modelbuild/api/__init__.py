@@ -47,9 +47,19 @@ Plugin kinds: Protocols of exactly what the core calls (see each docstring)
     ``engine_params``   ``engine_params(name, options, params)``: an engine's ``params``
                         typed by its ``OptionSpec`` declarations (a UsageError otherwise)
 
+Signers (since 1.3): signature schemes for artifacts in a registry
+    ``Signer``          signs a ``Subject`` (a manifest in a registry, by digest) and verifies
+                        its signatures, in a ``SignatureRepository`` the core opens (one
+                        repository: manifests, small blobs, referrers); ``Verified`` is one
+                        signature that verified
+    ``SigningKey``      a loaded private key: ``sign(data)``, ``public()``, ``keyid``
+    ``VerifyingKey``    a loaded public key: ``verify(signature, data)``, ``keyid``
+    ``cosign_signer``   the core's ``cosign`` signer (cosign's key-based format), which the
+                        built-in ``cosign`` plugin registers
+
 Provisional kinds: contracts for the next issues, no hook registers them yet
-    ``Attester``        signs or attests a pushed artifact; ``Subject`` is what it signs,
-                        ``Attestation`` what it returns
+    ``Attester``        attests a pushed artifact (provenance, an SBOM); ``Subject`` is what
+                        it attests, ``Attestation`` what it returns
     ``Executor``        runs steps somewhere (threads, a cluster); ``StepRequest`` is one step
 
 Values exchanged
@@ -85,6 +95,7 @@ Errors (exit code 2 unless said)
     ``FormatError``     a weight file that is not what it claims, naming the file
     ``ConstraintError``  a constraint a target does not know or accept
     ``BuildError``      a step could not do its work (exit code 1)
+    ``VerificationError``  a signature or attestation missing or wrong (exit code 1)
     ``PluginError``     a plugin misbehaved (exit code 70); any other exception from a
                         plugin is reported as a bug in that plugin, with that exit code too
 """
@@ -108,12 +119,13 @@ _WHERE = {
     **dict.fromkeys(("RegistryClient", "open_registry"), "modelbuild.oci.client"),
     **dict.fromkeys(("FetchError", "OpenedSource", "RemoteFile", "RemoteSource", "SourceListing", "SourcePin"),
                     "modelbuild.api._sources"),
-    **dict.fromkeys(("Attestation", "Attester", "Executor", "StepRequest", "Subject"),
-                    "modelbuild.api._provisional"),
+    **dict.fromkeys(("Attestation", "Attester", "Executor", "StepRequest"), "modelbuild.api._provisional"),
+    **dict.fromkeys(("SignatureRepository", "Signer", "SigningKey", "Subject", "Verified", "VerifyingKey"),
+                    "modelbuild.api._signers"),
     **dict.fromkeys(("BuildDescription", "EngineSpec", "FileKind", "FileSpec", "RuntimeSpec", "StageSpec",
                      "TransformSpec"), "modelbuild.description"),
-    **dict.fromkeys(("BuildError", "ModelbuildError", "ModelfileError", "PluginError", "Span", "UsageError"),
-                    "modelbuild.errors"),
+    **dict.fromkeys(("BuildError", "ModelbuildError", "ModelfileError", "PluginError", "Span", "UsageError",
+                     "VerificationError"), "modelbuild.errors"),
     **dict.fromkeys(("hookimpl", "hookspec"), "modelbuild.hookspecs"),
     "lfs_pointer_hint": "modelbuild.lfs",  # pointer_hint, under its public name
     "artifact_path_problem": "modelbuild.artifact_paths",  # path_problem, under its public name
@@ -159,7 +171,8 @@ if _TYPE_CHECKING:
     from modelbuild.api._engines import Container, Engine, EngineModel, Launch
     from modelbuild.oci.client import RegistryClient, open_registry
     from modelbuild.api._sources import FetchError, OpenedSource, RemoteFile, RemoteSource, SourceListing, SourcePin
-    from modelbuild.api._provisional import Attestation, Attester, Executor, StepRequest, Subject
+    from modelbuild.api._provisional import Attestation, Attester, Executor, StepRequest
+    from modelbuild.api._signers import SignatureRepository, Signer, SigningKey, Subject, Verified, VerifyingKey
     from modelbuild.description import (
         BuildDescription,
         EngineSpec,
@@ -169,7 +182,15 @@ if _TYPE_CHECKING:
         StageSpec,
         TransformSpec,
     )
-    from modelbuild.errors import BuildError, ModelbuildError, ModelfileError, PluginError, Span, UsageError
+    from modelbuild.errors import (
+        BuildError,
+        ModelbuildError,
+        ModelfileError,
+        PluginError,
+        Span,
+        UsageError,
+        VerificationError,
+    )
     from modelbuild.hookspecs import hookimpl, hookspec
     from modelbuild.artifact_paths import path_problem as artifact_path_problem
     from modelbuild.lfs import pointer_hint as lfs_pointer_hint
@@ -204,6 +225,19 @@ def modelfile_frontend() -> Frontend:
     return ModelfileFrontend()
 
 
+def cosign_signer() -> Signer:
+    """The core's ``cosign`` signer: cosign's key-based signatures (a simple-signing payload
+    signed with ECDSA P-256, stored under the ``sha256-<hex>.sig`` tag; docs/signing.md).
+
+    The format and the key files are implemented in the core package
+    (``modelbuild.signing``); the built-in ``cosign`` plugin registers the object this
+    returns, through the same hook a third-party signer uses. Imported when called.
+    """
+    from modelbuild.signing.signer import CosignSigner
+
+    return CosignSigner()
+
+
 __all__ = [
     # hooks
     "PluginLookup", "Registry", "SourceRegistry", "hookimpl", "hookspec",
@@ -215,13 +249,15 @@ __all__ = [
     "open_registry",
     # engines
     "Container", "ENGINE_PROTOCOLS", "Engine", "EngineModel", "Launch", "engine_params",
+    # signers
+    "SignatureRepository", "Signer", "SigningKey", "Subject", "Verified", "VerifyingKey", "cosign_signer",
     # provisional kinds
-    "Attestation", "Attester", "Executor", "StepRequest", "Subject",
+    "Attestation", "Attester", "Executor", "StepRequest",
     # values exchanged
     "ANN_ACCELERATOR", "ANN_REQUIRES", "ANN_TARGET", "Accelerator", "BuildDescription", "Constraint", "EngineSpec",
     "FileKind", "FileSpec", "HostInfo", "Member", "ModelInfo", "Output", "RuntimeSpec", "Span", "Stage", "StageSpec",
     "TransformContext", "TransformSpec", "WeightFile", "artifact_path_problem", "lfs_pointer_hint", "version_tuple", "write_tar",
     # errors
     "BuildError", "ConstraintError", "FormatError", "ModelbuildError", "ModelfileError", "PluginError",
-    "UsageError",
+    "UsageError", "VerificationError",
 ]

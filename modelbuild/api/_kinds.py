@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from modelbuild.api import _engines
+from modelbuild.api import _engines, _signers
 
 if TYPE_CHECKING:
     from modelbuild.description import BuildDescription
@@ -302,5 +302,6 @@ PLUGIN_KINDS: Mapping[str, type] = {
     "modelbuild_register_converters": Converter,
     "modelbuild_register_targets": Target,
     "modelbuild_register_engines": _engines.Engine,
+    "modelbuild_register_signers": _signers.Signer,
 }
 """Each core register hook, and the Protocol of what it registers."""

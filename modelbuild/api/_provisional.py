@@ -1,10 +1,12 @@
 """PROVISIONAL plugin kinds: attesters and executors.
 
 No hook registers them yet and the core calls none of them: these are the contracts the
-next issues implement (signing and attestations, remote execution),
+next issues implement (attestations, remote execution),
 written down now so that those issues argue with a text instead of starting from nothing.
 They may change before a hookspec names them; nothing here is covered by the 1.0
-compatibility promise until its hook carries a ``Since:`` tag.
+compatibility promise until its hook carries a ``Since:`` tag. Signing became a real kind in
+1.3 (:class:`modelbuild.api.Signer`, with the :class:`~modelbuild.api.Subject` that was
+drafted here).
 """
 
 from __future__ import annotations
@@ -16,18 +18,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-# -- attesters: sign or attest a pushed artifact ---------------------------------------------
+    from modelbuild.api._signers import Subject
 
-
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """PROVISIONAL. What is signed: an OCI descriptor (a manifest or an index) and the
-    reference it was pushed under (cosign's ``critical.identity.docker-reference``)."""
-
-    digest: str  # "sha256:…"
-    size: int
-    media_type: str
-    reference: str = ""
+# -- attesters: attest a pushed artifact ---------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)

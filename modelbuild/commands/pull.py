@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HELP = """\
 examples:
@@ -22,6 +24,10 @@ examples:
   modelbuild pull registry.example.com/team/qwen2:0.5b -o ./cfg --include '*.json'   configs only
 
 Credentials come from docker's config.json (`modelbuild login`, `docker login`).
+
+--verify-key PUB checks the signature (and --require'd attestations) of what the tag names
+before anything is written, then pulls that digest: an artifact that is not signed by that
+key is refused, and nothing of it is stored or written (docs/signing.md).
 """
 
 
@@ -43,6 +49,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", default="auto", choices=["auto", "tty", "plain", "quiet", "json"],
                    help="progress display for registry pulls (default: tty on a terminal, else plain)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--verify-key", metavar="PUB",
+                   help="refuse the artifact unless its signature verifies with this public key")
+    p.add_argument("--require", action="append", default=[], metavar="NAME[,NAME]",
+                   help="with --verify-key: attestations that must be there, signed by that key: provenance, sbom")
 
 
 def _is_local(ref: str) -> bool:
@@ -62,7 +72,12 @@ def run(args: argparse.Namespace) -> int:
     if args.include and not args.output:
         raise UsageError("--include needs -o DIR: the store keeps whole artifacts",
                          hint="pull -o DIR --include GLOB writes only the matching files")
+    if args.require and not args.verify_key:
+        raise UsageError("--require is checked with --verify-key: pass the public key too")
     if _is_local(args.ref):
+        if args.verify_key:
+            raise UsageError(f"--verify-key checks a signature in a registry, and {args.ref!r} is local",
+                             hint="pull it from the registry it was pushed to")
         return _run_local(args)
     return _run_remote(args)
 
@@ -76,10 +91,15 @@ def _run_remote(args: argparse.Namespace) -> int:
     from modelbuild.store import Store
 
     host, repo, ref, shown = remote_ref(args.ref)
+    check = _verifier(args)  # the key is read before any request
     emitter = Emitter(make_renderer(args.progress))
     jobs = args.jobs or DEFAULT_JOBS
+    verified = None
     try:
         with open_registry(host, plain_http=args.plain_http, insecure=args.insecure) as registry, login_hint(host):
+            if check is not None:  # verify what the tag names now, then fetch exactly that digest
+                verified = check(registry, repo, ref, shown)
+                ref = verified["digest"]
             if args.output:
                 result = pull_to_dir(registry, repo, ref, Path(args.output), args.platform or "auto", jobs=jobs,
                                      progress=emitter, include=args.include)
@@ -89,14 +109,32 @@ def _run_remote(args: argparse.Namespace) -> int:
                                        progress=emitter, tag=shown)
     finally:
         emitter.close()
+    if verified is not None:
+        result["verified"] = verified
     if args.json:
         print_json(result)
     else:
         stage = f" [{result['stage']}]" if result.get("stage") else ""
         print(f"{result['digest']}  {result.get('tag') or result['reference']}{stage}")
+        if verified is not None:
+            print(f"  verified: signed by key {verified['key'][:19]}… as {verified['signatures'][0]['identity']}"
+                  + "".join(f", {a['name']}" for a in verified["attestations"]))
         for f in result.get("files", []):
             print(f"  {f}")
     return 0
+
+
+def _verifier(args: argparse.Namespace) -> Callable[..., dict[str, Any]] | None:
+    """For --verify-key: a function checking ``(registry, repo, ref, shown)`` and returning
+    the verification result (a VerificationError when it fails); None without the flag."""
+    if not args.verify_key:
+        return None
+    from modelbuild.signing.policy import get_signer, parse_require, verify_reference
+
+    require = parse_require(args.require)
+    signer = get_signer()
+    key = signer.load_verifying_key(args.verify_key)
+    return lambda registry, repo, ref, shown: verify_reference(registry, repo, ref, shown, key, signer, require)
 
 
 def _run_local(args: argparse.Namespace) -> int:

@@ -8,12 +8,23 @@ local one. Credentials come from docker's config.json (``modelbuild login``).
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from modelbuild.api import Signer, SigningKey
+    from modelbuild.oci.registry import Registry
 
 HELP = """\
 examples:
   modelbuild push registry.example.com/team/qwen2:0.5b      the local tag of that name
   modelbuild push qwen2:0.5b registry.example.com/team/qwen2:0.5b
   modelbuild push ./layout:qwen2 localhost:5000/qwen2:1 --plain-http
+  modelbuild push registry.example.com/team/qwen2:0.5b --sign --key cosign.key
+
+--sign signs what was pushed, in cosign's format (docs/signing.md): the manifest or index the
+tag names and, for an index, each manifest in it (as `cosign sign --recursive`), as the
+reference pushed to. The key's passphrase comes from COSIGN_PASSWORD or the terminal, asked
+before anything is sent.
 """
 
 
@@ -29,6 +40,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", default="auto", choices=["auto", "tty", "plain", "quiet", "json"],
                    help="progress display (default: tty on a terminal, else plain)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--sign", action="store_true", help="sign what was pushed (needs --key)")
+    p.add_argument("--key", metavar="FILE", help="the private key --sign signs with")
+    p.add_argument("--signer", default=None, metavar="NAME", help="the signature scheme for --sign (default: cosign)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,17 +55,24 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    if args.key and not args.sign:
+        raise UsageError("--key is the key --sign signs with: pass --sign too")
+    if args.sign and not args.key:
+        raise UsageError("--sign needs --key FILE", hint="make one with `modelbuild key generate`")
     dst = args.dst or args.src
     if not names_registry(dst):
         raise UsageError(f"{dst!r} names no registry",
                          hint="push registry.example.com/team/model:tag, or push LOCAL registry.example.com/team/model:tag")
-    host, repo, ref, _ = remote_ref(dst)
+    host, repo, ref, normalised = remote_ref(dst)
     store, descriptor, _shown = _open(args.src, args.home)
+    signing = _signing(args)  # the key, loaded before any byte is sent
     emitter = Emitter(make_renderer(args.progress))
     try:
         with open_registry(host, plain_http=args.plain_http, insecure=args.insecure) as registry, login_hint(host):
             result = push_artifact(store, descriptor, registry, repo, ref, jobs=args.jobs or DEFAULT_JOBS,
                                    progress=emitter)
+            if signing is not None:
+                result["signed"] = _sign_pushed(registry, repo, ref, normalised, *signing)
     finally:
         emitter.close()
     if args.json:
@@ -59,4 +80,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{result['digest']}  {result['reference']}  ({result['uploaded']} of {result['blobs']} blobs sent, "
               f"{human_size(result['bytes'])})")
+        for signed in result.get("signed", []):
+            print(f"{signed['digest']}  signed as {signed['identity']}")
     return 0
+
+
+def _signing(args: argparse.Namespace) -> tuple[Signer, SigningKey] | None:
+    """``(signer, key)`` for --sign (its passphrase asked now), or None."""
+    if not args.sign:
+        return None
+    from modelbuild.signing.policy import get_signer, load_signing_key
+
+    signer = get_signer(args.signer)
+    return signer, load_signing_key(signer, args.key)
+
+
+def _sign_pushed(registry: Registry, repo: str, ref: str, reference: str, signer: Signer,
+                 key: SigningKey) -> list[dict[str, Any]]:
+    from modelbuild.signing.policy import sign_reference
+
+    return sign_reference(registry, repo, ref, reference, key, signer, recursive=True)

@@ -27,6 +27,10 @@ installed; else the first installed engine that serves the variant's format on i
 (`modelbuild plugins` lists them). Files are hard links to the store's blobs, in
 $MODELBUILD_HOME/run/<digest>/: no second copy, and a second run does nothing there.
 Ctrl-C or SIGTERM stops the engine and every process it started.
+
+--verify-key PUB (a registry reference only) checks the signature, and any --require'd
+attestations, of what the tag names before anything is pulled or linked, then serves exactly
+that digest (docs/signing.md); an artifact that fails is refused and nothing is written.
 """
 
 
@@ -60,6 +64,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", default="auto", choices=["auto", "tty", "plain", "quiet", "json"],
                    help="progress display while pulling (default: tty on a terminal, else plain)")
     p.add_argument("--json", action="store_true", help="print the plan (--dry-run) or the ready event as JSON")
+    p.add_argument("--verify-key", metavar="PUB",
+                   help="refuse the artifact unless its signature verifies with this public key")
+    p.add_argument("--require", action="append", default=[], metavar="NAME[,NAME]",
+                   help="with --verify-key: attestations that must be there, signed by that key: provenance, sbom")
 
 
 def parse_params(items: list[str]) -> dict[str, str]:
@@ -87,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if args.context is not None and not 1 <= args.context <= 2**31:
         raise UsageError(f"--context {args.context}: a context length is at least 1 and at most 2**31")
     params = parse_params(args.param)
+    if args.verify_key or args.require:
+        args.ref = _verified_reference(args)
     emitter = Emitter(make_renderer(args.progress))
     try:
         variant = resolve_variant(args.ref, home=args.home, platform=args.platform, plain_http=args.plain_http,
@@ -113,6 +123,27 @@ def run(args: argparse.Namespace) -> int:
     finally:
         emitter.close()
     return _serve(args, engine, model, launch, argv, files, home)
+
+
+def _verified_reference(args: argparse.Namespace) -> str:
+    """``host/repo@digest`` of what REF names, once its signature (and the attestations
+    --require names) verify with --verify-key: what is pulled and served is then exactly what
+    was verified, whatever the tag says later."""
+    from modelbuild.commands.sign import registry_reference
+    from modelbuild.errors import UsageError
+    from modelbuild.oci.transfer import login_hint, open_registry
+    from modelbuild.signing.policy import get_signer, parse_require, verify_reference
+
+    if not args.verify_key:
+        raise UsageError("--require is checked with --verify-key: pass the public key too")
+    require = parse_require(args.require)
+    host, repo, ref, shown = registry_reference(args.ref, "--verify-key")
+    signer = get_signer()
+    key = signer.load_verifying_key(args.verify_key)
+    with open_registry(host, plain_http=args.plain_http, insecure=args.insecure) as registry, login_hint(host):
+        result = verify_reference(registry, repo, ref, shown, key, signer, require)
+    print(f"verified {shown}: {result['digest']} signed by key {result['key'][:19]}…", file=sys.stderr, flush=True)
+    return f"{host}/{repo}@{result['digest']}"
 
 
 def _url(host: str, port: int, path: str) -> str:

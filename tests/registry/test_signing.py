@@ -8,11 +8,11 @@ Independent checkers, both directions:
   ``registries.d``) accepts what modelbuild signed and refuses it tampered; modelbuild
   verifies what ``skopeo copy --sign-by-sigstore-private-key`` signed with a key modelbuild
   generated. Debian 12's skopeo 1.9.3 is built with sigstore compiled out ("Debian-local
-  change: sigstore disabled", for signing and for verifying alike): there these two tests
-  skip with that reason, even under CI, since no install step can fix it; any skopeo built
-  with sigstore runs them: first on PATH, or named by ``MODELBUILD_TEST_SKOPEO``. Debian 13's
-  skopeo 1.18 has it, and these tests pass with it (its binary needs glibc 2.38: on Debian 12,
-  run it through Debian 13's ``ld-linux-x86-64.so.2 --library-path …``).
+  change: sigstore disabled", for signing and for verifying alike), so scripts/setup-system
+  unpacks Debian 13's skopeo 1.18 (which has it) into the virtualenv, run through its own
+  loader as ``VENV/bin/skopeo-sigstore``. The skopeo used is ``MODELBUILD_TEST_SKOPEO``, else
+  that one, else the system's; one without sigstore skips these tests outside CI and fails
+  them under CI=true.
 * OpenSSL verifies the signature modelbuild pushed, read from the registry over plain HTTP
   (not through modelbuild); and modelbuild verifies a ``.sig`` manifest this test writes by
   hand over HTTP around a payload OpenSSL signed. Signatures that cosign and skopeo
@@ -25,6 +25,7 @@ import base64
 import hashlib
 import json
 import os
+import sys
 import subprocess
 import time
 import uuid
@@ -168,15 +169,25 @@ def skopeo_problem(tmp_path_factory) -> str | None:
     """Once per module: why skopeo cannot do sigstore here (None when it can)."""
     from support import require_tool as need
 
-    skopeo = os.environ.get(SKOPEO_VAR) or need("skopeo", "apt-get install -y skopeo; scripts/setup-system installs it")
+    skopeo = _chosen_skopeo() or need("skopeo", "apt-get install -y skopeo; scripts/setup-system installs it")
     return _skopeo_sigstore_problem(skopeo, str(tmp_path_factory.mktemp("skopeo-probe")))
+
+
+def _chosen_skopeo() -> str | None:
+    """``MODELBUILD_TEST_SKOPEO``, else the sigstore-enabled skopeo scripts/setup-system put in
+    this virtualenv, else None (the system's)."""
+    unpacked = Path(sys.prefix) / "bin" / "skopeo-sigstore"
+    return os.environ.get(SKOPEO_VAR) or (str(unpacked) if os.access(unpacked, os.X_OK) else None)
 
 
 @pytest.fixture
 def sigstore_skopeo(skopeo, skopeo_problem) -> str:
     if skopeo_problem:
-        pytest.skip(f"{skopeo_problem}; set {SKOPEO_VAR} to a skopeo built with it")  # no install step fixes it
-    return os.environ.get(SKOPEO_VAR) or skopeo
+        message = f"{skopeo_problem}; scripts/setup-system VENV unpacks one, or set {SKOPEO_VAR}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return _chosen_skopeo() or skopeo
 
 
 def _skopeo_config(tmp: Path, host: str, pub: Path) -> tuple[Path, Path]:

@@ -143,3 +143,16 @@ def test_a_plugin_version_that_makes_other_bytes_is_named(quantized, monkeypatch
     assert f"step #{d['number']} quantize q4_k_m [cpu] (gguf {d['recordedVersion']} recorded" in line
     cuda = next(v["digest"] for v in result["variants"] if v["stage"] == "cuda")
     assert rebuild(_store(home), cuda, context=ctx, host=host).ok  # the other variant used no gguf step
+
+
+def test_verify_rebuild_on_the_command_line(quantized, mb) -> None:
+    home, ctx, result = quantized
+    env = {"MODELBUILD_HOME": str(home)}
+    run = mb("verify", "tiny-q4:1", "--rebuild", "--context", str(ctx), "--json", env=env)
+    assert run.rc == 0, run.err
+    doc = run.json()
+    assert doc["rebuilt"] and [s["subject"] for s in doc["subjects"]] == [
+        *(v["digest"] for v in result["variants"]), result["digest"]]
+    missing = mb("verify", "tiny-q4:1", "--rebuild", env=env)  # the safetensors were never stored
+    assert missing.rc == 1 and "input model.safetensors" in missing.err and "--context DIR" in missing.err
+    assert mb("verify", "tiny-q4:1", "--context", str(ctx), env=env).rc == 2  # --context is for --rebuild

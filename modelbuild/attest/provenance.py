@@ -52,10 +52,14 @@ def steps_of(statement: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     import base64
     import json
 
-    for product in statement["predicate"]["runDetails"].get("byproducts", []):
-        if product.get("name") == "steps" and product.get("mediaType") == STEPS_MEDIA_TYPE:
-            steps = json.loads(base64.b64decode(product["content"]))
-            return steps if isinstance(steps, list) else None
+    try:
+        products = statement["predicate"]["runDetails"].get("byproducts", [])
+        for product in products:
+            if product.get("name") == "steps" and product.get("mediaType") == STEPS_MEDIA_TYPE and "content" in product:
+                steps = json.loads(base64.b64decode(product["content"], validate=True))
+                return steps if isinstance(steps, list) else None
+    except (KeyError, TypeError, AttributeError, ValueError):  # not a provenance this modelbuild wrote
+        return None
     return None
 
 

@@ -57,20 +57,23 @@ def statement_of(store: Any, subject: str) -> dict[str, Any] | None:
     """The provenance statement recorded for *subject* in *store* (the latest), or None."""
     from modelbuild.attest import ANN_PREDICATE, DSSE_MEDIA_TYPE
 
+    import base64
+
     for entry in reversed(store.list_referrers(subject)):
         if (entry.get("annotations") or {}).get(ANN_PREDICATE) != provenance.PREDICATE_TYPE:
             continue
-        manifest = store.read_json(entry["digest"], entry["size"])
-        (layer,) = manifest["layers"]
-        data = store.read_blob(layer["digest"], layer["size"])
-        if layer["mediaType"] == DSSE_MEDIA_TYPE:
-            import base64
-
-            data = base64.b64decode(json.loads(data)["payload"])
-        statement = json.loads(data)
-        if statement.get("predicateType") == provenance.PREDICATE_TYPE and \
-                statement["subject"][0]["digest"].get("sha256") == subject.split(":", 1)[1]:
-            return statement
+        try:
+            manifest = store.read_json(entry["digest"], entry["size"])
+            (layer,) = manifest["layers"]
+            data = store.read_blob(layer["digest"], layer["size"])
+            if layer["mediaType"] == DSSE_MEDIA_TYPE:
+                data = base64.b64decode(json.loads(data)["payload"], validate=True)
+            statement = json.loads(data)
+            if statement.get("predicateType") == provenance.PREDICATE_TYPE and \
+                    statement["subject"][0]["digest"].get("sha256") == subject.split(":", 1)[1]:
+                return statement
+        except (ModelbuildError, KeyError, TypeError, ValueError, AttributeError, IndexError):
+            continue  # a damaged or foreign referrer: look at the next
     return None
 
 

@@ -27,7 +27,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = HELP
     p.add_argument("ref", metavar="REF", help="registry.example.com/repo:tag (or @sha256:…): what to check")
-    p.add_argument("--key", metavar="PUB", help="the public key the signature must verify with (required)")
+    p.add_argument("--key", metavar="PUB", help="the public key the signature must verify with (required, but "
+                   "for --rebuild alone)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="derive every variant again from its provenance (docs/supply-chain.md) and compare digests; "
+                        "REF may be a local tag, or a registry reference (pulled, with its referrers, first)")
+    p.add_argument("--context", metavar="DIR", default=None,
+                   help="with --rebuild: where to find inputs the store does not hold (the build's context)")
     p.add_argument("--require", action="append", default=[], metavar="NAME[,NAME]",
                    help="attestations that must be there, signed by the same key: provenance, sbom (repeatable)")
     p.add_argument("--signer", default=None, metavar="NAME", help="the signature scheme (default: cosign)")
@@ -43,8 +49,13 @@ def run(args: argparse.Namespace) -> int:
     from modelbuild.oci.transfer import login_hint, open_registry
     from modelbuild.signing.policy import get_signer, parse_require, verify_reference
 
+    if args.context and not args.rebuild:
+        raise UsageError("--context is for --rebuild", hint="add --rebuild")
+    if args.rebuild and not args.key:
+        return _rebuild(args)
     if not args.key:
-        raise UsageError("verify needs --key PUB, the public key to check the signature with")
+        raise UsageError("verify needs --key PUB, the public key to check the signature with",
+                         hint="or --rebuild, to derive the artifact again from its provenance")
     require = parse_require(args.require)
     host, repo, ref, shown = registry_reference(args.ref, "verify")
     signer = get_signer(args.signer)
@@ -56,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print_json({"reference": shown, "verified": False, "error": exc.render()})
         raise
+    if args.rebuild:
+        _rebuild(args)
     if args.json:
         print_json(result)
     else:
@@ -65,3 +78,48 @@ def run(args: argparse.Namespace) -> int:
         for att in result["attestations"]:
             print(f"  {att['name']:<10} {att['predicateType']}  ({att['referrer']})")
     return 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    """``--rebuild``: each manifest of REF (an index's variants, then the index) derived again
+    from its provenance (:mod:`modelbuild.attest.rebuild`); exit 1 naming the first step
+    that differs."""
+    from pathlib import Path
+
+    from modelbuild.attest.rebuild import describe_failure, rebuild
+    from modelbuild.commands._common import print_json
+    from modelbuild.errors import UsageError, VerificationError
+    from modelbuild.home import home_dir
+    from modelbuild.commands.inspect import read
+    from modelbuild.oci.transfer import names_registry
+    from modelbuild.store import Store
+
+    context = Path(args.context) if args.context else None
+    if context is not None and not context.is_dir():
+        raise UsageError(f"--context {args.context}: not a directory")
+    store = Store(home_dir(args.home) / "store").ensure()
+    if names_registry(args.ref):
+        _pull(args, store)
+    tree = read(store, store.resolve(args.ref))
+    subjects = [d.digest for d, _ in tree.entries()] + [tree.root.digest]  # the variants, then the index
+    outcomes = [rebuild(store, digest, context=context) for digest in subjects]
+    failed = [o for o in outcomes if not o.ok]
+    if args.json:
+        print_json({"reference": args.ref, "rebuilt": not failed, "subjects": [o.as_dict() for o in outcomes]})
+    else:
+        for o in outcomes:
+            print(f"{o.subject}  {'rebuilt identically' if o.ok else 'DIFFERS'} ({o.steps} steps)")
+    if failed:
+        o = failed[0]
+        raise VerificationError(describe_failure(o) if o.first_difference else
+                                f"{o.subject}: the rebuild gave another manifest digest")
+    return 0
+
+
+def _pull(args: argparse.Namespace, store: object) -> None:
+    from modelbuild.oci.pull import pull_artifact
+    from modelbuild.oci.transfer import login_hint, open_registry, remote_ref
+
+    host, repo, ref, label = remote_ref(args.ref)
+    with open_registry(host, plain_http=args.plain_http, insecure=args.insecure) as registry, login_hint(host):
+        pull_artifact(registry, repo, ref, store, tag=args.ref)

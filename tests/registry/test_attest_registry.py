@@ -93,3 +93,18 @@ def test_two_pushers_attaching_to_one_manifest_both_end_up_listed(registry, cli,
                                                             "https://cyclonedx.org/bom"}
     for home in homes.values():
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_verify_rebuild_of_a_pushed_artifact_on_another_machine(registry, cli, tmp_path: Path) -> None:
+    """Pushed with its provenance; a fresh store pulls it (referrers too) and derives it again
+    from the raw layers it pulled."""
+    repo = f"attest/rebuild-{uuid.uuid4().hex[:8]}"
+    ref = f"{registry.host}/{repo}:1"
+    built = cli("build", "-f", str(TINY), "-t", ref, "--attest", "provenance", "--push", "--plain-http",
+                "--progress", "quiet", "--json", env=EPOCH)
+    assert built.rc == 0, built.err
+    fresh = {"MODELBUILD_HOME": str(tmp_path / "fresh")}
+    run = cli("verify", ref, "--rebuild", "--plain-http", "--json", env=fresh)
+    assert run.rc == 0, run.err
+    assert run.json()["subjects"] == [{"subject": built.json()["digest"], "ok": True,
+                                       "steps": run.json()["subjects"][0]["steps"]}]

@@ -110,6 +110,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attest", action="append", default=[], metavar="KIND[,KIND]",
                    help="attach attestations to each manifest as OCI referrers: provenance (SLSA v1), "
                         "sbom (CycloneDX ML-BOM); repeatable")
+    p.add_argument("--sign", action="store_true",
+                   help="sign: each --attest statement as a DSSE envelope, and with --push what was pushed, in "
+                        "cosign's format (needs --key; docs/signing.md)")
+    p.add_argument("--key", metavar="FILE", help="the private key --sign signs with (COSIGN_PASSWORD, else a prompt)")
+    p.add_argument("--signer", default=None, metavar="NAME", help="the signature scheme for --sign (default: cosign)")
     p.add_argument("--layer-format", default="raw", metavar="FORMAT",
                    help="raw (default), tar, tar+gzip or tar+zstd; directories are always archives")
     p.add_argument("-o", "--output", action="append", default=[], metavar="DIR|type=local|oci,dest=DIR",
@@ -210,6 +215,16 @@ def run(args: argparse.Namespace) -> int:
     from modelbuild.attest import parse_kinds
 
     attest = parse_kinds(args.attest)  # a misspelt kind is a usage error before any work
+    if args.key and not args.sign:
+        raise UsageError("--key is the key --sign signs with: pass --sign too")
+    if args.sign and not args.key:
+        raise UsageError("--sign needs --key FILE", hint="make one with `modelbuild key generate`")
+    if args.sign and not (attest or args.push):
+        raise UsageError("--sign signs attestations and pushed artifacts: add --attest or --push",
+                         hint="a local artifact's signature lives in a registry: `modelbuild push --sign` later")
+    from modelbuild.commands.push import _signing
+
+    signing = _signing(args)  # the key, and its passphrase, before any work
     if args.print_graph:
         return _print_graph(args, modelfile, context, build_args)
     if args.push:
@@ -241,8 +256,9 @@ def run(args: argparse.Namespace) -> int:
         annotations=args.annotation,
         excludes=args.exclude,
         attest=attest,
+        sign=_statement_signer(signing),
     )
-    pushed = _push(args, result, progress) if args.push else []
+    pushed = _push(args, result, progress, signing) if args.push else []
     doc = {**result.as_dict(), **({"pushed": pushed} if args.push else {})}
     if metadata_file is not None:
         write_metadata(metadata_file, result, pushed if args.push else None)
@@ -303,8 +319,19 @@ def write_metadata(path: Path, result: Any, pushed: list[dict] | None = None) ->
         raise BuildError(f"cannot write --metadata-file {path}: {exc.strerror or exc}") from None
 
 
-def _push(args: argparse.Namespace, result: object, progress: str) -> list[dict]:
-    """Push the tags that name a registry, straight from the store (nothing is copied)."""
+def _statement_signer(signing: tuple | None):  # noqa: ANN202 - bytes -> bytes, or None
+    """What turns an attestation's statement into a signed DSSE envelope, with --sign."""
+    if signing is None:
+        return None
+    from modelbuild.signing.dsse import sign_statement
+
+    _, key = signing
+    return lambda statement: sign_statement(statement, key)
+
+
+def _push(args: argparse.Namespace, result: object, progress: str, signing: tuple | None = None) -> list[dict]:
+    """Push the tags that name a registry, straight from the store (nothing is copied), and
+    with --sign sign each pushed artifact (an index and each manifest in it)."""
     from modelbuild.home import home_dir
     from modelbuild.oci.push import push_refs
     from modelbuild.oci.transfer import DEFAULT_JOBS, names_registry
@@ -318,6 +345,15 @@ def _push(args: argparse.Namespace, result: object, progress: str) -> list[dict]
                            insecure=args.insecure, jobs=args.jobs or DEFAULT_JOBS, progress=emitter)
     finally:
         emitter.close()
+    if signing is not None:
+        from modelbuild.commands.push import _sign_pushed
+        from modelbuild.oci.transfer import login_hint, open_registry, remote_ref
+
+        for p in pushed:
+            host, repo, ref, normalised = remote_ref(p["reference"])
+            with open_registry(host, plain_http=args.plain_http, insecure=args.insecure) as registry, \
+                    login_hint(host):
+                p["signed"] = _sign_pushed(registry, repo, ref, normalised, *signing)
     if not args.json and progress not in ("quiet", "json"):  # json: the result event carries them
         for p in pushed:
             print(f"pushed {p['reference']}@{p['digest']} ({p['uploaded']} of {p['blobs']} blobs sent)", file=sys.stderr)

@@ -108,3 +108,35 @@ def test_verify_rebuild_of_a_pushed_artifact_on_another_machine(registry, cli, t
     assert run.rc == 0, run.err
     assert run.json()["subjects"] == [{"subject": built.json()["digest"], "ok": True,
                                        "steps": run.json()["subjects"][0]["steps"]}]
+
+
+def test_the_whole_supply_chain_from_the_command_line(registry, cli, tmp_path: Path) -> None:
+    """The issue's own commands: build, attest, sign and push in one go; then verify the
+    signature and the required attestations, derive it again, and list what is attached."""
+    password = {"COSIGN_PASSWORD": "correct horse battery staple"}
+    assert cli("key", "generate", "--output-key-prefix", str(tmp_path / "cosign"), env=password).rc == 0
+    repo = f"team/qwen2-{uuid.uuid4().hex[:8]}"
+    ref = f"{registry.host}/{repo}:0.5b"
+    built = cli("build", "-f", str(TINY), "-t", ref, "--push", "--plain-http", "--attest", "provenance,sbom",
+                "--sign", "--key", str(tmp_path / "cosign.key"), "--progress", "quiet", "--json",
+                env={**EPOCH, **password})
+    assert built.rc == 0, built.err
+    doc = built.json()
+    assert {a["artifactType"] for a in doc["attestations"]} == {"application/vnd.dsse.envelope.v1+json"}
+    assert doc["pushed"][0]["signed"], doc["pushed"]
+    verified = cli("verify", ref, "--key", str(tmp_path / "cosign.pub"), "--require", "provenance,sbom",
+                   "--plain-http", "--json")
+    assert verified.rc == 0, verified.err
+    assert {a["name"] for a in verified.json()["attestations"]} == {"provenance", "sbom"}
+    other = cli("key", "generate", "--output-key-prefix", str(tmp_path / "other"), env=password)
+    assert other.rc == 0
+    wrong = cli("verify", ref, "--key", str(tmp_path / "other.pub"), "--require", "provenance", "--plain-http")
+    assert wrong.rc == 1 and len(wrong.err.strip().splitlines()) == 1, wrong.err
+    fresh = {"MODELBUILD_HOME": str(tmp_path / "fresh")}
+    rebuilt = cli("verify", ref, "--key", str(tmp_path / "cosign.pub"), "--rebuild", "--plain-http", env=fresh)
+    assert rebuilt.rc == 0, rebuilt.err
+    listed = cli("inspect", ref, "--remote", "--plain-http", "--referrers", "--json")
+    assert {r["predicateType"] for r in listed.json()["referrers"]} >= {"https://slsa.dev/provenance/v1",
+                                                                      "https://cyclonedx.org/bom"}
+    for output in (built.out, built.err, verified.out, rebuilt.out, rebuilt.err, listed.out):
+        assert password["COSIGN_PASSWORD"] not in output

@@ -183,10 +183,14 @@ class Recorder:
         opened = getattr(self.desc, "source", None)
         if opened is None or opened.pin is None:
             return []
-        entry: dict[str, Any] = {"uri": opened.pin.identity, "annotations": {"source": opened.source}}
-        if opened.pin.revision:
-            algorithm, _, value = opened.pin.revision.partition(":")
-            entry["digest"] = {algorithm: value} if value else {"gitCommit": opened.pin.revision}
+        identity = opened.pin.identity
+        entry: dict[str, Any] = {"uri": identity, "annotations": {"source": opened.source}}
+        pinned = opened.pin.revision or (identity.rsplit("@", 1)[1] if "@sha256:" in identity else "")
+        if "#sha256=" in identity:  # a checksum-pinned URL
+            pinned = "sha256:" + identity.split("#sha256=", 1)[1].split("&", 1)[0]
+        if pinned:
+            algorithm, _, value = pinned.partition(":")
+            entry["digest"] = {algorithm: value} if value else {"gitCommit": pinned}
         return [entry]
 
     def chains(self, steps: Sequence[str]) -> list[str]:

@@ -162,3 +162,20 @@ def test_archive_layers_of_a_base_are_kept_as_they_are(registry, cli, home, tmp_
     ids = dict(zip([l["digest"] for l in base["layers"]], base["config"]["modelfs"]["diffIds"]))
     kept = dict(zip([l["digest"] for l in built["layers"]], built["config"]["modelfs"]["diffIds"]))
     assert kept[want["model.safetensors"][1]] == ids[want["model.safetensors"][1]]
+
+
+def test_the_provenance_names_the_base_artifact_by_digest(registry, cli, home, tmp_path: Path) -> None:
+    ref = f"{registry.host}/{_repo('prov')}:1.0"
+    _build(cli, EXAMPLES / "tiny-llama" / "Modelfile", ref)
+    pushed = cli("push", ref, "--plain-http", "--progress", "quiet", "--json")
+    assert pushed.rc == 0, pushed.err
+    mf = tmp_path / "Modelfile"
+    mf.write_text(f"FROM oci://{ref}\nNAME derived\n")
+    built = _build(cli, mf, "derived:1", "--attest", "provenance")
+    (attestation,) = built["attestations"]
+    layer = _manifest(home, attestation["digest"])["layers"][0]
+    statement = json.loads((home / "store" / "blobs" / "sha256" / layer["digest"].split(":")[1]).read_bytes())
+    (base,) = [d for d in statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+               if d.get("uri", "").startswith("oci://")]
+    digest = pushed.json()["digest"]
+    assert base["uri"].endswith("@" + digest) and base["digest"] == {"sha256": digest.split(":")[1]}

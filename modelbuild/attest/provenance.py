@@ -104,8 +104,16 @@ class Recorder:
         self.build_file, self.build_args, self.platforms = build_file, build_args, platforms
         self.layer_format, self.tags, self.created, self.epoch = layer_format, tags, created, epoch
         self.numbers = {sid: i + 1 for i, sid in enumerate(graph.order)}
+        self._dists: dict[str, tuple[str, str]] | None = None
 
     # -- the parts ------------------------------------------------------------------------
+    def dists(self) -> dict[str, tuple[str, str]]:
+        """Plugin name → (distribution, version), read once per build: reading every
+        distribution's metadata takes tens of milliseconds each time."""
+        if self._dists is None:
+            self._dists = {info.name: (info.distribution, info.version) for info in self.host.infos()}
+        return self._dists
+
     def plugin(self, step: Any) -> tuple[str, str]:
         """The plugin that did *step* and its distribution's version."""
         owner = step.plugin
@@ -113,20 +121,22 @@ class Recorder:
             from modelbuild import __version__
 
             return owner, __version__
-        return owner, self.host.plugin_version(owner)
+        known = self.dists().get(owner)
+        return owner, known[1] if known else self.host.plugin_version(owner)
 
     def plugins(self, steps: Iterable[str]) -> list[tuple[str, str, str]]:
         """(plugin, distribution, version) of each plugin that did one of *steps*, sorted."""
         from modelbuild import __version__
 
-        dists = {info.name: (info.distribution, info.version) for info in self.host.infos()}
+        dists = self.dists()
         found = set()
         for sid in steps:
             owner = self.graph.step(sid).plugin
             if owner == "modelbuild":
                 found.add(("modelbuild", "modelbuild", __version__))
             else:
-                found.add((owner, *dists.get(owner, (owner, self.host.plugin_version(owner)))))
+                known = dists.get(owner)  # not dists.get(owner, default): the default would be read every time
+                found.add((owner, *(known or (owner, self.host.plugin_version(owner)))))
         return sorted(found)
 
     def distributions(self, steps: Iterable[str]) -> list[dict[str, Any]]:

@@ -297,3 +297,28 @@ def test_bad_cache_flags_are_usage_errors(cli, ctx):
     ]:
         r = cli("build", "-f", "Modelfile", flag, value, cwd=ctx)
         assert r.rc == 2 and message in r.err, (value, r.err)
+
+
+def test_attestations_and_cache_records_stay_apart(registry, build, tmp_path):
+    """``--attest`` with ``--cache-to``: the cache holds cache records only, not the
+    attestations (referrers of the model's manifests); a runner importing it builds from cache
+    and attests anew, and the push carries the attestations, not the records."""
+    from modelbuild.oci.pull import remote_referrers
+    from modelbuild.oci.registry import Registry
+
+    repo = f"{registry.host}/ci/attested"
+    cache = f"type=registry,ref={repo}:buildcache,mode=max,plain-http=true"
+    flags = ("--plain-http", "-t", f"{repo}:1", "--push", "--attest", "provenance,sbom", "--cache-to", cache)
+    _, first = build("runner1", *flags)
+    with Registry(registry.host, plain_http=True) as reg:
+        data, _, _ = reg.get_manifest("ci/attested", "buildcache")
+        record = json.loads(data)
+        assert record["artifactType"] == "application/vnd.modelbuild.cache.v1+json"
+        listed, _ = remote_referrers(reg, "ci/attested", first["digest"])
+    kinds = {(e.get("annotations") or {}).get("in-toto.io/predicate-type") for e in listed}
+    assert {"https://slsa.dev/provenance/v1", "https://cyclonedx.org/bom"} <= kinds
+    assert not any(e.get("artifactType") == "application/vnd.modelbuild.cache.v1+json" for e in listed)
+    _, second = build("runner2", "--cache-from", f"type=registry,ref={repo}:buildcache,plain-http=true",
+                      "--attest", "provenance")
+    assert not [s for s in second["stats"]["executed"] if s.startswith("transform")]
+    assert second["digest"] == first["digest"] and len(second["attestations"]) == 1

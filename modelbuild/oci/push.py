@@ -171,7 +171,7 @@ def _push_referrer(store: Any, registry: Registry, repo: str, subject: str, entr
 
 
 REFERRERS_TAG_TRIES = 6
-REFERRERS_TAG_SETTLE = 0.5  # seconds between writing the tag and checking it: far longer than one read-then-write
+REFERRERS_TAG_SETTLE = 0.2  # seconds between writing the tag and checking it: far longer than one read-then-write (ms)
 
 
 def _extend_referrers_tag(registry: Registry, repo: str, subject: str, listed: list[dict[str, Any]],

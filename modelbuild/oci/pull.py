@@ -280,12 +280,12 @@ class RegistrySource:
         if desc.size > MAX_JSON:
             raise IntegrityError(f"{self.where}: config {desc.digest} declares {desc.size} bytes, "
                                  f"more than the {MAX_JSON} allowed")
-        buf = _Buffer()
+        buf = MemorySink()
         self.registry.pull_blob(self.repo, desc.digest, desc.size, buf)
         return parse_json_object(bytes(buf.data), f"{self.where}: config {desc.digest}")
 
 
-class _Buffer:
+class MemorySink:
     """A small blob received into memory (its size was bounded before the download)."""
 
     def __init__(self) -> None:
@@ -333,4 +333,4 @@ def pull_to_dir(registry: Registry, repo: str, ref: str, dest: Path, platform: s
     }
 
 
-__all__ = ["pull_artifact", "pull_referrers", "pull_to_dir", "referrers_tag", "remote_referrers", "remote_tree"]
+__all__ = ["MemorySink", "pull_artifact", "pull_referrers", "pull_to_dir", "referrers_tag", "remote_referrers", "remote_tree"]

@@ -13,19 +13,11 @@ from typing import Any
 
 from modelbuild.digests import sha256_bytes
 from modelbuild.oci import mediatypes as mt
+from modelbuild.oci.pull import MemorySink
 from modelbuild.oci.registry import Registry
 from modelbuild.oci.verify import IntegrityError
 
 MAX_BLOB = 16 << 20  # a DSSE envelope holding an SBOM; a signature payload is a few hundred bytes
-
-
-class _Buffer:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, chunk: bytes) -> int:
-        self.data += chunk
-        return len(chunk)
 
 
 class RegistryRepository:
@@ -44,7 +36,7 @@ class RegistryRepository:
         if not isinstance(size, int) or size < 0 or size > MAX_BLOB:
             raise IntegrityError(f"{self.name}: blob {digest} declares {size} bytes; a signature's blobs are "
                                  f"at most {MAX_BLOB}")
-        buf = _Buffer()
+        buf = MemorySink()
         self.registry.pull_blob(self.repo, digest, size, buf)  # verified against the digest
         return bytes(buf.data)
 

@@ -37,6 +37,7 @@ class BuildResult:
     variants: list[dict[str, Any]] = field(default_factory=list)  # one per TARGET stage
     config_digest: str | None = None  # the config blob's, for a build of one manifest
     attestations: list[dict[str, Any]] = field(default_factory=list)  # --attest: one per kind and manifest
+    pushed: list[dict[str, Any]] | None = None  # --push / --output type=registry: one summary per reference
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +51,7 @@ class BuildResult:
             "warnings": self.warnings,
             **({"variants": self.variants} if self.variants else {}),
             **({"attestations": self.attestations} if self.attestations else {}),
+            **({"pushed": self.pushed} if self.pushed is not None else {}),
         }
 
 
@@ -66,26 +68,40 @@ def source_date_epoch() -> tuple[str | None, int]:
     return created, epoch
 
 
-OUTPUT_TYPES = ("local", "oci")
+OUTPUT_TYPES = ("local", "oci", "registry")
+OUTPUT_HINT = "use -o DIR, type=local|oci,dest=DIR or type=registry[,name=REF]"
 
 
-def parse_output(spec: str) -> dict[str, str]:
+def parse_output(spec: str) -> dict[str, Any]:
     """BuildKit's ``--output``: ``type=local,dest=DIR`` (the artifact's files, as ``pull -o``
-    writes them), ``type=oci,dest=DIR`` (an OCI image layout); a bare ``DIR`` means
-    ``type=local,dest=DIR``, as it does for ``docker buildx build -o DIR``."""
+    writes them), ``type=oci,dest=DIR`` (an OCI image layout), ``type=registry`` (pushed; see
+    :mod:`modelbuild.oci.output`); a bare ``DIR`` means ``type=local,dest=DIR``, as it does for
+    ``docker buildx build -o DIR``. Read as CSV, as buildx reads it: ``"name=A,B"`` in
+    quotes is one field holding two names."""
+    import csv
+
     if "=" not in spec:
         if not spec:
-            raise UsageError("--output needs a directory", hint="use -o DIR or type=local|oci,dest=DIR")
+            raise UsageError("--output needs a directory", hint=OUTPUT_HINT)
         return {"type": "local", "dest": str(Path(spec).resolve())}
-    fields = {}
-    for part in spec.split(","):
+    fields: dict[str, str] = {}
+    try:
+        parts = next(csv.reader([spec], skipinitialspace=True), [])
+    except csv.Error:
+        raise UsageError(f"bad --output {spec!r}", hint=OUTPUT_HINT) from None
+    for part in parts:
         key, eq, value = part.partition("=")
         if not eq:
-            raise UsageError(f"bad --output {spec!r}", hint="use type=local|oci,dest=DIR")
+            raise UsageError(f"bad --output {spec!r}", hint=OUTPUT_HINT)
         fields[key.strip()] = value.strip()
     kind = fields.get("type", "local")
     if kind not in OUTPUT_TYPES:
-        raise UsageError(f"unsupported output type {kind!r}", hint="supported: local (the files), oci (an OCI layout)")
+        raise UsageError(f"unsupported output type {kind!r}",
+                         hint="supported: local (the files), oci (an OCI layout), registry (pushed)")
+    if kind == "registry":
+        from modelbuild.oci.output import parse_registry_output
+
+        return parse_registry_output(spec, fields)
     if not fields.get("dest"):
         raise UsageError(f"--output {spec!r} needs dest=DIR")
     unknown = sorted(set(fields) - {"type", "dest"})
@@ -121,6 +137,7 @@ def prepare(
     # the command line first: a bad -t, --output or --annotation is reported before the Modelfile is read
     refs = [str(parse_reference(t)) for t in tags]
     parsed_outputs = tuple(parse_output(o) for o in outputs)
+    named = any(o["type"] == "registry" and o["names"] for o in parsed_outputs)  # then no default tag, as buildx
     from modelbuild.annotations import parse_annotations, parse_labels, place_annotations
 
     label_map, parsed_annotations = parse_labels(labels), parse_annotations(annotations)
@@ -132,7 +149,7 @@ def prepare(
         if context is not None and desc.context != context.resolve():
             desc = _with_warning(desc, f"the Modelfile's FROM ({desc.context}) overrides the CONTEXT argument "
                                        f"({context})")
-        if not refs and desc.name:
+        if not refs and desc.name and not named:
             refs = [default_tag(desc)]
         created, epoch = source_date_epoch()
         resolved = resolve(desc, host, platforms=platforms)
@@ -140,7 +157,7 @@ def prepare(
     options = BuildOptions(
         layer_format=layer_format,
         tags=tuple(refs),
-        outputs=parsed_outputs,
+        outputs=tuple(o for o in parsed_outputs if o["type"] != "registry"),  # pushed by build(), after the graph
         created=created,
         epoch=epoch,
         **place_annotations(label_map, parsed_annotations, resolved),
@@ -214,11 +231,22 @@ def build(
     excludes: Sequence[str] = (),
     attest: Sequence[str] = (),
     sign: Any = None,
+    executor: str | None = None,
+    plain_http: bool = False,
+    insecure: bool = False,
 ) -> BuildResult:
     """Build; *cache_to* / *cache_from* are ``--cache-to`` / ``--cache-from`` values (strings
     or parsed :class:`modelbuild.cache.CacheSpec`), see :mod:`modelbuild.cache`. *attest*
     names the attestations to attach (:mod:`modelbuild.attest`: ``provenance``, ``sbom``);
-    *sign*, when given, turns each statement's bytes into a signed DSSE envelope."""
+    *sign*, when given, turns each statement's bytes into a signed DSSE envelope.
+
+    *outputs* of ``type=registry`` (``--push`` is one) are pushed once every step, export
+    and attestation succeeded, before any tag moves; *plain_http* and *insecure* are for
+    those registries. When nothing else needs the bytes here (no other output, no
+    *cache_to*, every tag names a registry), large raw layers stream from the context's
+    files to the registry and are never copied into the store (:mod:`modelbuild.oci.stream`);
+    the store is then tagged only if it holds the whole artifact anyway (see
+    docs/registry.md, "Pushing without a second copy")."""
     from modelbuild.cache import BuildCache
     from modelbuild.ops import ExecEnv
     from modelbuild.progress import PlainRenderer
@@ -238,38 +266,66 @@ def build(
             host, desc, graph = prepare(modelfile, host=host, context=context, build_args=build_args, tags=tags,
                                         outputs=outputs, layer_format=layer_format, platforms=platforms,
                                         labels=labels, annotations=annotations, excludes=excludes)
+        from modelbuild.oci.output import RegistryOutputs
+
+        registry_out = RegistryOutputs([parse_output(o) for o in outputs], graph.step(graph.export).params["tags"],
+                                       plain_http=plain_http, insecure=insecure)
     except BaseException:
         emitter.close()
         raise
     store = Store(home / "store").ensure()
     store.manifests()  # a damaged index.json fails the build now, not once its work is done
     cache = BuildCache(home / "cache")
+    pushed = None
     try:
         for warning in desc.warnings:
             emitter.warn(warning)
-        jobs = jobs or os.cpu_count() or 2
-        env = ExecEnv(store=store, cache=cache, host=host, emitter=emitter, no_cache=no_cache, jobs=jobs)
+        push_jobs = jobs
+        sources = registry_out.open(cache, cache_to=cache_to)  # not None: large raw layers stream there
+        jobs = solver_jobs = jobs or os.cpu_count() or 2
+        if sources is not None and push_jobs is None:
+            from modelbuild.oci.transfer import DEFAULT_JOBS
+
+            # its large files wait on the registry as they are hashed: as many at once as a push sends
+            solver_jobs = max(jobs, DEFAULT_JOBS)
+        env_args: dict[str, Any] = dict(
+            store=store, cache=cache, host=host, emitter=emitter, no_cache=no_cache, jobs=jobs,
+            executor=_executor(executor, host, jobs=jobs, store=store, context=desc.context, emitter=emitter))
+        if sources is None:
+            env = ExecEnv(**env_args)
+        else:
+            from modelbuild.oci.stream import streaming_env
+
+            env = streaming_env(sources, **env_args)
         number = len(graph.order) + 1  # cache import/export show as steps after the graph's
         importer = CacheImporter(cache_from, env, first_number=number) if cache_from and not no_cache else None
         try:
-            with store.gc_lock(exclusive=False):
+            with store.gc_lock(exclusive=False), registry_out.login_hints():
                 if importer is not None:
                     importer.load()
-                solver = Solver(graph, env, jobs=jobs, remote=importer)
+                solver = Solver(graph, env, jobs=solver_jobs, remote=importer)
                 results = solver.solve()
                 exported = results[graph.export]
                 if cache_to:
                     CacheExporter(cache_to, env, first_number=number + len(cache_from), importer=importer,
                                   mount_from=list(exported.tags)).export(solver.keyed)
                 variants = _variants(store, graph, results)
+                pairs = registry_out.pairs(graph, results)
                 attested = _attest(attest, sign, store=store, graph=graph, results=results, solver=solver,
                                    host=host, desc=desc, modelfile=modelfile, build_args=build_args or {},
-                                   platforms=platforms, layer_format=layer_format, tags=exported.tags)
+                                   platforms=platforms, layer_format=layer_format,
+                                   tags=exported.tags or tuple(ref for ref, _ in pairs))
+                if pairs:  # after everything else, before any tag moves: docs/registry.md
+                    pushed = registry_out.push(store, pairs, jobs=push_jobs, emitter=emitter,
+                                               first_number=number + len(cache_from) + len(cache_to))
                 store.set_tags(exported.tag_entries)  # last: the build has succeeded
+                registry_out.settle_tags(store, pairs, bool(exported.tag_entries), emitter)
         finally:
             if importer is not None:
                 importer.close()
+            env.executor.close()
     finally:
+        registry_out.close()
         cache.close()
         emitter.close()
     top = exported.descriptor.to_oci()
@@ -286,7 +342,18 @@ def build(
         variants=[] if single else variants,
         config_digest=results[graph.variants[0].config].descriptor.digest if single else None,
         attestations=attested,
+        pushed=pushed,
     )
+
+
+def _executor(spec: str | None, host: Any, *, jobs: int, store: Any, context: Path | None, emitter: Any) -> Any:
+    """The build's executor (``--executor``), opened when a transform first runs an item."""
+    from modelbuild.executors import BuildExecutor, parse_executor
+    from modelbuild.progress import Event
+
+    choice = parse_executor(spec)
+    return BuildExecutor(choice, host, jobs=jobs, store=store.root, context=context,
+                         log=lambda line: emitter.emit(Event("log", 0, f"executor {choice}", message=line)))
 
 
 def _attest(kinds: Sequence[str], sign: Any, *, store: Any, graph: Any, results: Mapping[str, Any], solver: Any,

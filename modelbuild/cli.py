@@ -59,7 +59,9 @@ Docs: docs/modelfile.md (the Modelfile reference), docs/architecture.md.
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with *only*, holding that command's subparser alone (a
+    command that runs needs no other: each subparser costs argparse's gettext look-ups)."""
     parser = argparse.ArgumentParser(
         prog="modelbuild", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -67,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", metavar="DIR", help="store and cache directory (default: $MODELBUILD_HOME)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, summary) in COMMANDS.items():
-        sub.add_parser(name, help=summary, description=summary)
+        if only is None or name == only:
+            sub.add_parser(name, help=summary, description=summary)
     return parser
 
 
@@ -91,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = "build"  # `modelbuild -f Modelfile` is `modelbuild build -f Modelfile`
         rest.insert(0, command)
     args_list = head + rest
-    parser = _parser()
+    parser = _parser(command if command in COMMANDS else None)
     module = None
     passthrough: list[str] = []
     if command in COMMANDS:

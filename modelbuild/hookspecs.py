@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from modelbuild.api import (
         Converter,
         Engine,
+        Executor,
         Frontend,
         LayerCodec,
         Quantizer,
@@ -322,4 +323,31 @@ def modelbuild_register_signers(registry: Registry[Signer]) -> None:
     Return value: None; a returned value is ignored.
     ``firstresult``: no; every implementation is called.
     Since: 1.3.
+    """
+
+
+# -- running a build's work --------------------------------------------------------------
+
+
+@hookspec
+def modelbuild_register_executors(registry: Registry[Executor]) -> None:
+    """Add executors: where a build's work items run (``build --executor NAME[://ADDRESS]``;
+    docs/scale.md).
+
+    Call ``registry.add(executor)``; an executor is a :class:`modelbuild.api.Executor`: a
+    ``name``, a ``summary``, and ``open(setup)``, which gets an
+    :class:`~modelbuild.api.ExecutorSetup` (the address, ``-j``, the store and context
+    directories, a log callback) and returns an :class:`~modelbuild.api.ExecutorSession`
+    whose ``map(fn, items, on_done, jobs=, preload=)`` runs a transform's work items, as the
+    Protocol's docstring says. The solver, the cache and the store stay with the build: an
+    executor only runs items, which read and write files by path in the store and context. A
+    remote executor runs each item on its workers through ``setup.work(fn).run(item)`` (a
+    :class:`modelbuild.api.Work`: the data-plane and code checks, a clean thread per item). The built-in executor is
+    :func:`modelbuild.api.local_executor` (``local``, the default); ``ray`` is a plugin.
+
+    Parameters:
+        ``registry``: the executor :class:`~modelbuild.api.Registry` to add to.
+    Return value: None; a returned value is ignored.
+    ``firstresult``: no; every implementation is called.
+    Since: 1.4.
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import datetime
 from functools import lru_cache
 from importlib import resources
@@ -16,9 +17,43 @@ PRECISION_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "
                      "fp8": "float8_e4m3", "fp64": "float64"}
 
 
-@lru_cache(maxsize=1)
+_IMPORTING = threading.Lock()
+
+
+def _jsonschema() -> Any:
+    """jsonschema, imported without its IRI format checkers where nothing imported it yet.
+
+    Importing jsonschema imports ``rfc3987_syntax`` when that is installed (cyclonedx's
+    ``json-validation`` extra brings it), to check the ``iri`` formats, and that compiles a
+    grammar: 1.5 s of CPU, a quarter of a cold 2 GB build. The config schema's one format is
+    ``date-time``, checked by :func:`_validator`'s own function. A process that imported
+    jsonschema before (the tests, for their strict validators) keeps every checker it had.
+    """
+    import sys
+
+    with _IMPORTING:  # config steps validate from several threads at once
+        block = "jsonschema" not in sys.modules and "rfc3987_syntax" not in sys.modules
+        if block:
+            sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]  # an ImportError for jsonschema
+        try:
+            import jsonschema  # a plain import: it waits for one under way in another thread
+        finally:
+            if block and sys.modules.get("rfc3987_syntax", 0) is None:
+                del sys.modules["rfc3987_syntax"]
+    return jsonschema
+
+
+_VALIDATOR = threading.Lock()
+
+
 def _validator() -> Any:
-    import jsonschema
+    with _VALIDATOR:  # built once, whichever config step asks first
+        return _build_validator()
+
+
+@lru_cache(maxsize=1)
+def _build_validator() -> Any:
+    jsonschema = _jsonschema()
 
     schema = json.loads(resources.files("modelbuild").joinpath("schema/modelpack-config-schema.json").read_text())
     checker = jsonschema.FormatChecker(formats=())

@@ -23,9 +23,10 @@ step that failed.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import Any, Callable
 
 from modelbuild.errors import BuildError, ModelbuildError
 from modelbuild.graph import BuildGraph
@@ -82,30 +83,32 @@ class Solver:
     def _solve(self) -> dict[str, Any]:
         remaining = {sid: len(self.graph.deps[sid]) for sid in self.graph.order}
         ready = [sid for sid in self.graph.order if remaining[sid] == 0]
-        running: dict[Future[Any], str] = {}
+        running: set[str] = set()
         failure: BaseException | None = None
-        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="step") as pool:
+        pool = _StepThreads(self.jobs, self._run_step)
+        try:
             while ready or running:
                 # submit no more than the pool runs at once, so that a failure stops what is
                 # not started yet rather than leaving it queued in the pool
                 while ready and failure is None and len(running) < self.jobs:
                     sid = ready.pop(0)
-                    running[pool.submit(self._run_step, sid)] = sid
+                    running.add(sid)
+                    pool.submit(sid, in_flight=len(running))
                 if not running:
                     break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=lambda f: self.number[running[f]]):
-                    sid = running.pop(fut)
-                    exc = fut.exception()
+                for sid, result, exc in sorted(pool.finished(), key=lambda d: self.number[d[0]]):
+                    running.discard(sid)
                     if exc is not None:
                         failure = failure or exc
                         continue
-                    self.results[sid] = fut.result()
+                    self.results[sid] = result
                     for succ in self.graph.successors(sid):
                         remaining[succ] -= 1
                         if remaining[succ] == 0:
                             ready.append(succ)
                     ready.sort(key=lambda s: self.number[s])
+        finally:
+            pool.close()  # the steps still running finish first
         if failure is not None:
             raise failure
         return self.results
@@ -159,6 +162,7 @@ class Solver:
                     self.keyed[step.id] = (op, key, hit[1])
                     return hit[0]
                 self._materialize(inputs)
+                self._prepare_executor(op)
                 outcome = op.run(step, inputs, StepContext(self.env, number, step))
                 stored = outcome.result.to_json()
                 self.env.cache.set_step(key, stored)
@@ -174,6 +178,7 @@ class Solver:
     def _run_unkeyed(self, op: Op, step: Any, inputs: list[Any], number: int) -> Outcome:
         """Run a step that has no key; announce it only once it turns out to do work."""
         ctx = _LazyStartContext(self.env, number, step)
+        ctx.on_work = lambda: self._prepare_executor(op)
         outcome = op.run(step, inputs, ctx)
         if not outcome.cached and not ctx.announced:
             self.env.emitter.emit(Event("start", number, step.label))
@@ -181,6 +186,14 @@ class Solver:
             self.env.emitter.emit(Event("cached", number, step.label))
             self.env.stats.add(steps_cached=1)
         return outcome
+
+    def _prepare_executor(self, op: Op) -> None:
+        """A step that will use the executor, or says work is coming (a changed input is being
+        hashed), runs: a remote executor starts connecting now, in the background, instead of
+        when the first transform needs it. A build whose steps are all cached never connects."""
+        executor = getattr(self.env, "executor", None)
+        if op.prepares_executor and executor is not None:
+            executor.start_early()
 
     def _materialize(self, inputs: list[Any]) -> None:
         """Fetch the imported blobs the inputs reference, before a step reads them."""
@@ -214,12 +227,15 @@ class _LazyStartContext(StepContext):
     to be cached (a digest answered by the stat cache) shows as CACHED, never as started."""
 
     announced = False
+    on_work: Any = None  # called once, as the step turns out to do work
 
     def _announce(self) -> None:
         with self._lock:  # once, and before any thread's first progress event
             if not self.announced:
                 self.announced = True
                 self.env.emitter.emit(Event("start", self.number, self.step.label))
+                if self.on_work is not None:
+                    self.on_work()
 
     def set_total(self, total: int, unit: str = "bytes") -> None:
         self._announce()
@@ -232,3 +248,48 @@ class _LazyStartContext(StepContext):
     def log(self, message: str) -> None:
         self._announce()
         super().log(message)
+
+
+class _StepThreads:
+    """The solver's threads (``-j`` of them at most, started as steps are submitted): what a
+    ``ThreadPoolExecutor`` did here, without importing :mod:`concurrent.futures` (and
+    :mod:`logging`) on every build, a no-op rebuild included. A step's exception, whatever
+    it is, is handed back with its step id, as a future would hold it."""
+
+    def __init__(self, size: int, run: Callable[[str], Any]) -> None:
+        self._size = size
+        self._run = run
+        self._tasks: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[str, Any, BaseException | None]] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, sid: str, *, in_flight: int) -> None:
+        self._tasks.put(sid)
+        if len(self._threads) < min(self._size, in_flight):  # no idle thread: start one
+            thread = threading.Thread(target=self._work, name=f"step_{len(self._threads)}")
+            thread.start()
+            self._threads.append(thread)
+
+    def finished(self) -> list[tuple[str, Any, BaseException | None]]:
+        """The steps that finished: waits for one, then takes every other one done meanwhile."""
+        done = [self._done.get()]
+        while True:
+            try:
+                done.append(self._done.get_nowait())
+            except queue.Empty:
+                return done
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _work(self) -> None:
+        while (sid := self._tasks.get()) is not None:
+            try:
+                result = self._run(sid)
+            except BaseException as exc:  # noqa: BLE001 - handed to the solver, which raises it
+                self._done.put((sid, None, exc))
+            else:
+                self._done.put((sid, result, None))

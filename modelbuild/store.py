@@ -9,7 +9,9 @@ path under ``blobs/`` to write to.
 Every blob is written to ``ingest/`` first, hashed on the way in, fsync'd, and renamed into
 ``blobs/sha256/<hex>``: a killed build leaves at worst a temp file in ``ingest/`` (which
 ``prune`` removes), never a half-written blob under its digest. Blobs are made read-only so
-an export that hard-links them cannot be edited by accident.
+an export that hard-links them cannot be edited by accident. A file ingested where the file
+system shares extents (btrfs, XFS with reflink) is a reflink of it, costing no space; its
+digest is still that of the stored bytes, read back (docs/storage.md).
 
 Nothing read back is trusted. Manifests, indexes and configs are read through
 :func:`modelbuild.oci.verify.read_verified` (bounded in size, checked against their digest);
@@ -50,6 +52,7 @@ from modelbuild.oci.verify import (
     kernel_copy,
     parse_json_object,
     read_verified,
+    reflink,
     shown,
 )
 from modelbuild.oci.walk import walk
@@ -276,8 +279,10 @@ class Store(TagIndex, ReferrerIndex):
         return "rebuild it, or pull it again" if self.owned else None
 
     def ingest_file(self, path: str | Path, progress: Progress | None = None) -> tuple[str, int, bool]:
-        """Copy a file into the store, hashing it in the same pass: each byte read once
-        (the kernel's copy, :func:`~modelbuild.oci.verify.kernel_copy`, where it can).
+        """Copy a file into the store, hashing the copy as it is made: a reflink where the
+        file system can, else the kernel's copy with the hash a few chunks behind it and the
+        write-back started as it goes (:func:`~modelbuild.oci.verify.kernel_copy`), else a
+        stream through Python (from another file system).
 
         Returns the digest, the size, and whether the blob is new to the store.
         """
@@ -304,7 +309,8 @@ class Store(TagIndex, ReferrerIndex):
 
         try:
             copied = kernel_copy(src_fd, w.file.fileno(), w.hasher.update, progress=progress, failed=failed,
-                                 short=f"short read from the store while ingesting {path}")
+                                 short=f"short read from the store while ingesting {path}",
+                                 writeback=fsync_enabled())
         finally:
             os.close(src_fd)
         if copied is None:
@@ -346,9 +352,10 @@ class Store(TagIndex, ReferrerIndex):
 
     def link_from(self, source: Store, digest: str, size: int) -> bool:
         """Put *source*'s blob here unless it is here already (with *size* bytes): hard-linked
-        where both are on one file system (blobs are immutable), else copied by the kernel
-        (``shutil.copyfile``), atomically either way; no byte passes through Python, so the
-        caller gives it :meth:`check_blob` first. Returns whether anything was written."""
+        where both are on one file system (blobs are immutable), else reflinked where the file
+        system shares extents across mounts (btrfs subvolumes, a bind mount), else copied,
+        atomically either way; no byte is checked, so the caller gives it :meth:`check_blob`
+        first. Returns whether anything was written."""
         dst = self.blob_path(digest)
         try:
             if dst.is_file() and dst.stat().st_size == size:
@@ -359,8 +366,11 @@ class Store(TagIndex, ReferrerIndex):
         try:
             try:
                 os.link(source.blob_path(digest), tmp)
-            except OSError:
-                shutil.copyfile(source.blob_path(digest), tmp)
+            except OSError:  # another file system, or another mount of this one: a reflink, else a copy
+                with open(source.blob_path(digest), "rb") as src, open(tmp, "wb") as out:
+                    cloned = reflink(src.fileno(), out.fileno(), size) is not None
+                if not cloned:
+                    shutil.copyfile(source.blob_path(digest), tmp)
             os.replace(tmp, dst)
         except OSError as exc:
             Path(tmp).unlink(missing_ok=True)

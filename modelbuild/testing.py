@@ -61,8 +61,10 @@ if TYPE_CHECKING:
 
 def plugin_host(*plugins: object, load_entrypoints: bool = True) -> PluginHost:
     """A fresh plugin manager: the installed plugins (unless *load_entrypoints* is false) plus
-    *plugins* (modules, classes or instances with ``@hookimpl`` methods)."""
-    return make_plugin_manager(plugins, load_entrypoints=load_entrypoints)
+    *plugins* (modules, classes or instances with ``@hookimpl`` methods), every one loaded and
+    checked now (the CLI loads installed plugins lazily, from a catalog of what each
+    registers: docs/plugins.md, "When your plugin is imported")."""
+    return make_plugin_manager(plugins, load_entrypoints=load_entrypoints, lazy=False)
 
 
 def build_with(modelfile: Path, home: Path, *plugins: object, **options: Any) -> BuildResult:

@@ -91,9 +91,14 @@ class TransformContext:
         set_total: Callable[[int], None] | None = None,
         log: Callable[[str], None] | None = None,
         plugins: Any = None,
+        executor: Any = None,
     ) -> None:
         self.workdir = workdir
-        self.jobs = max(1, jobs)
+        # where run_processes' items run (modelbuild.api.ExecutorSession): this machine's
+        # worker processes unless the build said --executor; jobs is then its slots (a
+        # cluster's CPUs), so that a transform splits its work into at least that many items
+        self.executor = executor
+        self.jobs = max(1, executor.slots if executor is not None else jobs)
         # the plugin host (modelbuild.api.PluginLookup): a plugin's own extension registries
         # (``plugins.extension(hook_name, what)``, e.g. hf-to-gguf's architecture adapters)
         self.plugins = plugins
@@ -164,12 +169,30 @@ class TransformContext:
         row or byte ranges). Big items first: they are handed out from the front. While the
         workers start, this thread runs items from the back itself, so *fn* must be safe to
         call here too (no process-wide state). One job, or one item: everything runs here.
-        *preload*: as for :meth:`mp_context`.
+        *preload*: as for :meth:`mp_context`. With ``build --executor ray`` the items run on
+        a cluster's nodes instead (docs/scale.md): an item may run twice (a lost node), so it
+        must write the same bytes to the same place each time, and name files by path only.
         """
+        report = on_done or (lambda item, result: self.advance(result))
+        jobs = self.jobs if jobs is None else max(1, jobs)
+        if self.executor is not None:  # --executor: a cluster's nodes, or this machine's processes
+            self.executor.map(fn, items, report, jobs=jobs, preload=preload)
+            return
         from modelbuild.workers import run_processes
 
-        report = on_done or (lambda item, result: self.advance(result))
-        run_processes(fn, items, report, jobs=self.jobs if jobs is None else max(1, jobs), preload=preload)
+        run_processes(fn, items, report, jobs=jobs, preload=preload)
+
+    def prepare(self, preload: Iterable[str] = ()) -> None:
+        """Start the workers that will run this transform's :meth:`run_processes` items, and
+        have them import *preload* (the plugin's ``worker_modules``), while the transform goes
+        on planning; returns at once. This machine's forkserver, or with ``--executor`` the
+        executor's workers (a cluster's nodes). Optional: items run either way."""
+        if self.executor is not None:
+            self.executor.prepare(tuple(preload))
+            return
+        from modelbuild.workers import mp_context
+
+        mp_context(preload)
 
     def mp_context(self, preload: Iterable[str] = ()) -> BaseContext:
         """The multiprocessing context for this transform's worker processes, when

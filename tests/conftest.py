@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import jsonschema  # noqa: F401 - first, with every format checker: the tests' strict validators use them
 import pytest
 
 from support import EXAMPLES, Run, age

@@ -198,6 +198,7 @@ REGISTRIES = {
     "modelbuild_register_targets": "targets",
     "modelbuild_register_engines": "engines",
     "modelbuild_register_signers": "signers",
+    "modelbuild_register_executors": "executors",
 }
 
 
@@ -280,7 +281,7 @@ def test_option_specs_reject_what_the_frontend_could_not_check():
 
 
 def test_provisional_kinds_say_so_and_are_checkable():
-    for kind in (api.Attester, api.Executor, api.Attestation, api.StepRequest):
+    for kind in (api.Attester, api.Attestation):
         assert (kind.__doc__ or "").lstrip().startswith("PROVISIONAL"), kind.__name__
 
     class Signer:
@@ -291,6 +292,22 @@ def test_provisional_kinds_say_so_and_are_checkable():
             return None
 
     assert isinstance(Signer(), api.Attester) and not isinstance(Signer(), api.Executor)
+
+
+def test_executors_are_a_kind_of_api_1_4_and_step_request_is_gone():
+    """Executors left the provisional list when their hook arrived (Since: 1.4); the
+    whole-step StepRequest drafted with them gave way to work items (Work)."""
+    from modelbuild import hookspecs
+
+    assert "Since: 1.4" in (hookspecs.modelbuild_register_executors.__doc__ or "")
+    for kind in (api.Executor, api.ExecutorSession, api.ExecutorSetup, api.Work):
+        assert not (kind.__doc__ or "").lstrip().startswith("PROVISIONAL"), kind.__name__
+    assert not hasattr(api, "StepRequest")
+    host = plugin_host()
+    assert isinstance(api.local_executor(), api.Executor)
+    assert host.executors.owner("local") == "local-executor" and host.executors.owner("ray") == "ray"
+    for name in host.executors.names():
+        assert isinstance(host.executors.get(name), api.Executor), name
 
 
 def test_signers_are_a_kind_of_api_1_3_and_subject_is_no_longer_provisional():

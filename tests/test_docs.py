@@ -87,6 +87,12 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/signing.md", '{"default": [{"type": "reject"}]'):
         "skopeo's policy: tests/registry/test_signing.py runs skopeo with it against a real registry",
     ("docs/signing.md", "docker:"): "skopeo's registries.d: tests/registry/test_signing.py runs skopeo with it",
+    ("docs/scale.md", "RAY_ADDRESS=10.0.0.5:6379"): "needs a Ray cluster: tests/cluster/ builds with --executor ray",
+    ("docs/scale.md", "$ ray start --head"): "starts a Ray cluster: tests/cluster/ starts one the same way (ray start "
+                                              "--head, ray start --address) and builds this example on it",
+    ("docs/scale.md", "apiVersion: v1"): "Kubernetes objects: tests/test_scale_docs.py validates them",
+    ("docs/scale.md", "modelbuild: error: node"): "tests/test_scale_docs.py compares it with the error a node that "
+                                                  "does not see the store gives",
     ("docs/benchmarks.md", "git worktree add /tmp/before"):
         "benchmark runs: git worktrees of older commits, a 1.05 GB input, 12 rounds each",
 }
@@ -515,7 +521,9 @@ class Session:
             text = re.split(rf"\|\s*{tool}\b", text)[0] if not shutil.which(tool) else text
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                "MODELBUILD_HOME": os.environ["MODELBUILD_HOME"], "DOCKER_CONFIG": os.environ["DOCKER_CONFIG"]}
-        proc = subprocess.run(["bash", "-c", text], cwd=self.cwd, env=env, capture_output=True, text=True,
+        # benchmark scripts run from the repository's root, as the docs show them
+        cwd = REPO if re.match(r"python benchmarks/", text) else self.cwd
+        proc = subprocess.run(["bash", "-c", text], cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=300)
         self.rc = proc.returncode
         if command.output:

@@ -43,7 +43,8 @@ def test_builtins_come_from_entry_points():
     assert dists == {name: "modelbuild" for name in ("gguf", "hf", "hf-gguf", "https", "kitfile", "layers", "local",
                                                      "modelfile", "oci", "ollama", "onnx", "safetensors", "targets",
                                                      "llama-cpp", "onnxruntime", "tgi", "triton", "vllm",
-                                                     "cosign")}
+                                                     "cosign", "local-executor", "ray")}
+    assert host.executors.names() == ["local", "ray"]
     assert host.engines.names() == ["llama.cpp", "onnxruntime", "tgi", "triton", "vllm"]
     assert host.codecs.names() == ["raw", "tar", "tar+gzip", "tar+zstd"]
     assert host.formats.names() == ["gguf", "onnx", "safetensors"]
@@ -110,7 +111,7 @@ def test_every_hookspec_is_documented_as_reference():
 
     package = tuple(int(p) for p in __version__.split(".")[:2])
     specs = _hookspecs()
-    assert len(specs) == 12
+    assert len(specs) == 13
     for spec in specs:
         name, doc = spec.__name__, inspect.getdoc(spec) or ""
         opts = spec.modelbuild_spec

@@ -57,16 +57,26 @@ Signers (since 1.3): signature schemes for artifacts in a registry
     ``cosign_signer``   the core's ``cosign`` signer (cosign's key-based format), which the
                         built-in ``cosign`` plugin registers
 
+Executors (since 1.4): where a build's work items run (``build --executor``; docs/scale.md)
+    ``Executor``        ``open(setup)`` for a build: gets an ``ExecutorSetup`` (address, ``-j``,
+                        store and context directories, log), returns an ``ExecutorSession``
+                        (``slots``, ``nodes``, ``map(fn, items, on_done)``, ``prepare(preload)``,
+                        ``close()``)
+    ``local_executor``  the core's ``local`` executor (worker processes of this machine), which
+                        the built-in ``local`` plugin registers
+    ``Work``            ``setup.work(fn)``: a transform's function packed for a remote worker;
+                        ``work.run(item, node)`` there checks the node sees the build's store
+                        and context and runs the same code, then runs the item in a clean thread
+
 Provisional kinds: contracts for the next issues, no hook registers them yet
     ``Attester``        attests a pushed artifact (provenance, an SBOM); ``Subject`` is what
                         it attests, ``Attestation`` what it returns
-    ``Executor``        runs steps somewhere (threads, a cluster); ``StepRequest`` is one step
 
 Values exchanged
     ``WeightFile``      a file of the model set: ``path`` in the artifact, ``source`` to read
     ``Output``          a file a transform wrote: ``Output(path, file, kind)``
     ``TransformContext``  what a transform gets: ``output_path``, ``jobs``, progress, ``log``,
-                        ``run_processes``, ``mp_context``, ``plugins``
+                        ``run_processes``, ``prepare``, ``mp_context``, ``plugins``
     ``ModelInfo``       the facts a format reads from headers
     ``Member``          one archive entry handed to a codec
     ``write_tar``       writes reproducible tar streams
@@ -119,7 +129,9 @@ _WHERE = {
     **dict.fromkeys(("RegistryClient", "open_registry"), "modelbuild.oci.client"),
     **dict.fromkeys(("FetchError", "OpenedSource", "RemoteFile", "RemoteSource", "SourceListing", "SourcePin"),
                     "modelbuild.api._sources"),
-    **dict.fromkeys(("Attestation", "Attester", "Executor", "StepRequest"), "modelbuild.api._provisional"),
+    **dict.fromkeys(("Attestation", "Attester"), "modelbuild.api._provisional"),
+    **dict.fromkeys(("Executor", "ExecutorSession", "ExecutorSetup"), "modelbuild.api._executors"),
+    **dict.fromkeys(("Work", "local_executor"), "modelbuild.executors"),
     **dict.fromkeys(("SignatureRepository", "Signer", "SigningKey", "Subject", "Verified", "VerifyingKey"),
                     "modelbuild.api._signers"),
     **dict.fromkeys(("BuildDescription", "EngineSpec", "FileKind", "FileSpec", "RuntimeSpec", "StageSpec",
@@ -171,7 +183,9 @@ if _TYPE_CHECKING:
     from modelbuild.api._engines import Container, Engine, EngineModel, Launch
     from modelbuild.oci.client import RegistryClient, open_registry
     from modelbuild.api._sources import FetchError, OpenedSource, RemoteFile, RemoteSource, SourceListing, SourcePin
-    from modelbuild.api._provisional import Attestation, Attester, Executor, StepRequest
+    from modelbuild.api._provisional import Attestation, Attester
+    from modelbuild.api._executors import Executor, ExecutorSession, ExecutorSetup
+    from modelbuild.executors import Work, local_executor
     from modelbuild.api._signers import SignatureRepository, Signer, SigningKey, Subject, Verified, VerifyingKey
     from modelbuild.description import (
         BuildDescription,
@@ -251,8 +265,10 @@ __all__ = [
     "Container", "ENGINE_PROTOCOLS", "Engine", "EngineModel", "Launch", "engine_params",
     # signers
     "SignatureRepository", "Signer", "SigningKey", "Subject", "Verified", "VerifyingKey", "cosign_signer",
+    # executors
+    "Executor", "ExecutorSession", "ExecutorSetup", "Work", "local_executor",
     # provisional kinds
-    "Attestation", "Attester", "Executor", "StepRequest",
+    "Attestation", "Attester",
     # values exchanged
     "ANN_ACCELERATOR", "ANN_REQUIRES", "ANN_TARGET", "Accelerator", "BuildDescription", "Constraint", "EngineSpec",
     "FileKind", "FileSpec", "HostInfo", "Member", "ModelInfo", "Output", "RuntimeSpec", "Span", "Stage", "StageSpec",

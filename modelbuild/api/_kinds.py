@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from modelbuild.api import _engines, _signers
+from modelbuild.api import _engines, _executors, _signers
 
 if TYPE_CHECKING:
     from modelbuild.description import BuildDescription
@@ -303,5 +303,6 @@ PLUGIN_KINDS: Mapping[str, type] = {
     "modelbuild_register_targets": Target,
     "modelbuild_register_engines": _engines.Engine,
     "modelbuild_register_signers": _signers.Signer,
+    "modelbuild_register_executors": _executors.Executor,
 }
 """Each core register hook, and the Protocol of what it registers."""

@@ -1,12 +1,14 @@
-"""PROVISIONAL plugin kinds: attesters and executors.
+"""PROVISIONAL plugin kinds: attesters.
 
 No hook registers them yet and the core calls none of them: these are the contracts the
-next issues implement (attestations, remote execution),
+next issues implement (attestations),
 written down now so that those issues argue with a text instead of starting from nothing.
 They may change before a hookspec names them; nothing here is covered by the 1.0
 compatibility promise until its hook carries a ``Since:`` tag. Signing became a real kind in
 1.3 (:class:`modelbuild.api.Signer`, with the :class:`~modelbuild.api.Subject` that was
-drafted here).
+drafted here), and executors in 1.4 (:class:`modelbuild.api.Executor`, which replaced the
+whole-step ``StepRequest`` drafted here: the solver keeps the steps, the executor runs their
+work items).
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
-
     from modelbuild.api._signers import Subject
 
 # -- attesters: attest a pushed artifact ---------------------------------------------------
@@ -57,46 +57,3 @@ class Attester(Protocol):
     predicate_type: str
 
     def attest(self, subject: Subject) -> Attestation: ...
-
-
-# -- executors: run a step somewhere ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StepRequest:
-    """PROVISIONAL. One step handed to an executor: every input done, the cache missed.
-
-    ``op`` names the step's kind (``transform``, ``layer``, ``describe``…); ``definition`` is
-    its canonical definition (what its ``key`` digests); ``inputs`` the results of the
-    steps it depends on, in order (blobs named by digest and size, fetchable from the store
-    or the build's cache).
-    """
-
-    id: str
-    op: str
-    key: str | None
-    definition: Mapping[str, Any]
-    inputs: tuple[Mapping[str, Any], ...] = ()
-
-
-@runtime_checkable
-class Executor(Protocol):
-    """PROVISIONAL. Where steps run: threads of this process (the built-in one), or the
-    nodes of a cluster (Ray).
-
-    The solver keeps the graph, the cache, the locks and the progress stream; it calls
-    ``submit`` for a step whose inputs are done and whose key missed the cache, waits on
-    the returned future (``concurrent.futures.wait``, as it does today), and records the
-    result once the blobs it names are in the store. A remote executor ships the op's work
-    and brings the blobs back (or into a cache both sides read) before the future
-    completes; a failed node is retried or the future fails with a
-    :class:`~modelbuild.api.BuildError`. ``slots`` is how many steps may run at once;
-    ``close()`` is called once, after the build.
-    """
-
-    name: str
-    slots: int
-
-    def submit(self, step: StepRequest) -> Future[dict[str, Any]]: ...
-
-    def close(self) -> None: ...

@@ -15,20 +15,23 @@ manifest; an identical one (``SOURCE_DATE_EPOCH``) is recorded once.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelbuild.digests import canonical_json
 from modelbuild.errors import UsageError
 
-from . import provenance, sbom
+if TYPE_CHECKING:
+    from . import provenance
 
+# :mod:`.provenance` and :mod:`.sbom` are imported by a build that attests, not by every
+# build that checks its --attest values (a no-op rebuild must not pay for them)
 STATEMENT_MEDIA_TYPE = "application/vnd.in-toto+json"
 DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
 ANN_PREDICATE = "in-toto.io/predicate-type"
-KINDS = {"provenance": provenance.PREDICATE_TYPE, "sbom": sbom.PREDICATE_TYPE}
+# the predicate type of each kind: provenance.PREDICATE_TYPE, sbom.PREDICATE_TYPE (a test keeps them equal)
+KINDS = {"provenance": "https://slsa.dev/provenance/v1", "sbom": "https://cyclonedx.org/bom"}
 
 # sign(statement bytes) -> DSSE envelope bytes, when the build signs its attestations
 Sign = Callable[[bytes], bytes]
@@ -40,6 +43,8 @@ def parse_kinds(values: Iterable[str]) -> tuple[str, ...]:
     for value in values:
         for name in filter(None, (v.strip() for v in value.split(","))):
             if name not in KINDS:
+                import difflib
+
                 close = difflib.get_close_matches(name, list(KINDS), n=1)
                 raise UsageError(f"--attest: unknown attestation {name!r}",
                                  hint=f"did you mean {close[0]}?" if close else f"one of {', '.join(KINDS)}")
@@ -84,6 +89,8 @@ def _name(tags: Sequence[str], stage: str | None) -> str:
 
 
 def _sbom_statement(store: Any, recorder: provenance.Recorder, sid: str, name: str, digest: str) -> dict[str, Any]:
+    from . import provenance, sbom
+
     graph, results = recorder.graph, recorder.results
     steps = provenance.closure(graph, sid)
     layer_inputs = [results[d] for s in steps if graph.step(s).op in ("layer", "layerset") for d in graph.deps[s]]
@@ -123,3 +130,12 @@ def _record(store: Any, kind: str, subject: Any, statement: Mapping[str, Any], s
             if e["digest"] == digest or (e.get("annotations") or {}).get(ANN_PREDICATE) != predicate]
     store.forget_referrers(subject.digest, keep)  # a rebuild's statement replaces the earlier one
     return Attached(kind, subject.digest, descriptor)
+
+
+def __getattr__(name: str) -> Any:
+    """``modelbuild.attest.provenance`` and ``.sbom``, imported on first use."""
+    if name in ("provenance", "sbom", "rebuild"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,13 @@ documents; blobs stay in the store.
 The file-digest cache is BuildKit's checksum cache: a file's sha256 is looked up by
 ``(device, inode, size, mtime_ns)``, so an unchanged file is never read twice. The content
 digest, not the stat, is what enters step keys: two paths with one content share results.
+
+Reads do not go through diskcache: opening a ``diskcache.Cache`` rewrites its settings
+(SQLite writes and ``fdatasync``\ s on every open) and importing it costs more than a no-op
+rebuild's look-ups. An existing database is read with one plain SQLite connection, exactly
+as diskcache's own ``get`` reads it (its ``Cache`` table, keys pickled and optimised by its
+``Disk``, values raw or pickled, large ones in files); diskcache is opened at the first
+write, so a build that finds everything cached never opens it.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +30,12 @@ from typing import Any
 from modelbuild.errors import StoreError
 from modelbuild.oci.verify import shown
 from modelbuild.storage.files import os_failure
+
+DBNAME = "cache.db"  # diskcache's database file in the cache directory
+# diskcache's Cache table modes (diskcache.core.MODE_*)
+_MODE_RAW, _MODE_BINARY, _MODE_TEXT, _MODE_PICKLE = 1, 2, 3, 4
+_SELECT = ("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = ?"
+           " AND (expire_time IS NULL OR expire_time > ?)")
 
 
 class BuildCache:
@@ -31,15 +46,68 @@ class BuildCache:
     never reach the user as a bug report."""
 
     def __init__(self, root: Path) -> None:
-        import diskcache
-
         self.root = root
         if root.exists() and not root.is_dir():
             raise StoreError(f"{shown(root)}: cannot open the build cache: it is a file, not a directory")
+        self._db: Any = None  # the diskcache.Cache every write goes through, opened at the first
+        self._db_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None  # shared by the step threads, one at a time
+        self._reader_lock = threading.Lock()
+        self._reader_pid = 0
+        self._protocol = 0  # the pickle protocol of the keys (diskcache's disk_pickle_protocol)
         with self._guard("open the build cache"):
-            root.mkdir(parents=True, exist_ok=True)
-            # No eviction: entries are tiny, and an evicted digest costs a re-hash of gigabytes.
-            self._db = diskcache.Cache(str(root), eviction_policy="none", timeout=60)
+            if not (root / DBNAME).is_file():  # a new cache: diskcache creates its tables now
+                root.mkdir(parents=True, exist_ok=True)
+                self._writer()
+            with self._reader_lock:
+                self._connect()
+
+    def _writer(self) -> Any:
+        """The diskcache every write goes through, opened on first use."""
+        with self._db_lock:
+            if self._db is None:
+                import diskcache
+
+                # No eviction: entries are tiny, and an evicted digest costs a re-hash of gigabytes.
+                self._db = diskcache.Cache(str(self.root), eviction_policy="none", timeout=60)
+            return self._db
+
+    def _connect(self) -> sqlite3.Connection:
+        """The reader connection, opened once per process (holding ``_reader_lock``)."""
+        if self._reader is None or self._reader_pid != os.getpid():
+            for attempt in range(2):
+                con = sqlite3.connect(str(self.root / DBNAME), timeout=60, isolation_level=None,
+                                      check_same_thread=False)
+                try:
+                    rows = con.execute("SELECT value FROM Settings WHERE key = 'disk_pickle_protocol'").fetchall()
+                except sqlite3.OperationalError:  # no tables yet: being created, or never were
+                    rows = []
+                if rows or attempt:
+                    break
+                con.close()
+                self._writer()  # diskcache creates what is missing, or waits for whoever is
+            if not rows:
+                con.close()
+                raise sqlite3.DatabaseError("not a diskcache database")
+            self._reader, self._reader_pid, self._protocol = con, os.getpid(), int(rows[0][0])
+        return self._reader
+
+    def _select(self, key: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """The row of *key* (mode, filename, value), as ``diskcache.Cache.get`` selects it."""
+        with self._reader_lock:
+            con = self._connect()
+            return con.execute(_SELECT, (_key(key, self._protocol), False, time.time())).fetchall()
+
+    def _get(self, key: tuple[Any, ...]) -> Any:
+        """The value stored under *key*, as ``diskcache.Cache.get`` returns it; None if none."""
+        rows = self._select(key)
+        if not rows:
+            return None
+        mode, filename, value = rows[0]
+        try:
+            return _value(self.root, mode, filename, value)
+        except OSError:  # removed after the row was read: diskcache reads that as a miss too
+            return None
 
     @contextlib.contextmanager
     def _guard(self, doing: str) -> Iterator[None]:
@@ -57,28 +125,34 @@ class BuildCache:
 
     def close(self) -> None:
         with contextlib.suppress(OSError, sqlite3.Error):
-            self._db.close()
+            with self._reader_lock:
+                if self._reader is not None and self._reader_pid == os.getpid():
+                    self._reader.close()
+                self._reader = None
+            if self._db is not None:
+                self._db.close()
 
     # -- step results ----------------------------------------------------------------
     def get_step(self, key: str) -> dict[str, Any] | None:
         with self._guard("read the build cache"):
-            value = self._db.get(("step", key))
+            value = self._get(("step", key))
         return value if isinstance(value, dict) else None
 
     def set_step(self, key: str, result: dict[str, Any]) -> None:
         with self._guard("record a step in the build cache"):
-            self._db.set(("step", key), result)
+            self._writer().set(("step", key), result)
 
     def drop_step(self, key: str) -> None:
         with self._guard("update the build cache"):
-            self._db.delete(("step", key))
+            self._writer().delete(("step", key))
 
     def step_items(self) -> list[tuple[str, dict[str, Any]]]:
         out = []
         with self._guard("read the build cache"):
-            for k in self._db.iterkeys():
+            db = self._writer()
+            for k in db.iterkeys():
                 if isinstance(k, tuple) and k[0] == "step":
-                    value = self._db.get(k)
+                    value = db.get(k)
                     if value is not None:
                         out.append((k[1], value))
         return out
@@ -90,19 +164,44 @@ class BuildCache:
 
     def get_file_digest(self, st: os.stat_result) -> str | None:
         with self._guard("read the build cache"):
-            value = self._db.get(self.stat_key(st))
+            value = self._get(self.stat_key(st))
         return value if isinstance(value, str) else None
 
     def set_file_digest(self, st: os.stat_result, digest: str) -> None:
-        with self._guard("record a file digest in the build cache"), self._db.transact():
-            self._db.set(self.stat_key(st), digest)
-            self._db.set(("inode", st.st_dev, st.st_ino, st.st_size), digest)
+        with self._guard("record a file digest in the build cache"):
+            db = self._writer()
+            with db.transact():
+                db.set(self.stat_key(st), digest)
+                db.set(("inode", st.st_dev, st.st_ino, st.st_size), digest)
 
     def seen_inode(self, st: os.stat_result) -> bool:
         """Whether this inode, at this size, was hashed before (with another mtime): the
         likely case is a ``touch`` or a checkout that kept the content."""
         with self._guard("read the build cache"):
-            return ("inode", st.st_dev, st.st_ino, st.st_size) in self._db
+            return bool(self._select(("inode", st.st_dev, st.st_ino, st.st_size)))
+
+
+def _key(key: tuple[Any, ...], protocol: int) -> bytes:
+    """*key* as diskcache's ``Disk.put`` stores a tuple: pickled, then optimised."""
+    import pickle
+    import pickletools
+
+    return pickletools.optimize(pickle.dumps(key, protocol=protocol))
+
+
+def _value(root: Path, mode: int, filename: str | None, value: Any) -> Any:
+    """A stored value, as diskcache's ``Disk.fetch`` reads it."""
+    if mode == _MODE_RAW:
+        return value
+    if mode == _MODE_BINARY:
+        return (root / str(filename)).read_bytes()
+    if mode == _MODE_TEXT:
+        return (root / str(filename)).read_text(encoding="utf-8")
+    if mode == _MODE_PICKLE:
+        import pickle
+
+        return pickle.loads((root / str(filename)).read_bytes() if value is None else value)
+    return None
 
 
 def _read_only(root: Path) -> str | None:

@@ -37,6 +37,8 @@ examples:
       --cache-to type=registry,ref=reg.example.com/team/m:buildcache,mode=max
                                      CI on an empty machine: reuse conversions and quantizations
   modelbuild build -f Modelfile --cache-to type=local,dest=./cache,mode=max   (--cache-from type=local,src=./cache)
+  RAY_ADDRESS=10.0.0.5:6379 modelbuild build -f Modelfile --executor ray
+                                     quantize on a Ray cluster's nodes (shared MODELBUILD_HOME)
 
 output (standard output, whatever --progress says): "DIGEST  TAGS" (--progress quiet or json:
 the digest alone; -q: the digest alone and nothing on standard error but errors; --json: the
@@ -49,7 +51,12 @@ also tags each stage's manifest TAG-STAGE.
 
 -o/--output: DIR or type=local,dest=DIR writes the artifact's files (as `pull -o` does; a
 multi-platform build writes DIR/STAGE/ for each stage); type=oci,dest=DIR writes an OCI image
-layout. Outputs are written once every step has succeeded; a build that fails moves no tag.
+layout; type=registry[,name=REF] pushes (to REF, else to every -t that names a registry;
+"name=A,B" in quotes for several; ref= is name=; --push is type=registry). Outputs are written
+once every step has succeeded; a build that fails moves no tag, here or in a registry.
+A registry output with nothing else kept here (no other -o, no --cache-to, every -t a registry
+reference) streams files over 4 MiB from the context to the registry, no copy in the store,
+and tags the store only if it holds the whole artifact (docs/registry.md).
 
 remote FROM (docs/sources.md): FROM hf://ORG/NAME[@REV], https://…#sha256=HEX,
 oci://REGISTRY/REPO[:TAG|@DIGEST] or ollama://[HOST/]NS/MODEL[:TAG] fetches the files into the
@@ -117,8 +124,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--signer", default=None, metavar="NAME", help="the signature scheme for --sign (default: cosign)")
     p.add_argument("--layer-format", default="raw", metavar="FORMAT",
                    help="raw (default), tar, tar+gzip or tar+zstd; directories are always archives")
-    p.add_argument("-o", "--output", action="append", default=[], metavar="DIR|type=local|oci,dest=DIR",
-                   help="also write the files (DIR, type=local) or an OCI layout (type=oci) (repeatable)")
+    p.add_argument("-o", "--output", action="append", default=[],
+                   metavar="DIR|type=local|oci,dest=DIR|type=registry[,name=REF]",
+                   help="also write the files (DIR, type=local), an OCI layout (type=oci), or push (type=registry) "
+                        "(repeatable)")
     p.add_argument("--platform", default=None, metavar="STAGE[,STAGE]",
                    help="build only these TARGET stages (by stage or target name)")
     p.add_argument("--progress", default="auto", choices=["auto", "tty", "plain", "quiet", "json"],
@@ -131,12 +140,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                    help="steps to run at once (default: number of CPUs)")
     p.add_argument("--no-cache", action="store_true", help="ignore cached results and re-hash every file")
+    p.add_argument("--executor", default=None, metavar="NAME[://ADDRESS]",
+                   help="where quantize/convert/cast work runs: local (default: worker processes here), or ray "
+                        "(the Ray cluster at RAY_ADDRESS), ray://HOST:PORT; every node must see MODELBUILD_HOME "
+                        "and the context at the same paths (docs/scale.md)")
     p.add_argument("--cache-to", action="append", default=[], metavar="type=registry,ref=REF[,mode=max]",
                    help="export the build cache to a registry or an OCI layout (type=local,dest=DIR) (repeatable)")
     p.add_argument("--cache-from", action="append", default=[], metavar="type=registry,ref=REF",
                    help="use a build cache exported by --cache-to (type=local,src=DIR) (repeatable)")
     p.add_argument("--push", action="store_true",
-                   help="push every tag that names a registry (-t registry.example.com/team/m:1) after the build")
+                   help="push every tag that names a registry (-t registry.example.com/team/m:1): buildx's "
+                        "shorthand for --output type=registry")
     p.add_argument("--plain-http", action="store_true", help="talk to registries over HTTP, not HTTPS")
     p.add_argument("--insecure", action="store_true", help="accept registry certificates that do not verify")
     p.add_argument("--json", action="store_true", help="print the result (digest, tags, layers, stats) as JSON")
@@ -219,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--key is the key --sign signs with: pass --sign too")
     if args.sign and not args.key:
         raise UsageError("--sign needs --key FILE", hint="make one with `modelbuild key generate`")
-    if args.sign and not (attest or args.push):
+    if args.sign and not (attest or args.push or any("type=registry" in o for o in args.output)):
         raise UsageError("--sign signs attestations and pushed artifacts: add --attest or --push",
                          hint="a local artifact's signature lives in a registry: `modelbuild push --sign` later")
     from modelbuild.commands.push import _signing
@@ -244,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
         context=context,
         build_args=build_args,
         tags=args.tag,
-        outputs=args.output,
+        outputs=[*args.output, *(["type=registry"] if args.push else [])],  # --push is buildx's shorthand
         layer_format=args.layer_format,
         jobs=args.jobs,
         renderer=renderer,
@@ -257,11 +271,14 @@ def run(args: argparse.Namespace) -> int:
         excludes=args.exclude,
         attest=attest,
         sign=_statement_signer(signing),
+        executor=args.executor,
+        plain_http=args.plain_http,
+        insecure=args.insecure,
     )
-    pushed = _push(args, result, progress, signing) if args.push else []
-    doc = {**result.as_dict(), **({"pushed": pushed} if args.push else {})}
+    pushed = _push(args, result, progress, signing) if result.pushed is not None else None
+    doc = result.as_dict()
     if metadata_file is not None:
-        write_metadata(metadata_file, result, pushed if args.push else None)
+        write_metadata(metadata_file, result, pushed)
     Emitter(renderer).emit(Event("result", 0, data=doc))  # the last event of the progress stream
     if args.json:
         from modelbuild.commands._common import print_json
@@ -270,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     elif progress in ("quiet", "json"):
         print(result.digest)
     else:
-        names = ", ".join(result.tags) if result.tags else "(untagged)"
+        names = ", ".join(result.tags or [p["reference"] for p in pushed or []]) or "(untagged)"
         print(f"{result.digest}  {names}")
     return 0
 
@@ -293,8 +310,9 @@ def metadata(result: Any, pushed: list[dict] | None = None) -> dict[str, Any]:
     }
     if result.config_digest:
         doc["containerimage.config.digest"] = result.config_digest
-    if result.tags:
-        doc["image.name"] = ",".join(result.tags)
+    names = list(result.tags) + [p["reference"] for p in pushed or [] if p["reference"] not in result.tags]
+    if names:  # buildx: the names it tagged or pushed
+        doc["image.name"] = ",".join(names)
     doc["modelbuild.tags"] = list(result.tags)
     if result.variants:
         doc["modelbuild.variants"] = [{"stage": v["stage"], "digest": v["digest"]} for v in result.variants]
@@ -329,22 +347,10 @@ def _statement_signer(signing: tuple | None):  # noqa: ANN202 - bytes -> bytes, 
     return lambda statement: sign_statement(statement, key)
 
 
-def _push(args: argparse.Namespace, result: object, progress: str, signing: tuple | None = None) -> list[dict]:
-    """Push the tags that name a registry, straight from the store (nothing is copied), and
-    with --sign sign each pushed artifact (an index and each manifest in it)."""
-    from modelbuild.home import home_dir
-    from modelbuild.oci.push import push_refs
-    from modelbuild.oci.transfer import DEFAULT_JOBS, names_registry
-    from modelbuild.progress import Emitter, make_renderer
-    from modelbuild.store import Store
-
-    tags = [t for t in result.tags if names_registry(t)]  # type: ignore[attr-defined]
-    emitter = Emitter(make_renderer(progress))
-    try:
-        pushed = push_refs(Store(home_dir(args.home) / "store"), [(t, t) for t in tags], plain_http=args.plain_http,
-                           insecure=args.insecure, jobs=args.jobs or DEFAULT_JOBS, progress=emitter)
-    finally:
-        emitter.close()
+def _push(args: argparse.Namespace, result: Any, progress: str, signing: tuple | None = None) -> list[dict]:
+    """What the build pushed (``--push``, ``--output type=registry``; the build pushed it):
+    with --sign, each pushed artifact signed (an index and each manifest in it); a line each."""
+    pushed: list[dict] = result.pushed
     if signing is not None:
         from modelbuild.commands.push import _sign_pushed
         from modelbuild.oci.transfer import login_hint, open_registry, remote_ref

@@ -92,19 +92,20 @@ def _read_bounded(read: Callable[[int], bytes], shown: str, limits: Limits) -> b
 def _by_filename(frontends: "Registry[Frontend]", path: str) -> "Frontend | None":
     """The frontend whose ``filenames`` patterns (fnmatch, case-sensitive, on the file's own
     name) match *path*, or None. Read with ``getattr``: a frontend need not declare any. Two
-    frontends claiming one name is ambiguous, and the user's to settle with ``# syntax=``."""
+    frontends claiming one name is ambiguous, and the user's to settle with ``# syntax=``.
+    The patterns are read with ``peek``: only a frontend that claims the file is imported."""
     if path == "-":
         return None
     from fnmatch import fnmatchcase
 
     base = os.path.basename(path)
     claims = []
-    for frontend in frontends:
-        patterns = getattr(frontend, "filenames", ())
+    for name in frontends.names():
+        patterns = frontends.peek(name, "filenames", ())
         if isinstance(patterns, str):
             patterns = (patterns,)
         if any(isinstance(p, str) and fnmatchcase(base, p) for p in patterns or ()):
-            claims.append(frontend)
+            claims.append(frontends.get(name))
     if len(claims) > 1:
         names = " and ".join(f.name for f in claims)
         raise UsageError(f"{path}: the {names} frontends both claim files named {base!r}",

@@ -9,7 +9,6 @@ here, in one place.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +27,6 @@ from modelbuild.frontend.directives import (
     MODALITIES,
     Directive,
 )
-from modelbuild.schema import PRECISION_ALIASES
 
 if TYPE_CHECKING:
     from modelbuild.api._sources import OpenedSource
@@ -261,6 +259,8 @@ class _Interpreter:
         if len(name) > _SUGGEST_MAX:
             return hint
         candidates = [n for n in self.env if len(n) <= _SUGGEST_MAX]
+        import difflib
+
         close = difflib.get_close_matches(name, candidates, n=1)
         return f"did you mean {close[0]}?" if close else hint
 
@@ -389,11 +389,15 @@ class _Interpreter:
             )
         if d.name == "PRECISION":
             for part in value.split(","):
+                if part in KNOWN_PRECISIONS:  # never an alias (a test keeps the two apart)
+                    continue
+                from modelbuild.schema import PRECISION_ALIASES  # imports importlib.resources: only here
+
                 if part in PRECISION_ALIASES:
                     self.warnings.append(
                         f"{span}: PRECISION {syntax.shown(part)} is not a ModelPack precision; did you mean {PRECISION_ALIASES[part]!r}?"
                     )
-                elif part not in KNOWN_PRECISIONS:
+                else:
                     self.warnings.append(f"{span}: PRECISION {syntax.shown(part)} is not a known ModelPack precision")
 
     def _do_list(self, ins: syntax.Instruction, d: Directive) -> None:
@@ -418,6 +422,8 @@ class _Interpreter:
             raw_key, value = _key_value(self.expand(word), word.span, "CAPABILITIES")
             norm = raw_key.lower().replace("-", "").replace("_", "")
             if norm not in CAPABILITY_KEYS:
+                import difflib
+
                 close = difflib.get_close_matches(norm, list(CAPABILITY_KEYS), n=1)
                 names = ", ".join(k for k, _ in CAPABILITY_KEYS.values())
                 raise ModelfileError.at(
@@ -521,6 +527,8 @@ def syntax_has_magic(pattern: str) -> bool:
 
 
 def _unknown_directive(ins: syntax.Instruction) -> ModelfileError:
+    import difflib
+
     close = difflib.get_close_matches(ins.keyword, list(DIRECTIVES), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}?" if close else "see docs/modelfile.md for the directives"
     return ModelfileError.at(ins.span, f"unknown directive {syntax.clip(ins.raw_keyword)}", hint=hint)

@@ -11,7 +11,6 @@ receives complete, typed options and checks none itself. A plugin that declares 
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Sequence
 
 from modelbuild.description import TransformSpec
@@ -42,6 +41,8 @@ def typed_options(t: TransformSpec, plugin: Any) -> tuple[tuple[str, Any], ...]:
 
 def _known(name: str, declared: Sequence[Any]) -> str:
     names = [spec.name for spec in declared]
+    import difflib
+
     close = difflib.get_close_matches(name, names, n=1)
     if close:
         return f"did you mean --{close[0]}?"

@@ -18,7 +18,6 @@ stage is checked against the engine plugins by :mod:`modelbuild.frontend.resolve
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -135,7 +134,7 @@ def resolve_runtime(desc: BuildDescription, stage: StageSpec | None, host: Plugi
     engines += [e for e in own.engines if e.name not in shared_names]
     context = own.context if own.context is not None else desc.runtime.context
     target = stage.target if stage is not None else ""
-    model = _plan_model(desc, host, fmt, chain, target, context)
+    model = _plan_model(desc, host, fmt, chain, target, context) if engines else None
     for entry in engines:
         shared = stage is not None and entry not in own.engines
         _check_engine(entry, host, model, f"stage {stage.name}" if stage is not None else "this model",
@@ -149,6 +148,8 @@ def _check_engine(entry: EngineSpec, host: PluginHost, model: EngineModel | None
     """*entry* names an installed engine, with parameters it declares, that serves *model*."""
     if entry.name not in host.engines:
         names = host.engines.names()
+        import difflib
+
         close = difflib.get_close_matches(entry.name, names, n=1, cutoff=0.5)
         raise ModelfileError(f"unknown engine {entry.name}", entry.origin,
                              hint=f"did you mean {close[0]}?" if close else
@@ -159,6 +160,8 @@ def _check_engine(entry: EngineSpec, host: PluginHost, model: EngineModel | None
     spans = dict(entry.param_spans)
     for key, _ in entry.params:
         if key not in declared:
+            import difflib
+
             close = difflib.get_close_matches(key, list(declared), n=1, cutoff=0.6)
             raise ModelfileError(f"engine {entry.name} has no parameter {key}", spans.get(key, entry.origin),
                                  hint=f"did you mean {close[0]}?" if close else

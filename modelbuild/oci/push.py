@@ -13,6 +13,12 @@ by digest; a registry with the OCI 1.1 referrers API lists them by itself (it an
 ``GET /v2/<name>/referrers/<digest>``), any other gets the referrers tag schema: the index
 under ``sha256-<hex>`` read, the new referrers added, written back. A referrer the store cannot
 give whole is skipped with a warning: the artifact pushed is complete without it.
+
+A build's registry outputs (``--push``, ``--output type=registry``) go through
+:func:`push_outputs`: every destination's blobs before any destination's manifests, so a
+blob that cannot be sent leaves every tag as it was. A build that streamed its large layers
+(:mod:`modelbuild.oci.stream`) hands its ``sources``: a blob the store lacks is read from the
+file of the build context it is, checked against its digest as it is read.
 """
 
 from __future__ import annotations
@@ -53,14 +59,16 @@ def store_tree(store: Any, descriptor: dict[str, Any]) -> list[Node]:
 
 def push_artifact(store: Any, descriptor: dict[str, Any], registry: Registry, repo: str, ref: str, *,
                   jobs: int = DEFAULT_JOBS, progress: Emitter | Steps | None = None, mount_from: str | None = None,
-                  present: set[str] | None = None) -> dict[str, Any]:
+                  present: set[str] | None = None, sources: Any = None) -> dict[str, Any]:
     """Push the store's artifact *descriptor* to ``registry/repo:ref``.
 
     Blobs go first, ``jobs`` at a time, each skipped when the registry has it (HEAD) or
     mounted from *mount_from* (another repository of this registry); then child manifests
     by digest, then the top manifest or index under *ref*, all with the store's exact
     bytes. *present* is a set of digests known to be in *repo* already (skipped without a
-    request), updated with everything pushed. Returns a summary.
+    request), updated with everything pushed. *sources* (:class:`~modelbuild.oci.stream.SourceBlobs`)
+    gives the blobs of a build that streamed its large layers: read from their files.
+    Returns a summary.
 
     Every blob gets the store's cheap check (:meth:`Store.check_blob`) before any byte is
     sent; a damaged one is removed and the push fails naming it. A blob that passes it but
@@ -69,34 +77,62 @@ def push_artifact(store: Any, descriptor: dict[str, Any], registry: Registry, re
     """
     present = set() if present is None else present
     steps = Steps.of(progress)
-    where = f"{registry.host}/{repo}:{ref}"
     with store.gc_lock(exclusive=False):
         manifests = store_tree(store, descriptor)
         mount_from = mount_from or base_repository(manifests, registry.host)
-        blobs = blobs_of(manifests)
-        for b in blobs:
-            _check_before_push(store, b, descriptor["digest"])
-        results = upload_blobs(
-            store, registry, repo, blobs, jobs=jobs, present=present,
-            mount_from=mount_from if mount_from and mount_from != repo else None,
-            step=lambda b: steps.new(f"push {b.label} {b.digest[7:19]} ({human_size(b.size)})", b.size))
-        top = manifests[-1]
-        for m in manifests[:-1]:
-            if m.digest in present:
-                continue
-            step = steps.new(f"push manifest {m.digest[7:19]}")
-            step.start()
-            registry.put_manifest(repo, m.digest, m.data, m.media_type)
-            step.finish(True)
-            present.add(m.digest)
-        step = steps.new(f"push {'index' if top.is_index else 'manifest'} {top.digest[7:19]} as {ref}")
+        blobs, results = _push_blobs(store, manifests, registry, repo, jobs=jobs, present=present, steps=steps,
+                                     mount_from=mount_from, sources=sources)
+        referred = _push_manifests(store, manifests, registry, repo, ref, jobs=jobs, present=present, steps=steps,
+                                   mount_from=mount_from)
+    return _summary(registry, repo, ref, manifests, blobs, results, referred)
+
+
+def _push_blobs(store: Any, manifests: list[Node], registry: Registry, repo: str, *, jobs: int, present: set[str],
+                steps: Steps, mount_from: str | None, sources: Any = None) -> tuple[list[Blob], list[int]]:
+    """The blobs of *manifests* into *repo*, each checked first (none is sent if one is
+    missing or damaged); the blobs, and per blob the bytes sent or -1."""
+    blobs = blobs_of(manifests)
+    for b in blobs:
+        _check_before_push(store, b, manifests[-1].digest, sources)
+    results = upload_blobs(
+        store, registry, repo, blobs, jobs=jobs, present=present,
+        mount_from=mount_from if mount_from and mount_from != repo else None, sources=sources,
+        step=lambda b: steps.new(f"push {b.label} {b.digest[7:19]} ({human_size(b.size)})", b.size))
+    return blobs, results
+
+
+def _push_manifests(store: Any, manifests: list[Node], registry: Registry, repo: str, ref: str, *, jobs: int,
+                    present: set[str], steps: Steps, mount_from: str | None) -> list[tuple[int, int]]:
+    """Child manifests by digest, the top one under *ref*, then each one's referrers (its
+    blobs are in *repo* already); per manifest, the referrers pushed and their bytes."""
+    top = manifests[-1]
+    for m in manifests[:-1]:
+        if m.digest in present:
+            continue
+        step = steps.new(f"push manifest {m.digest[7:19]}")
         step.start()
-        registry.put_manifest(repo, ref, top.data, top.media_type)
+        registry.put_manifest(repo, m.digest, m.data, m.media_type)
         step.finish(True)
-        present.add(top.digest)
-        referred = [push_referrers(store, registry, repo, m, jobs=jobs, present=present, steps=steps,
-                                   mount_from=mount_from) for m in manifests]
+        present.add(m.digest)
+    step = steps.new(f"push {'index' if top.is_index else 'manifest'} {top.digest[7:19]} as {ref}")
+    step.start()
+    registry.put_manifest(repo, ref, top.data, top.media_type)
+    step.finish(True)
+    present.add(top.digest)
+    return [push_referrers(store, registry, repo, m, jobs=jobs, present=present, steps=steps, mount_from=mount_from)
+            for m in manifests]
+
+
+def _summary(registry: Registry, repo: str, ref: str, manifests: list[Node], blobs: list[Blob], results: list[int],
+             referred: list[tuple[int, int]], streamed: dict[str, int] | None = None) -> dict[str, Any]:
+    """What a push reports. *streamed*: blobs uploaded to this repository while the build
+    hashed them (:meth:`~modelbuild.oci.stream.SourceBlobs.ingest`), counted as sent here."""
+    top = manifests[-1]
     uploaded = [n for n in results if n >= 0]
+    for b, n in zip(blobs, results):
+        if n < 0 and streamed and b.digest in streamed:
+            uploaded.append(streamed[b.digest])
+    where = f"{registry.host}/{repo}:{ref}"
     return {
         "reference": where if not is_digest(ref) else f"{registry.host}/{repo}@{ref}",
         "digest": top.digest,
@@ -110,6 +146,57 @@ def push_artifact(store: Any, descriptor: dict[str, Any], registry: Registry, re
         "referrers": sum(n for n, _ in referred),
         "referrerBytes": sum(b for _, b in referred),
     }
+
+
+def push_outputs(store: Any, pairs: list[tuple[str, dict[str, Any]]], registries: dict[str, Registry], *,
+                 jobs: int = DEFAULT_JOBS, progress: Emitter | Steps | None = None,
+                 sources: Any = None) -> list[dict[str, Any]]:
+    """A build's registry outputs: each ``(reference, descriptor)`` of the store pushed, the
+    registry of each reference's host in *registries*. Every destination's blobs go first,
+    then every destination's manifests and tags: a blob that cannot be sent (a file changed
+    since the build hashed it, *sources*) leaves every tag as it was, here and there. A
+    second repository of a registry mounts what the first has; the repository a streaming
+    build uploaded to while hashing (*sources*) is asked about nothing it was sent."""
+    steps = Steps.of(progress)
+    first_repo: dict[str, str] = {}
+    present: dict[tuple[str, str], set[str]] = {}
+    streamed_to = (sources.registry.host, sources.repo) if sources is not None else None
+    planned = []
+    with store.gc_lock(exclusive=False):
+        for reference, descriptor in pairs:
+            host, repo, ref, _ = remote_ref(reference)
+            registry = registries[host]
+            manifests = store_tree(store, descriptor)
+            mount_from = first_repo.get(host) or base_repository(manifests, host)
+            streamed = None
+            if (host, repo) not in present:
+                streamed = dict(sources.sent) if (host, repo) == streamed_to else None
+                present[(host, repo)] = set(streamed or ())
+            with login_hint(host):
+                blobs, results = _push_blobs(store, manifests, registry, repo, jobs=jobs, present=present[(host, repo)],
+                                             steps=steps, mount_from=mount_from, sources=sources)
+            first_repo.setdefault(host, repo)
+            planned.append((registry, repo, ref, manifests, blobs, results, mount_from, streamed))
+        pushed = []
+        for registry, repo, ref, manifests, blobs, results, mount_from, streamed in planned:
+            with login_hint(registry.host):
+                referred = _push_manifests(store, manifests, registry, repo, ref, jobs=jobs,
+                                           present=present[(registry.host, repo)], steps=steps, mount_from=mount_from)
+            pushed.append(_summary(registry, repo, ref, manifests, blobs, results, referred, streamed))
+    return pushed
+
+
+def stored_whole(store: Any, descriptor: dict[str, Any]) -> bool:
+    """Whether every manifest, config and layer of *descriptor* is in the store (the cheap
+    check): what a tag promises ``run``, ``push`` and ``pull -o``."""
+    from modelbuild.errors import NotFoundError
+    from modelbuild.oci.verify import IntegrityError
+
+    try:
+        manifests = store_tree(store, descriptor)
+    except (StoreError, NotFoundError, IntegrityError):
+        return False
+    return all(store.check_blob(b.digest, b.size) for b in blobs_of(manifests))
 
 
 def push_referrers(store: Any, registry: Registry, repo: str, subject: Node, *, jobs: int, present: set[str],
@@ -206,12 +293,16 @@ def _extend_referrers_tag(registry: Registry, repo: str, subject: str, listed: l
                             "it; another pusher is rewriting it", hint="push again")
 
 
-def _check_before_push(store: Any, blob: Blob, artifact: str) -> None:
-    """The cheap check of a blob about to be pushed; a missing or damaged one fails the push."""
+def _check_before_push(store: Any, blob: Blob, artifact: str, sources: Any = None) -> None:
+    """The cheap check of a blob about to be pushed; a missing or damaged one fails the push.
+    A blob a streaming build left in its file (*sources*) is checked when it is read."""
     damage: list[str] = []
-    if not store.check_blob(blob.digest, blob.size, on_damage=damage.append):
-        raise StoreError(damage[0] if damage else f"blob {blob.digest} of {artifact} is missing from the local store",
-                         hint="rebuild it, or pull it again")
+    if store.check_blob(blob.digest, blob.size, on_damage=damage.append):
+        return
+    if sources is not None and sources.has(blob.digest, blob.size):
+        return
+    raise StoreError(damage[0] if damage else f"blob {blob.digest} of {artifact} is missing from the local store",
+                     hint="rebuild it, or pull it again")
 
 
 def base_repository(manifests: list[Any], host: str) -> str | None:
@@ -254,4 +345,4 @@ def push_refs(store: Any, pairs: list[tuple[str, str]], *, plain_http: bool = Fa
     return results
 
 
-__all__ = ["push_artifact", "push_referrers", "push_refs", "store_tree"]
+__all__ = ["push_artifact", "push_outputs", "push_referrers", "push_refs", "store_tree", "stored_whole"]

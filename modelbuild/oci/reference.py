@@ -162,3 +162,12 @@ def reference_from_name(name: str) -> Reference:
         raise UsageError(f"NAME {_quoted(name)} is not a valid repository name: {reason}",
                          hint=f"{hint}; or pass -t NAME:TAG" if hint else "or pass -t NAME:TAG")
     return parse_reference(name)
+
+
+def names_registry(text: str) -> bool:
+    """Whether *text* is a reference to a registry (``host.name/…``, ``host:port/…``,
+    ``localhost/…``) rather than a local tag or a path."""
+    first, slash, _ = text.partition("/")
+    if not slash or first in (".", "..", "~", ""):
+        return False
+    return "." in first or ":" in first or first == "localhost"

@@ -29,21 +29,13 @@ from modelbuild.oci.layerplan import layer_path
 from modelbuild.oci.registry import Registry, RegistryError, split_reference
 from modelbuild.oci.upload import Blob
 from modelbuild.oci.walk import Node
+from modelbuild.oci.reference import names_registry  # noqa: F401 - re-exported: callers import it from here
 from modelbuild.progress import Emitter, Event
 
 DEFAULT_JOBS = 4
 
 
 # -- references -------------------------------------------------------------------------
-def names_registry(text: str) -> bool:
-    """Whether *text* is a reference to a registry (``host.name/…``, ``host:port/…``,
-    ``localhost/…``) rather than a local tag or a path."""
-    first, slash, _ = text.partition("/")
-    if not slash or first in (".", "..", "~", ""):
-        return False
-    return "." in first or ":" in first or first == "localhost"
-
-
 def remote_ref(text: str) -> tuple[str, str, str, str]:
     """``host/repo:tag`` → ``(host, repo, tag-or-digest, normalised reference)``."""
     host, repo, parsed = split_reference(text)

@@ -9,7 +9,10 @@ only then are bytes sent: in one PUT up to ``monolithic_max``, else in PATCH chu
 from what the registry says arrived. The bytes come from the store's file, opened afresh for
 each request body; when an upload must start over from the first byte, the file is hashed
 once (:class:`VerifyOnRetry`): a corrupt local blob fails the transfer after one upload,
-named, and is removed, instead of being retried until the budget is spent.
+named, and is removed, instead of being retried until the budget is spent. A build streaming
+to a registry (:mod:`modelbuild.oci.stream`) sends a blob the store lacks from its file in the
+build context, hashed as it is read; and uploads a file whose digest is not known yet while
+hashing it (:meth:`BlobUploads.push_blob_hashing`).
 
 :class:`BlobUploads` is the HTTP half, mixed into :class:`~modelbuild.oci.registry.Registry`
 (``has_blob``, ``mount_blob``, ``push_blob``), kept here because it is the same path.
@@ -118,6 +121,44 @@ class BlobUploads(Transport):
                                      hint=exc.hint) from None
                 budget.failed(exc)
 
+    def push_blob_hashing(self, repo: str, size: int, source: Callable[[], Any], digest_of: Callable[[], str], *,
+                          label: str, progress: Progress | None = None) -> str:
+        """Upload *size* bytes whose digest is not known yet, and return it: the reads of the
+        upload hash them (*source* opens the file for each request body, *digest_of* gives the
+        digest once every byte was read), so a file is read and hashed once, and the final
+        PUT names the digest the registry must find. Always chunked (a monolithic PUT names
+        the digest before the first byte); no HEAD first: nothing to ask about yet. Retries
+        and restarts as :meth:`push_blob`."""
+        op = f"push {label}"
+        budget = self._budget(op, repo)
+        restarts, reported = 0, [0]
+
+        def advance(offset: int) -> None:
+            offset = min(offset, size)
+            if progress and offset > reported[0]:
+                progress(offset - reported[0])
+                reported[0] = offset
+
+        while True:
+            digest = None
+            try:
+                location = self._start_upload(repo, op, budget)
+                budget.progressed()
+                location = self._push_chunks(repo, size, source, op, location, advance, budget)
+                digest = digest_of()
+                self._complete(repo, digest, size, source, op, location, monolithic=False)
+                advance(size)
+                return digest
+            except Retry as exc:
+                if digest is not None and self.has_blob(repo, digest, budget=budget):  # the PUT's answer was lost
+                    advance(size)
+                    return digest
+                restarts += 1
+                if restarts > self.retries:
+                    raise self._fail(op, repo, f"{exc.detail}; gave up after {restarts} upload attempts",
+                                     hint=exc.hint) from None
+                budget.failed(exc)
+
     def _start_upload(self, repo: str, op: str, budget: Budget) -> str:
         resp = self._request("POST", self._url(repo, "blobs", "uploads/"), op=op, repo=repo,
                              scopes=self._scopes(repo, True), budget=budget)
@@ -219,13 +260,15 @@ class Step(Protocol):
 
 def upload_blobs(store: Store, registry: Registry, repo: str, blobs: Sequence[Blob], *, jobs: int,
                  present: set[str], mount_from: str | None = None,
-                 step: Callable[[Blob], Step] | None = None) -> list[int]:
+                 step: Callable[[Blob], Step] | None = None, sources: Any = None) -> list[int]:
     """Send each of the store's *blobs* to *repo* unless it is there, *jobs* at a time.
 
     *present* is the digests known to be in *repo* (skipped without a request); it is
     updated with every blob once all are through. *mount_from* is another repository of
-    the registry to mount from. *step* makes the progress step of a blob. Returns, per
-    blob in order, the bytes sent, or -1 where none were (present, found, mounted).
+    the registry to mount from. *step* makes the progress step of a blob. *sources* (a
+    :class:`~modelbuild.oci.stream.SourceBlobs`) sends a blob the store lacks from the file
+    of the build context it is. Returns, per blob in order, the bytes sent, or -1 where none
+    were (present, found, mounted).
     """
     from modelbuild.oci.registry import transfer_all
 
@@ -235,8 +278,12 @@ def upload_blobs(store: Store, registry: Registry, repo: str, blobs: Sequence[Bl
             if blob_step is not None:
                 blob_step.finish(False)
             return -1
-        sent = upload_blob(store, registry, repo, blob, mount_from=mount_from,
-                           progress=blob_step.advance if blob_step is not None else None)
+        progress = blob_step.advance if blob_step is not None else None
+        if sources is not None and sources.has(blob.digest, blob.size) and not store.check_blob(blob.digest,
+                                                                                                  blob.size):
+            sent = sources.upload(registry, repo, blob, mount_from=mount_from, progress=progress)
+        else:
+            sent = upload_blob(store, registry, repo, blob, mount_from=mount_from, progress=progress)
         if blob_step is not None:
             blob_step.finish(sent)
         return blob.size if sent else -1

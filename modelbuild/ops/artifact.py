@@ -15,6 +15,7 @@ from modelbuild.digests import canonical_json, key_of
 from modelbuild.errors import ModelbuildError
 from modelbuild.graph import Step
 from modelbuild.oci import mediatypes as mt
+from modelbuild.oci.stream import sources_of
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
 from modelbuild.ops.runtime import AttachedManifest, attach, key_extras
 from modelbuild.results import ConfigBlob, Descriptor, Exported, IndexBlob, Layer, LayerSet, ManifestBlob, Metadata
@@ -192,7 +193,10 @@ class ExportOp(Op):
 
     The tags are not written here: :func:`modelbuild.build.build` writes them all at once
     (:meth:`Store.set_tags`) after every step, ``--output`` and ``--cache-to`` succeeded, so
-    a failed build leaves every tag as it was. The result's ``tag_entries`` lists them."""
+    a failed build leaves every tag as it was. The result's ``tag_entries`` lists them: none
+    when the build streamed layers to a registry and the store does not hold the whole
+    artifact (a tag promises ``run``, ``push`` and ``pull -o`` every blob). ``--output
+    type=registry`` is not an output of this step: the build pushes once this step is done."""
 
     name = "export"
 
@@ -209,6 +213,11 @@ class ExportOp(Op):
         desc = descriptor.to_oci()
         entries = tag_entries(step.params["tags"], step.params.get("stages", []), desc,
                               [m.descriptor.to_oci() for m in manifests])
+        if sources_of(ctx.env) is not None and entries:
+            from modelbuild.oci.push import stored_whole
+
+            if not stored_whole(ctx.env.store, top.descriptor.to_oci()):
+                entries = []  # layers streamed to the registry: a local tag would name what is not here
         current = ctx.env.store.tags()
         changed = any(current.get(ref) != tag_entry(ref, d) for ref, d in entries)
         changed |= record_referrers(ctx.env.store, inputs)

@@ -79,6 +79,8 @@ class ExecEnv:
     stats: Stats = field(default_factory=Stats)
     no_cache: bool = False
     jobs: int = 1
+    # where transforms' work items run (an ExecutorSession, --executor); None: this machine
+    executor: Any = None
     locks: "KeyLocks" = field(init=False)
 
     def __post_init__(self) -> None:
@@ -150,6 +152,9 @@ class Op:
     # ``--cache-to …,mode=min`` exports only these steps, ``mode=max`` every keyed step.
     exported = False
     result_type: Any = None  # the results class whose from_json decodes a stored result
+    # Whether a step of this kind that runs (not cached) means the build's executor will be
+    # needed: the solver then opens a remote one in the background (modelbuild.executors)
+    prepares_executor = False
 
     def key(self, step: Step, inputs: list[Any], env: ExecEnv) -> str | None:
         """The step's cache key, or None for a step that always runs (it is cheap)."""

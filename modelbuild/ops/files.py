@@ -13,6 +13,7 @@ from modelbuild.digests import key_of
 from modelbuild.errors import BuildError
 from modelbuild.graph import Step
 from modelbuild.ignore import IgnoreRules
+from modelbuild.oci.stream import sources_of
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
 from modelbuild.results import ContextRoot, FileDigest, TreeEntry
 from modelbuild.tarball import normalise_mode
@@ -44,10 +45,14 @@ def _refuse_lfs_pointer(path: Path, rel: str, size: int) -> None:
 class DigestOp(Op):
     """Content digest of a file or directory, through the stat cache.
 
-    With ``ingest`` (raw layers), a file missing from the store is copied in while it is
-    hashed, so its bytes are read exactly once and the layer step has nothing left to do.
+    With ``ingest`` (raw layers: the file's bytes are the layer), a file missing from the
+    store is copied in while it is hashed, so its bytes are read exactly once and the layer
+    step has nothing left to do. A build whose result streams to a registry
+    (:mod:`modelbuild.oci.stream`) uploads a large file there while hashing it instead, and
+    records every file it found, so a layer may name it where it lies.
     """
 
+    prepares_executor = True  # a changed input is being hashed: transforms of it will follow
     name = "digest"
 
     def run(self, step: Step, inputs: list[Any], ctx: StepContext) -> Outcome:
@@ -64,42 +69,49 @@ class DigestOp(Op):
         path = root / rel
         st = os.stat(path)
         digest, cached = self._digest(path, st, rel, ingest, ctx)
+        sources = sources_of(ctx.env)
+        if sources is not None:
+            sources.add(digest, rel, str(path), st)
         return Outcome(FileDigest(rel, ctx.step.params.get("kind", "model"), digest, st.st_size,
                                   normalise_mode(st.st_mode), False, str(path)), cached=cached)
 
     def _digest(self, path: Path, st: os.stat_result, rel: str, ingest: bool, ctx: StepContext) -> tuple[str, bool]:
         """The file's digest and whether the stat cache knew it; hashes at most once."""
         env = ctx.env
-        digest = self._known(st, ingest, env)
-        if digest is not None:
-            return digest, True
+        into = _ingest_into(ingest, st.st_size, env)
+        known = self._known(st, env)
+        if known is not None and (into != "store" or env.blob_ok(known, st.st_size)):
+            return known, True
         # another build (or step) may be hashing this very file: wait, then use its answer
         with env.locks.hold(repr(env.cache.stat_key(st))):
-            digest = self._known(st, ingest, env)
-            if digest is not None:
-                return digest, True
-            return self._hash(path, st, rel, ingest, ctx), False
+            known = self._known(st, env)
+            if known is not None and (into != "store" or env.blob_ok(known, st.st_size)):
+                return known, True
+            return self._hash(path, st, rel, into, known, ctx), False
 
     @staticmethod
-    def _known(st: os.stat_result, ingest: bool, env: ExecEnv) -> str | None:
-        """The digest the stat cache has for this file, if its blob is where it must be, sound."""
-        digest = None if env.no_cache else env.cache.get_file_digest(st)
-        if digest is not None and (not ingest or env.blob_ok(digest, st.st_size)):
-            return digest
-        return None
+    def _known(st: os.stat_result, env: ExecEnv) -> str | None:
+        """The digest the stat cache has for this file (None with ``--no-cache``)."""
+        return None if env.no_cache else env.cache.get_file_digest(st)
 
-    def _hash(self, path: Path, st: os.stat_result, rel: str, ingest: bool, ctx: StepContext) -> str:
-        """Hash a file; with *ingest*, make sure its bytes are in the store too.
+    def _hash(self, path: Path, st: os.stat_result, rel: str, into: str | None, known: str | None,
+              ctx: StepContext) -> str:
+        """Hash a file; *into* ``store`` (or ``registry``), make sure its bytes are there too.
 
-        A file never seen before is copied into the store while it is hashed (one read). A
+        A file never seen before is copied into the store (uploaded to the registry) while it
+        is hashed: one read. So is one the stat cache knows whose blob the store lacks. A
         file whose inode was hashed before under another mtime (touched, or checked out
-        again) is most likely unchanged: it is only hashed, and copied in a second pass
-        just when its content turns out to be new.
+        again) is most likely unchanged: it is only hashed, and copied in a second pass just
+        when its content turns out to be new (a registry is asked at push time).
         """
         env = ctx.env
         _refuse_lfs_pointer(path, rel, st.st_size)  # checked once: a hashed file is cached by its stat
         ctx.set_total(st.st_size)
-        if ingest and not env.cache.seen_inode(st):
+        sources = sources_of(env)
+        fresh = into is not None and (known is not None or not env.cache.seen_inode(st))
+        if into == "registry" and fresh and sources is not None:
+            digest, size = sources.ingest(rel, str(path), st, ctx.advance), st.st_size
+        elif into == "store" and fresh:
             digest, size, created = env.store.ingest_file(path, ctx.advance)
             if created:
                 env.stats.add(bytes_written=size)
@@ -111,7 +123,7 @@ class DigestOp(Op):
             hasher = hashlib.sha256()
             size = copy_stream(path, hasher.update, ctx.advance)
             digest = "sha256:" + hasher.hexdigest()
-            if ingest and not env.blob_ok(digest, size):
+            if into == "store" and not env.blob_ok(digest, size):
                 ctx.current = 0
                 digest2, size, created = env.store.ingest_file(path, ctx.advance)
                 if digest2 != digest:
@@ -142,3 +154,12 @@ class DigestOp(Op):
         tree_digest = key_of([[m.name, m.kind, m.mode, m.size, m.digest, m.linkname] for m in members])
         return Outcome(FileDigest(rel, ctx.step.params.get("kind", "model"), tree_digest, sum(m.size for m in members),
                                   0o755, True, None, tuple(members)), cached=all_cached)
+
+
+def _ingest_into(ingest: bool, size: int, env: ExecEnv) -> str | None:
+    """Where a file whose bytes are a raw layer goes while it is hashed: ``store``, or
+    ``registry`` for a large file of a build that streams to one; None when not a raw layer."""
+    if not ingest:
+        return None
+    sources = sources_of(env)
+    return "registry" if sources is not None and sources.streams(size) else "store"

@@ -17,6 +17,7 @@ from modelbuild.digests import key_of
 from modelbuild.errors import BuildError
 from modelbuild.graph import Step
 from modelbuild.oci import mediatypes as mt
+from modelbuild.oci.stream import sources_of
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
 from modelbuild.results import Descriptor, FileDigest, FileSet, Layer, LayerSet, ModelFile
 from modelbuild.tarball import Member
@@ -50,7 +51,10 @@ def pack_layer(path: str, kind: str, src: FileDigest | ModelFile, codec_name: st
     is_dir = isinstance(src, FileDigest) and src.is_dir
     if is_dir and not codec.archive:
         raise BuildError(f"{path}: layer format {codec.name} cannot hold a directory")
-    if not codec.archive and env.blob_ok(src.digest, src.size):
+    sources = sources_of(env)
+    if not codec.archive and (env.blob_ok(src.digest, src.size)
+                              or sources is not None and sources.has(src.digest, src.size)):
+        # the blob is the file: in the store, or (a build streaming to a registry) where it lies
         digest, size, diff_id, reused = src.digest, src.size, src.digest, True
     else:
         if own_total:
@@ -97,10 +101,22 @@ def _members(path: str, src: FileDigest | ModelFile) -> list[Member]:
 
 
 class _LayersOp(Op):
-    """An op whose result is a :class:`LayerSet`: part of the artifact, valid while its blobs are stored."""
+    """An op whose result is a :class:`LayerSet`: part of the artifact, valid while its blobs
+    are stored, or, in a build streaming to a registry, while each blob not stored is a file
+    this build found to have that digest (through the stat cache, or by hashing it)."""
 
     exported = True
     result_type = LayerSet
+
+    def valid(self, stored: dict[str, Any], env: ExecEnv) -> bool:
+        sources = sources_of(env)
+        if sources is None:
+            return super().valid(stored, env)
+        try:
+            result = self.decode(stored)
+        except ValueError:
+            return False
+        return all(env.blob_ok(b.digest, b.size) or sources.has(b.digest, b.size) for b in result.blobs())
 
 
 class LayerOp(_LayersOp):
@@ -139,7 +155,9 @@ class LayerSetOp(_LayersOp):
         # one bar for the set: the bytes of the files to encode (a raw layer of a blob the
         # store holds is reused as it is, with nothing to report)
         codec = ctx.env.host.codecs.get(p["codec"])
-        pending = [f for f in fileset.files if codec.archive or not ctx.env.blob_ok(f.digest, f.size)]
+        sources = sources_of(ctx.env)
+        pending = [f for f in fileset.files if codec.archive or not (
+            ctx.env.blob_ok(f.digest, f.size) or sources is not None and sources.has(f.digest, f.size))]
         if pending:
             ctx.set_total(sum(f.size for f in pending))
         return Outcome(LayerSet(tuple(pack_layer(f.path, f.kind, f, p["codec"], p["epoch"], ctx, own_total=False)[0]

@@ -62,6 +62,7 @@ class TransformOp(Op):
 
     name = "transform"
     result_type = FileSet
+    prepares_executor = True
 
     def _registry(self, step: Step, env: ExecEnv) -> Any:
         return {"quantize": env.host.quantizers, "convert": env.host.converters}.get(
@@ -109,7 +110,7 @@ class TransformOp(Op):
         env = ctx.env
         workdir = Path(tempfile.mkdtemp(dir=env.store.ingest_dir, prefix="transform-"))
         tctx = TransformContext(workdir, jobs=env.jobs, advance=ctx.advance, set_total=ctx.set_total, log=ctx.log,
-                                plugins=env.host)
+                                plugins=env.host, executor=env.executor)
         try:
             if p["action"] == "quantize":
                 produced = plugin.quantize(files, p["arg"], dict(p["options"]), tctx)

@@ -203,7 +203,7 @@ class GGUFQuantizer:
             raise UsageError(f"gguf-quantize cannot produce {qtype!r}", hint=f"types: {', '.join(self.types)}")
         # options arrive checked and typed from the frontend (the ``options`` declarations)
         if ctx.jobs > 1:
-            ctx.mp_context(WORKER_MODULES)  # the workers' server starts importing while we plan
+            ctx.prepare(WORKER_MODULES)  # the workers' server starts importing while we plan
         keep = options.get("keep", [])
         keep = [keep] if isinstance(keep, str) else list(keep)
         pure = options.get("pure")

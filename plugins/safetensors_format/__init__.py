@@ -28,8 +28,9 @@ ordered by descending dtype alignment, then by name, as the library's ``prepare`
 Conversions are elementwise (``astype``, a per-tensor amax), so chunking and the number of
 worker processes never change a byte.
 
-Heavy imports (numpy, ml_dtypes) happen inside functions: the CLI imports this package on
-every start.
+Heavy imports (numpy, ml_dtypes) happen inside functions, and the quantizer and the shard
+strategy (:mod:`.cast`, :mod:`.groups`, :mod:`.shard`) are imported when first used: a build
+that only reads safetensors files (a no-op rebuild) imports the format handler alone.
 
 Modules: :mod:`.header` (dtype table, header parser), :mod:`.io` (layout, pwrite and copy
 helpers, chunking), :mod:`.format` (:class:`SafetensorsFormat`), :mod:`.groups` (model
@@ -39,13 +40,12 @@ groups and indexes), :mod:`.cast` (:class:`SafetensorsCast` and its worker funct
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from modelbuild.api import OptionSpec, hookimpl
+from modelbuild.api import hookimpl
 
-from .cast import FP8_DEFAULT_KEEP, FP8_MAX, SafetensorsCast, Task
 from .format import SafetensorsFormat, scale_companions
-from .groups import Group
 from .header import (
     _DTYPES,
     MAX_HEADER_SIZE,
@@ -57,7 +57,6 @@ from .header import (
     read_header,
 )
 from .io import Layout, Spec, layout
-from .shard import SafetensorsShard, hf_split
 
 __all__ = [
     "FP8_DEFAULT_KEEP", "FP8_MAX", "MAX_HEADER_SIZE", "PLUGIN_VERSION", "Group", "Header", "Layout",
@@ -66,13 +65,33 @@ __all__ = [
     "_DTYPES", "_code_of", "_numpy_dtype",  # used by tests/plugins/test_safetensors.py
 ]
 
-# The options QUANTIZE takes (what SafetensorsCast.quantize checks by hand). Declared here, not
-# in the class body in cast.py, only while that module's worker pool is being reworked: move
-# it there then.
-SafetensorsCast.options = (
-    OptionSpec("keep", list, help="tensor-name patterns (fnmatch) left in their dtype; float8_e4m3 also keeps "
-                                  "embeddings, norms, lm_head and routers"),
-)
+# the names of the modules imported on first use
+_LAZY = {"FP8_DEFAULT_KEEP": "cast", "FP8_MAX": "cast", "Task": "cast", "Group": "groups",
+         "SafetensorsShard": "shard", "hf_split": "shard"}
+
+
+def _cast_class() -> Any:
+    """:class:`.cast.SafetensorsCast`, with the options QUANTIZE takes (what
+    SafetensorsCast.quantize checks by hand). Declared here, not in the class body in cast.py,
+    only while that module's worker pool is being reworked: move it there then."""
+    from modelbuild.api import OptionSpec
+
+    from .cast import SafetensorsCast
+
+    if "options" not in SafetensorsCast.__dict__:
+        SafetensorsCast.options = (
+            OptionSpec("keep", list, help="tensor-name patterns (fnmatch) left in their dtype; float8_e4m3 also "
+                                          "keeps embeddings, norms, lm_head and routers"),
+        )
+    return SafetensorsCast
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SafetensorsCast":
+        return _cast_class()
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- registration -------------------------------------------------------------------------
@@ -85,9 +104,11 @@ def modelbuild_register_formats(registry: Any) -> None:
 
 @hookimpl
 def modelbuild_register_quantizers(registry: Any) -> None:
-    registry.add(SafetensorsCast())
+    registry.add(_cast_class()())
 
 
 @hookimpl
 def modelbuild_register_shard_strategies(registry: Any) -> None:
+    from .shard import SafetensorsShard
+
     registry.add(SafetensorsShard())

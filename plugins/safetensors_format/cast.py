@@ -216,7 +216,7 @@ class SafetensorsCast:
             raise UsageError(f"safetensors-cast cannot produce {qtype!r}", hint=f"types: {', '.join(self.types)}")
         # options arrive checked and typed from the frontend (the ``options`` declarations)
         if ctx.jobs > 1:
-            ctx.mp_context(WORKER_MODULES)  # the workers' server starts importing while we plan
+            ctx.prepare(WORKER_MODULES)  # the workers' server starts importing while we plan
         target = _TARGETS[qtype]
         fp8 = target == "F8_E4M3"
         keep = [*_keep_patterns(options), *(FP8_DEFAULT_KEEP if fp8 else ())]

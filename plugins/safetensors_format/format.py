@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modelbuild.api import ModelInfo, WeightFile
+if TYPE_CHECKING:
+    from modelbuild.api import ModelInfo, WeightFile
 
 from . import io  # io.CHUNK_BYTES is read at call time, so that patching it reaches the writer
 from .header import (
@@ -86,6 +87,8 @@ class SafetensorsFormat:
         """
         headers = [read_header(f.source, f.path) for f in files]
         scales = scale_companions(t for h in headers for t in h.tensors)
+        from modelbuild.api import ModelInfo
+
         info = ModelInfo(format=self.name)
         scale_tensors = scale_params = count = 0
         has_float8 = False

@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from modelbuild.api import FormatError, WeightFile, lfs_pointer_hint
+# FormatError, WeightFile and lfs_pointer_hint are imported where a header is read: a build
+# that only chooses this format (a no-op rebuild) does not import modelbuild's weights module
 
 PLUGIN_VERSION = "1"
 
@@ -117,6 +118,8 @@ def read_header(source: str, label: str | None = None) -> Header:
     data region contiguously from 0 (an overlap or a gap); and tensor data that runs past,
     or stops short of, the end of the file (the library rejects trailing bytes too).
     """
+    from modelbuild.api import FormatError, lfs_pointer_hint
+
     label = label or source
     try:
         with open(source, "rb") as fh:
@@ -200,6 +203,8 @@ def read_header(source: str, label: str | None = None) -> Header:
 
 
 def _source_and_label(file: Any) -> tuple[str, str]:
+    from modelbuild.api import WeightFile
+
     if isinstance(file, WeightFile):
         return file.source, file.path
     return os.fspath(file), os.fspath(file)
@@ -207,6 +212,8 @@ def _source_and_label(file: Any) -> tuple[str, str]:
 
 def _numpy_dtype(code: str, label: str = "", name: str = "") -> Any:
     import numpy as np
+
+    from modelbuild.api import FormatError
 
     np_name = _DTYPES[code][2]
     if np_name is None:

@@ -1,0 +1,228 @@
+"""``build --executor ray`` on a real Ray cluster on 127.0.0.1: a head (``ray start --head``)
+and a second node joined to it (``ray start --address``), one CPU each.
+
+- CONVERT gguf + QUANTIZE q4_k_m gives the local executor's digest, and Ray's own task
+  records (the state API) show the items ran on both nodes;
+- SIGKILL of the second node's processes (by PID) in the middle of the quantize: Ray runs
+  the lost items again on the head, and the digest is the same;
+- SIGKILL of the build itself in the middle of the quantize: the next build takes the
+  convert from the cache and only quantizes, with the same digest;
+- a cluster that is not there is one line, exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raycluster import RayCluster
+
+
+# 6 layers of hidden 1024 / FFN 4096, float16: 95 M parameters, about 4 s of Q4_K_M on two
+# cores, so that a node can be killed while items are still to run
+GEOMETRY = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 6, "head_dim": 256}
+
+MODELFILE = """\
+FROM ./ckpt
+NAME ray-test
+CONFIG *.json
+MODEL *.safetensors
+CONVERT gguf
+QUANTIZE q4_k_m
+"""
+
+
+def make_checkpoint(dest: Path) -> Path:
+    from models import _round, make_tiny_checkpoint, make_weights, write_safetensors
+
+    make_tiny_checkpoint(dest, "llama", dtype="float16")
+    config = json.loads((dest / "config.json").read_text())
+    config.update(GEOMETRY)
+    (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_safetensors(dest, _round(make_weights(config), "float16"), sharded=False)
+    past = time.time() - 60  # older than the stat cache's racy window
+    for f in dest.iterdir():
+        os.utime(f, (past, past))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ray-project")
+    make_checkpoint(root / "ckpt")
+    (root / "Modelfile").write_text(MODELFILE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    c = RayCluster().start_head()
+    try:
+        c.worker = c.add_node()
+        yield c
+    finally:
+        c.stop()
+        assert c.pids() == [], "every process the cluster started is gone"
+
+
+def build_cmd(project: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "modelbuild", "build", "-f", str(project / "Modelfile"), "--json",
+            "--progress", "json", *extra]
+
+
+def run_build(project: Path, home: Path, *extra: str, address: str | None = None) -> tuple[dict, list[dict]]:
+    env = {**os.environ, "MODELBUILD_HOME": str(home)}
+    if address:
+        env["RAY_ADDRESS"] = address
+    proc = subprocess.run(build_cmd(project, *extra), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout), [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def local_digest(project: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    result, _ = run_build(project, tmp_path_factory.mktemp("home-local"), "--executor", "local")
+    return result["digest"]
+
+
+def _logs(events: list[dict]) -> list[str]:
+    return [e.get("message", "") for e in events if e.get("kind") == "log"]
+
+
+RECORDS = """
+import json, sys, time
+import ray
+from ray.util.state import list_tasks
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+deadline = time.monotonic() + 60
+while True:  # task events reach the dashboard a moment after the tasks finish
+    tasks = list_tasks(filters=[("func_or_class_name", "=", "_run_item")], limit=10_000, detail=True,
+                       raise_on_missing_output=False)
+    if tasks and all(t.state in ("FINISHED", "FAILED") for t in tasks) or time.monotonic() > deadline:
+        break
+    time.sleep(1)
+print(json.dumps({"nodes": nodes, "tasks": [{"state": t.state, "node_id": t.node_id} for t in tasks]}))
+"""
+
+
+def ray_records(address: str) -> dict[str, Any]:
+    """Ray's own records: its alive nodes, and its tasks of the items (the state API, through
+    the head's dashboard), read by a driver of their own."""
+    proc = subprocess.run([sys.executable, "-c", RECORDS, address], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_ray_build_matches_local_and_runs_on_both_nodes(project: Path, cluster: Any, local_digest: str,
+                                                         tmp_path: Path) -> None:
+    result, events = run_build(project, tmp_path / "home", "--executor", "ray", address=cluster.address)
+    assert result["digest"] == local_digest
+    logs = _logs(events)
+    assert any("2 node(s), 2 CPU(s)" in line for line in logs), logs
+    # Ray's task records: every item finished, on two distinct nodes, both alive in Ray's node table
+    records = ray_records(cluster.address)
+    finished = [t for t in records["tasks"] if t["state"] == "FINISHED"]
+    by_node = Counter(t["node_id"] for t in finished)
+    assert len(by_node) == 2, by_node
+    assert all(n >= 2 for n in by_node.values()), by_node
+    assert set(by_node) <= set(records["nodes"])
+    # and the build's own account of the quantize's items agrees
+    assert any(line.startswith("ray: ") and " items on 2 node(s)" in line for line in logs), logs
+
+
+def test_ray_client_address_gives_the_same_digest(project: Path, cluster: Any, local_digest: str,
+                                                   tmp_path: Path) -> None:
+    """--executor ray://HOST:PORT: a driver outside the cluster (a Kubernetes Job beside a
+    KubeRay cluster, docs/scale.md) goes through Ray Client."""
+    result, events = run_build(project, tmp_path / "home", "--executor", f"ray://127.0.0.1:{cluster.client_port}")
+    assert result["digest"] == local_digest
+    logs = _logs(events)
+    assert any(f"ray cluster at ray://127.0.0.1:{cluster.client_port}: 2 node(s)" in line for line in logs), logs
+    assert any(line.startswith("ray: ") and " items on " in line for line in logs), logs
+
+
+def _build_until_quantize(project: Path, home: Path, address: str, when_quantizing: Any) -> subprocess.Popen:
+    """Start a build; call *when_quantizing(proc)* once the quantize step has done some items."""
+    env = {**os.environ, "MODELBUILD_HOME": str(home), "RAY_ADDRESS": address}
+    proc = subprocess.Popen(build_cmd(project, "--executor", "ray"), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    fired = threading.Event()
+    lines: list[str] = []
+
+    def watch() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if fired.is_set() or not line.startswith("{"):
+                continue
+            event = json.loads(line)
+            if (event.get("kind") == "progress" and str(event.get("label", "")).startswith("quantize")
+                    and event.get("current", 0) > 0 and event.get("current", 0) < (event.get("total") or 0)):
+                fired.set()
+                when_quantizing(proc)
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    proc.lines = lines  # type: ignore[attr-defined]
+    proc.fired = fired  # type: ignore[attr-defined]
+    proc.reader = reader  # type: ignore[attr-defined]
+    return proc
+
+
+def test_killed_driver_resumes_from_the_cache(project: Path, cluster: Any, local_digest: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    proc = _build_until_quantize(project, home, cluster.address, lambda p: os.kill(p.pid, signal.SIGKILL))
+    proc.wait(timeout=600)
+    proc.reader.join(timeout=30)
+    assert proc.fired.is_set(), "".join(proc.lines)[-3000:]
+    assert proc.returncode == -signal.SIGKILL
+    result, events = run_build(project, home, "--executor", "ray", address=cluster.address)
+    assert result["digest"] == local_digest
+    cached = {e["label"] for e in events if e.get("kind") == "cached"}
+    started = {e["label"] for e in events if e.get("kind") == "start"}
+    assert any(label.startswith("convert") for label in cached), (cached, started)
+    assert not any(label.startswith("convert") for label in started), started
+    assert any(label.startswith("quantize") for label in started), started
+
+
+def test_killed_worker_node_gives_the_same_digest(project: Path, cluster: Any, local_digest: str,
+                                                  tmp_path: Path) -> None:
+    """Last in the module: the second node does not come back."""
+    home = tmp_path / "home"
+    killed: list[int] = []
+    proc = _build_until_quantize(project, home, cluster.address,
+                                 lambda p: killed.extend(cluster.kill_node(cluster.worker)))
+    out = proc.stdout.read()
+    proc.wait(timeout=600)
+    proc.reader.join(timeout=30)
+    stderr = "".join(proc.lines)
+    assert proc.fired.is_set() and killed, stderr[-3000:]
+    assert proc.returncode == 0, stderr[-3000:]
+    assert json.loads(out)["digest"] == local_digest, out
+    assert cluster.pids(cluster.worker) == []  # the node's raylet and workers are gone
+    assert any(p for p in cluster.pids(cluster.tokens[0])), "the head is still up"
+
+
+def test_no_cluster_is_one_line(project: Path, tmp_path: Path) -> None:
+    from raycluster import free_port
+
+    env = {**os.environ, "MODELBUILD_HOME": str(tmp_path / "home"), "RAY_ADDRESS": f"127.0.0.1:{free_port()}"}
+    proc = subprocess.run([sys.executable, "-m", "modelbuild", "build", "-f", str(project / "Modelfile"),
+                           "--executor", "ray", "--progress", "quiet"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    # the failed step's line, then the build's one-line error
+    assert lines[-1].startswith("modelbuild: error: cannot reach a Ray cluster at 127.0.0.1:"), proc.stderr
+    assert "Connection refused" in lines[-1] and "ray start --head" in lines[-1]
+    assert len(lines) <= 2 and "Traceback" not in proc.stderr

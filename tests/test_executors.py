@@ -1,0 +1,200 @@
+"""Executors without a cluster: ``--executor`` parsing, the built-in ``local`` executor, a
+third-party executor plugin that runs a real build's items, the lazy opening, and the
+data-plane and code checks every remote worker makes before it runs an item
+(:class:`modelbuild.api.Work`). The Ray executor on a real cluster: tests/cluster/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelbuild.api import BuildError, UsageError, hookimpl
+from modelbuild.executors import Marker, Work, parse_executor
+from modelbuild.testing import build_with
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "Modelfile.examples" / "convert-quantize"
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    """The convert-quantize example, with its tiny-llama model beside it."""
+    shutil.copytree(REPO / "Modelfile.examples" / "tiny-llama", tmp_path / "tiny-llama")
+    shutil.copytree(EXAMPLE, tmp_path / "convert-quantize")
+    return tmp_path / "convert-quantize" / "Modelfile"
+
+
+# -- --executor ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, name, address", [
+    (None, "local", None), ("", "local", None), ("ray", "ray", None), ("RAY", "ray", None),
+    ("ray://10.0.0.5:10001", "ray", "10.0.0.5:10001"), ("local", "local", None),
+])
+def test_parse_executor(text: str | None, name: str, address: str | None) -> None:
+    choice = parse_executor(text)
+    assert (choice.name, choice.address) == (name, address)
+
+
+@pytest.mark.parametrize("text", ["ray://", "://host", "ray :// x"])
+def test_parse_executor_refuses(text: str) -> None:
+    with pytest.raises(UsageError, match="NAME or NAME://ADDRESS"):
+        parse_executor(text)
+
+
+def test_unknown_executor_is_a_usage_error_with_a_suggestion(project: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "modelbuild", "build", "-f", str(project), "--executor", "rya",
+                           "--progress", "quiet"], env={**os.environ, "MODELBUILD_HOME": str(tmp_path / "h")},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "modelbuild: error: unknown executor 'rya' (did you mean ray?)"
+
+
+# -- a third-party executor: the API, end to end ----------------------------------------------
+
+
+class CountingExecutor:
+    """Runs items in this process, one at a time, through ``setup.work(fn).run(item)`` as a
+    remote executor's workers do; counts what it was given."""
+
+    name = "counting"
+    summary = "test executor"
+
+    def __init__(self) -> None:
+        self.opened: list[Any] = []
+        self.items = 0
+        self.maps: list[int | None] = []
+        self.closed = 0
+        self.prepared: list[tuple[str, ...]] = []
+
+    def open(self, setup: Any) -> Any:
+        self.opened.append(setup)
+        return self
+
+    slots = 3
+    nodes = 1
+
+    def map(self, fn: Any, items: Any, on_done: Any, *, jobs: int | None = None, preload: Any = ()) -> None:
+        setup = self.opened[-1]
+        assert Path(setup.marker.path).is_file()  # the data plane's marker exists while items run
+        work = setup.work(fn)
+        self.maps.append(jobs)
+        for item in items:
+            result = work.run(item, "node-a")
+            self.items += 1
+            on_done(item, result)
+
+    def prepare(self, preload: Any) -> None:
+        self.prepared.append(tuple(preload))
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_plugin_executor_runs_a_builds_items_with_the_local_digest(project: Path, tmp_path: Path) -> None:
+    counting = CountingExecutor()
+
+    class Plugin:
+        @hookimpl
+        def modelbuild_register_executors(self, registry: Any) -> None:
+            registry.add(counting)
+
+    local = build_with(project, tmp_path / "local", executor="local")
+    result = build_with(project, tmp_path / "counting", Plugin(), executor="counting")
+    assert result.digest == local.digest
+    assert len(counting.opened) == 1 and counting.closed == 1  # opened once, for both transforms
+    setup = counting.opened[0]
+    assert setup.address is None and setup.store == tmp_path / "counting" / "store"
+    assert setup.context == (tmp_path / "tiny-llama" / "model").resolve()
+    assert counting.items >= 10 and counting.maps  # the quantize's tensor items came through map
+    assert any("numpy" in modules for modules in counting.prepared)  # told what the workers import, first
+    assert all(j is not None and 1 <= j <= counting.slots for j in counting.maps)
+    assert not Path(setup.marker.path).exists()  # removed after the build
+    # a rebuild runs nothing, so it never opens the executor
+    again = build_with(project, tmp_path / "counting", Plugin(), executor="counting")
+    assert again.digest == local.digest and len(counting.opened) == 1
+
+
+def test_a_noop_rebuild_never_reaches_the_cluster(project: Path, tmp_path: Path) -> None:
+    """The executor opens when a transform first runs: a cached build with --executor ray and
+    no cluster anywhere succeeds."""
+    home = tmp_path / "home"
+    first = build_with(project, home)
+    env = {**os.environ, "MODELBUILD_HOME": str(home), "RAY_ADDRESS": "127.0.0.1:9"}
+    proc = subprocess.run([sys.executable, "-m", "modelbuild", "build", "-f", str(project), "--executor", "ray",
+                           "-q"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == first.digest
+
+
+# -- Work: what a remote worker checks and does around each item -------------------------------
+
+
+def _note_thread(item: Any) -> str:
+    return threading.current_thread().name
+
+
+def _open_and_keep(path: str) -> int:
+    """Opens a file and keeps it open, as gguf-quantize's per-thread file cache does."""
+    return os.open(path, os.O_RDONLY)
+
+
+def _fail(item: Any) -> None:
+    raise BuildError(f"item {item} failed")
+
+
+def test_work_runs_items_in_a_fresh_thread(tmp_path: Path) -> None:
+    marker = Marker.create(tmp_path / "store", tmp_path)
+    work = Work.prepare(_note_thread, marker)
+    assert work.run(1) == "modelbuild-item" and threading.current_thread().name != "modelbuild-item"
+    with pytest.raises(BuildError, match="item 7 failed"):
+        Work.prepare(_fail, marker).run(7)
+
+
+def test_work_closes_the_files_an_item_left_open_under_the_build(tmp_path: Path) -> None:
+    store = tmp_path / "home" / "store"
+    (tmp_path / "ctx").mkdir()
+    marker = Marker.create(store, tmp_path / "ctx")
+    inside = tmp_path / "ctx" / "weights.bin"
+    inside.write_bytes(b"x")
+    outside = tmp_path / "elsewhere.bin"
+    outside.write_bytes(b"y")
+    work = Work.prepare(_open_and_keep, marker)
+    fd_in = work.run(str(inside))
+    with pytest.raises(OSError):
+        os.fstat(fd_in)  # closed: it named a file of the build
+    fd_out = work.run(str(outside))
+    try:
+        os.fstat(fd_out)  # left: not the build's
+    finally:
+        os.close(fd_out)
+
+
+def test_a_node_that_does_not_see_the_store_refuses_before_running(tmp_path: Path) -> None:
+    marker = Marker.create(tmp_path / "store")
+    gone = Marker(marker.path + "-elsewhere", marker.token, marker.roots)
+    with pytest.raises(BuildError, match=r"node n1 cannot run this build's work: it does not see the build's store"):
+        Work.prepare(_note_thread, gone).run(1, "n1")
+    forged = tmp_path / "store" / "ingest" / "executor-forged"
+    forged.write_text("another token")
+    with pytest.raises(BuildError, match="another build's: this node mounts another store"):
+        Work.prepare(_note_thread, Marker(str(forged), marker.token, marker.roots)).run(1)
+    no_context = Marker.create(tmp_path / "store", tmp_path / "context")  # never created
+    with pytest.raises(BuildError, match="does not see the build context"):
+        Work.prepare(_note_thread, no_context).run(1)
+
+
+def test_a_node_with_other_code_refuses(tmp_path: Path) -> None:
+    marker = Marker.create(tmp_path / "store")
+    work = Work.prepare(_note_thread, marker)
+    assert "modelbuild" in work.code and __name__ in work.code
+    other = Work(_note_thread, marker, work.code.replace("modelbuild ", "modelbuild 0.0.0-", 1))
+    with pytest.raises(BuildError, match="it runs modelbuild .*, the build modelbuild 0.0.0-"):
+        other.run(1, "n2")

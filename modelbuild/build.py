@@ -258,7 +258,7 @@ def build(
 
         cache_to = [parse_cache_spec(c, direction="to") if isinstance(c, str) else c for c in cache_to]
         cache_from = [parse_cache_spec(c, direction="from") if isinstance(c, str) else c for c in cache_from]
-    from modelbuild.fetch import FetchSession, fetching
+    from modelbuild.fetch_session import FetchSession, fetching
 
     emitter = Emitter(renderer or PlainRenderer(sys.stderr))
     try:

@@ -30,14 +30,13 @@ and ETA while it downloads.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import hashlib
 import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from modelbuild.api._sources import UNPACKS, FetchError, OpenedSource, RemoteFil
 from modelbuild.artifact_paths import path_problem
 from modelbuild.digests import CHUNK, canonical_json, is_digest
 from modelbuild.errors import BuildError, ModelfileError, PluginError
+from modelbuild.fetch_session import OFFLINE_VAR, FetchSession, current_session, fetching  # noqa: F401 - re-exported
 from modelbuild.oci.verify import shown
 
 FORM = 2  # the record's form: bumped when it changes, so an old record is fetched again
@@ -53,43 +53,11 @@ MAX_SIZE = 1 << 50  # 1 PiB: a listed size past this is a lie
 MAX_RECORD = 64 << 20
 RETRIES = 6  # failed attempts in a row (without progress) before a transfer gives up
 BACKOFF = 0.5  # seconds before the first retry; doubled each time, at most 15 s
-OFFLINE_VAR = "MODELBUILD_OFFLINE"
 JOBS = 4  # files downloaded at once, as pull does
 
 _MEDIA = {"": "application/vnd.cncf.model.weight.v1.raw", "tar": "application/vnd.cncf.model.weight.v1.tar",
           "tar+gzip": "application/vnd.cncf.model.weight.v1.tar+gzip",
           "tar+zstd": "application/vnd.cncf.model.weight.v1.tar+zstd"}
-
-
-@dataclass
-class FetchSession:
-    """Where fetched files go and who hears about it: set by the build around its frontend."""
-
-    home: Path
-    emitter: Any = None  # a modelbuild.progress.Emitter
-    network: bool = field(default_factory=lambda: os.environ.get(OFFLINE_VAR, "") not in ("1", "true", "yes"))
-
-
-_SESSION: contextvars.ContextVar[FetchSession | None] = contextvars.ContextVar("modelbuild_fetch", default=None)
-
-
-@contextlib.contextmanager
-def fetching(session: FetchSession) -> Iterator[FetchSession]:
-    """Make *session* the one remote sources fetch into while the frontend runs."""
-    token = _SESSION.set(session)
-    try:
-        yield session
-    finally:
-        _SESSION.reset(token)
-
-
-def current_session() -> FetchSession:
-    session = _SESSION.get()
-    if session is None:
-        from modelbuild.home import home_dir
-
-        session = FetchSession(home_dir())
-    return session
 
 
 # -- the one entry point ---------------------------------------------------------------------

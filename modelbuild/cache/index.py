@@ -9,7 +9,7 @@ The file-digest cache is BuildKit's checksum cache: a file's sha256 is looked up
 digest, not the stat, is what enters step keys: two paths with one content share results.
 
 Reads do not go through diskcache: opening a ``diskcache.Cache`` rewrites its settings
-(SQLite writes and ``fdatasync``\ s on every open) and importing it costs more than a no-op
+(SQLite writes and an ``fdatasync`` on every open) and importing it costs more than a no-op
 rebuild's look-ups. An existing database is read with one plain SQLite connection, exactly
 as diskcache's own ``get`` reads it (its ``Cache`` table, keys pickled and optimised by its
 ``Disk``, values raw or pickled, large ones in files); diskcache is opened at the first

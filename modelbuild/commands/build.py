@@ -226,9 +226,11 @@ def run(args: argparse.Namespace) -> int:
                      "insecure": bool(getattr(args, "insecure", False))}
         cache_to = parse_cache_specs(args.cache_to, direction="to", **transport)
         cache_from = parse_cache_specs(args.cache_from, direction="from", **transport)
-    from modelbuild.attest import parse_kinds
+    attest: tuple[str, ...] = ()
+    if args.attest:
+        from modelbuild.attest import parse_kinds
 
-    attest = parse_kinds(args.attest)  # a misspelt kind is a usage error before any work
+        attest = parse_kinds(args.attest)  # a misspelt kind is a usage error before any work
     if args.key and not args.sign:
         raise UsageError("--key is the key --sign signs with: pass --sign too")
     if args.sign and not args.key:

@@ -127,7 +127,7 @@ def _generate_remote(args: argparse.Namespace):  # noqa: ANN202 - a generate.Pla
     """``generate hf://…`` (any remote source): fetch it as a build would (pinned, into the
     store, cached), classify the snapshot's files, and write a Modelfile whose FROM is the
     pinned reference, so the build finds the same files, from the cache."""
-    from modelbuild.fetch import FetchSession, fetching
+    from modelbuild.fetch_session import FetchSession, fetching
     from modelbuild.generate import generate
     from modelbuild.home import home_dir
     from modelbuild.plugins import make_plugin_manager

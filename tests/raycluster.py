@@ -59,10 +59,7 @@ class RayCluster:
 
     def _start(self, args: list[str]) -> str:
         token = secrets.token_hex(8)
-        # RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S: a Ray Client connection starts a server
-        # process for that client, which can take longer than Ray's 30 s on a loaded 2-core machine
-        env = {**os.environ, TOKEN_VAR: token, "RAY_USAGE_STATS_ENABLED": "0",
-               "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180"}
+        env = {**os.environ, TOKEN_VAR: token, "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
         self.tokens.append(token)
         proc = subprocess.run([_ray_cli(), "start", *args, "--num-cpus=1", "--node-ip-address=127.0.0.1",
@@ -76,7 +73,8 @@ class RayCluster:
     def start_head(self) -> RayCluster:
         args = ["--head", f"--port={self.port}", f"--temp-dir={self.temp}", f"--ray-client-server-port={self.client_port}"]
         if self.dashboard:
-            args += ["--include-dashboard=true", f"--dashboard-port={free_port()}"]
+            self.dashboard_port = free_port()  # also Ray's job submission API (`ray job submit`)
+            args += ["--include-dashboard=true", f"--dashboard-port={self.dashboard_port}"]
         else:
             args += ["--include-dashboard=false"]
         self._start(args)

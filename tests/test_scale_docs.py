@@ -68,12 +68,12 @@ def test_the_raycluster_has_what_kuberay_requires(objects: dict[str, dict[str, A
     assert cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # the head takes no items
     ports = {p["name"]: p["containerPort"] for p in cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
              ["ports"]}
-    assert ports == {"gcs": 6379, "client": 10001}
+    assert ports == {"gcs": 6379, "dashboard": 8265}  # the dashboard port takes `ray job submit`
 
 
 def test_every_container_sees_one_store_at_one_path(objects: dict[str, dict[str, Any]]) -> None:
     claim = objects["PersistentVolumeClaim"]["metadata"]["name"]
-    pods = [g["template"]["spec"] for g in _groups(objects["RayCluster"])] + [objects["Job"]["spec"]["template"]["spec"]]
+    pods = [g["template"]["spec"] for g in _groups(objects["RayCluster"])]  # the driver runs on the head
     homes = set()
     for pod in pods:
         volumes = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
@@ -91,13 +91,15 @@ def test_the_jobs_command_is_a_build_that_modelbuild_parses(objects: dict[str, d
     from modelbuild.executors import parse_executor
 
     command = objects["Job"]["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[:2] == ["modelbuild", "build"]
+    submit, build = command[:command.index("--")], command[command.index("--") + 1:]
+    service = f"{objects['RayCluster']['metadata']['name']}-head-svc"  # the head's Service, as KubeRay names it
+    assert submit == ["ray", "job", "submit", "--address", f"http://{service}:8265"]
+    assert build[:2] == ["modelbuild", "build"]
     parser = argparse.ArgumentParser(prog="modelbuild build", exit_on_error=False)
     build_command.configure(parser)
-    args = parser.parse_args(command[2:])
+    args = parser.parse_args(build[2:])
     choice = parse_executor(args.executor)
-    service = f"{objects['RayCluster']['metadata']['name']}-head-svc"  # the head's Service, as KubeRay names it
-    assert (choice.name, choice.address) == ("ray", f"{service}:10001")
+    assert (choice.name, choice.address) == ("ray", None)  # Ray sets RAY_ADDRESS for a job's driver
     assert args.push and args.tag and args.file.startswith("/models/")
 
 

@@ -141,15 +141,23 @@ def test_ray_build_matches_local_and_runs_on_both_nodes(project: Path, cluster: 
     assert any(line.startswith("ray: ") and " items on 2 node(s)" in line for line in logs), logs
 
 
-def test_ray_client_address_gives_the_same_digest(project: Path, cluster: Any, local_digest: str,
-                                                   tmp_path: Path) -> None:
-    """--executor ray://HOST:PORT: a driver outside the cluster (a Kubernetes Job beside a
-    KubeRay cluster, docs/scale.md) goes through Ray Client."""
-    result, events = run_build(project, tmp_path / "home", "--executor", f"ray://127.0.0.1:{cluster.client_port}")
-    assert result["digest"] == local_digest
-    logs = _logs(events)
-    assert any(f"ray cluster at ray://127.0.0.1:{cluster.client_port}: 2 node(s)" in line for line in logs), logs
-    assert any(line.startswith("ray: ") and " items on " in line for line in logs), logs
+def test_a_build_submitted_as_a_ray_job_gives_the_same_digest(project: Path, cluster: Any, local_digest: str,
+                                                              tmp_path: Path) -> None:
+    """``ray job submit … -- modelbuild build --executor ray``: the driver runs on the head, as
+    the KubeRay build Job of docs/scale.md runs it; Ray sets RAY_ADDRESS for it."""
+    import re
+
+    env_json = json.dumps({"env_vars": {"MODELBUILD_HOME": str(tmp_path / "home")}})
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    proc = subprocess.run([ray_cli, "job", "submit", "--address", f"http://127.0.0.1:{cluster.dashboard_port}",
+                           "--runtime-env-json", env_json, "--", sys.executable, "-m", "modelbuild", "build", "-f",
+                           str(project / "Modelfile"), "--executor", "ray", "--progress", "plain"],
+                          capture_output=True, text=True, timeout=600,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    digests = re.findall(r"^(sha256:[0-9a-f]{64})  ray-test:latest$", proc.stdout, re.M)
+    assert digests == [local_digest], proc.stdout[-3000:]
+    assert re.search(r"#0 ray: \d+ items on \d node\(s\)", proc.stdout), proc.stdout[-3000:]
 
 
 def _build_until_quantize(project: Path, home: Path, address: str, when_quantizing: Any) -> subprocess.Popen:

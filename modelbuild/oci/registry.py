@@ -38,6 +38,7 @@ path) and :mod:`modelbuild.oci.download` (a blob's verified, resumed download).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TypeVar
@@ -64,6 +65,7 @@ from modelbuild.oci.verify import IntegrityError, ManifestParts, parse_json_obje
 MiB = 1 << 20
 DEFAULT_CHUNK = 32 * MiB  # per PATCH: amortises a round trip, yet little to resend
 MONOLITHIC_MAX = 16 * MiB  # up to this, one PUT is cheaper than POST + PATCHes
+MANIFEST_PUT_TRIES = 3  # a manifest PUT refused as DIGEST_INVALID by a racing write of the same path
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
 DEFAULT_ACCEPT = (mt.OCI_MANIFEST, mt.OCI_INDEX, "application/vnd.docker.distribution.manifest.v2+json",
                   "application/vnd.docker.distribution.manifest.list.v2+json")
@@ -122,8 +124,16 @@ class Registry(BlobUploads, BlobDownloads):
         op = f"push manifest {ref}"
         if is_digest(ref) and ref != digest:
             raise UsageError(f"manifest bytes have digest {digest}, not {ref}")
-        resp = self._request("PUT", self._url(repo, "manifests", ref), op=op, repo=repo,
-                             scopes=self._scopes(repo, True), headers={"Content-Type": media_type}, body=data)
+        for attempt in range(MANIFEST_PUT_TRIES):
+            resp = self._request("PUT", self._url(repo, "manifests", ref), op=op, repo=repo,
+                                 scopes=self._scopes(repo, True), headers={"Content-Type": media_type}, body=data)
+            # DIGEST_INVALID for bytes whose digest was computed here: distribution's storage
+            # answers it when another client writes the same manifest at that moment (its
+            # writes of one path race); the same PUT a moment later succeeds
+            if resp.status_code != 400 or "DIGEST_INVALID" not in error_detail(resp) \
+                    or attempt == MANIFEST_PUT_TRIES - 1:
+                break
+            time.sleep(0.2 * (attempt + 1))
         if resp.status_code != 201:
             raise self._fail(op, repo, error_detail(resp),
                              hint="push its blobs and child manifests first" if resp.status_code == 400 else None)

@@ -135,6 +135,23 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServe
     _stop(server)
 
 
+@pytest.fixture
+def own_registry(tmp_path: Path) -> Iterator[RegistryServer]:
+    """A registry of the test's own, its storage in the test's ``tmp_path``: for a test that
+    pushes a gigabyte, which the shared registry would keep on disk for the rest of the
+    session (pytest removes a passed test's ``tmp_path`` as it ends: pyproject.toml)."""
+    server = _start(tmp_path / "own-registry")
+    yield server
+    _stop(server)
+
+
+@pytest.fixture
+def own_proxy(own_registry: RegistryServer) -> Iterator[FaultProxy]:
+    """A fault proxy in front of :func:`own_registry`."""
+    with FaultProxy(own_registry.address) as p:
+        yield p
+
+
 @pytest.fixture(scope="session")
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     """A registry behind htpasswd basic auth: user ``USER``, password ``PASSWORD``."""

@@ -178,7 +178,8 @@ def test_pull_resumes_within_a_process_after_truncation(proxy, client, blob_file
 
 
 @pytest.mark.slow
-def test_pull_killed_halfway_resumes_with_the_remaining_half(proxy, client, blob_file, helpers, tmp_path):
+def test_pull_killed_halfway_resumes_with_the_remaining_half(own_proxy, client, blob_file, helpers, tmp_path):
+    proxy = own_proxy  # a registry of the test's own: the gigabyte leaves the disk with the test
     size = 1024 * MiB  # the 1 GB blob
     path, digest = blob_file(size)
     reg = client(proxy.host)

@@ -72,9 +72,12 @@ def model(tmp_path: Path) -> Path:
 # -- what a no-op rebuild imports -----------------------------------------------------------
 
 
-def test_a_no_op_rebuild_imports_no_plugin_it_does_not_call(model, tmp_path):
+@pytest.mark.parametrize("named", [["-f", "Modelfile"], []], ids=["-f", "found-by-name"])
+def test_a_no_op_rebuild_imports_no_plugin_it_does_not_call(model, tmp_path, named):
+    """Also without ``-f``: the names a build file may have (Kitfile, Ollama.Modelfile…) come
+    from the frontends' ``filenames`` in the catalog, not from importing every frontend."""
     env = _env(tmp_path / "home")
-    build = ["build", "-f", "Modelfile", "--json", "--progress", "plain"]
+    build = ["build", *named, "--json", "--progress", "plain"]
     first, _ = _probe(build, cwd=model, env=env, out=tmp_path / "first.json")
     assert first.returncode == 0, first.stderr
     [catalog] = (tmp_path / "home" / "cache" / "plugins").glob("*.json")  # what the first build learned

@@ -12,9 +12,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelbuild.errors import UsageError
+
+if TYPE_CHECKING:
+    from modelbuild.plugins import PluginHost
 
 HELP = """\
 The build context is the Modelfile's FROM directory, else CONTEXT, else the directory that
@@ -170,26 +173,25 @@ def _platforms(args: argparse.Namespace) -> list[str]:
     return [p.strip() for p in (args.platform or "").split(",") if p.strip()]
 
 
-def _modelfile(args: argparse.Namespace) -> str:
+def _modelfile(args: argparse.Namespace, host: PluginHost) -> str:
     if args.file:
         return args.file
     base = Path(args.context or ".")
-    for name in default_build_files():
+    names = default_build_files(host)
+    for name in names:
         if (base / name).is_file():
             return str(base / name)
-    raise UsageError(f"no Modelfile in {base.resolve()}",
-                     hint=f"pass -f PATH (looked for {', '.join(default_build_files())})")
+    raise UsageError(f"no Modelfile in {base.resolve()}", hint=f"pass -f PATH (looked for {', '.join(names)})")
 
 
-def default_build_files() -> list[str]:
+def default_build_files(host: PluginHost) -> list[str]:
     """The names a build file may have in CONTEXT when ``-f`` is not given, in order:
     ``Modelfile``, then the exact names frontends claim (``Kitfile``…; patterns such as
-    ``*.Kitfile`` need ``-f``)."""
-    from modelbuild.plugins import make_plugin_manager
-
+    ``*.Kitfile`` need ``-f``). Read from the plugin catalog: no frontend is imported."""
     names = ["Modelfile"]
-    for frontend in make_plugin_manager().frontends:
-        for pattern in getattr(frontend, "filenames", ()) or ():
+    for frontend in host.frontends.names():
+        patterns = host.frontends.peek(frontend, "filenames", ()) or ()
+        for pattern in (patterns,) if isinstance(patterns, str) else patterns:
             if isinstance(pattern, str) and not any(c in pattern for c in "*?[") and pattern not in names:
                 names.append(pattern)
     return names
@@ -212,7 +214,10 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     progress = _progress(args)
-    modelfile = _modelfile(args)
+    from modelbuild.plugins import make_plugin_manager
+
+    host = make_plugin_manager()  # one for the whole command: the plugin catalog is read once
+    modelfile = _modelfile(args, host)
     context = Path(args.context).resolve() if args.context else None
     if context is not None and not context.is_dir():
         raise UsageError(f"build context {args.context} is not a directory")
@@ -256,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
     renderer = make_renderer(progress)
     result = build(
         modelfile,
+        host=host,
         home=home_dir(args.home),
         context=context,
         build_args=build_args,

@@ -288,14 +288,8 @@ class PluginHost:
         """Import the entry-point plugin *plugin_name* and register it with pluggy."""
         if self.pm.has_plugin(plugin_name) or plugin_name not in self._plugins:
             return
-        try:
-            self.pm.register(plugin_catalog.load_value(self._plugins[plugin_name]["value"]), name=plugin_name)
-        except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin {plugin_name} is invalid: {exc}") from exc
-        except (PluginError, ModelfileError, UsageError):
-            raise
-        except Exception as exc:
-            raise PluginError(f"loading plugin {plugin_name} failed: {exc!r}") from exc
+        value = self._plugins[plugin_name]["value"]
+        _register(self.pm, plugin_name, lambda: plugin_catalog.load_value(value))
 
     def _implementers(self, hook_name: str) -> list[str]:
         if self._catalog is None:  # out of date: what pluggy knows, every plugin being loaded
@@ -516,23 +510,17 @@ def make_plugin_manager(extra_plugins: Iterable[object] = (), *, load_entrypoint
     for name in filter(None, os.environ.get("MODELBUILD_DISABLE_PLUGINS", "").split(",")):
         pm.set_blocked(name.strip())
     loaded: list[dict[str, Any]] = []
-    try:
-        if load_entrypoints:
-            for ep, dist, version in plugin_catalog.entry_points(ENTRY_POINT_GROUP):
-                if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
-                    continue
-                pm.register(ep.load(), name=ep.name)
-                loaded.append({"name": ep.name, "value": ep.value, "dist": dist, "version": version})
-        for plugin in extra_plugins:
-            if pm.is_registered(plugin):  # an installed plugin passed again (a plugin's own tests)
+    if load_entrypoints:
+        for ep, dist, version in plugin_catalog.entry_points(ENTRY_POINT_GROUP):
+            if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
                 continue
-            pm.register(plugin, _readable_name(pm, plugin))
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {_plugin_name(pm, exc.plugin)} is invalid: {exc}") from exc
-    except (PluginError, ModelfileError, UsageError):
-        raise
-    except Exception as exc:
-        raise PluginError(f"loading a plugin failed: {exc!r}") from exc
+            _register(pm, ep.name, ep.load)
+            loaded.append({"name": ep.name, "value": ep.value, "dist": dist, "version": version})
+    for plugin in extra_plugins:
+        if pm.is_registered(plugin):  # an installed plugin passed again (a plugin's own tests)
+            continue
+        name = _readable_name(pm, plugin)
+        _register(pm, name, lambda plugin=plugin: plugin)
     _check_pending(pm)
     host = PluginHost(pm, distributions={p["name"]: (p["dist"], p["version"]) for p in loaded})
     if lazy:
@@ -540,6 +528,20 @@ def make_plugin_manager(extra_plugins: Iterable[object] = (), *, load_entrypoint
         if doc is not None:
             plugin_catalog.save(doc)
     return host
+
+
+def _register(pm: pluggy.PluginManager, name: str, load: Callable[[], object]) -> None:
+    """Import a plugin (*load*) and register it under *name*, eagerly or from the catalog:
+    a plugin that fails to import, or that pluggy refuses, is a :class:`PluginError` that
+    names it (an error of ours it raised passes unchanged)."""
+    try:
+        pm.register(load(), name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name} is invalid: {exc}") from exc
+    except (PluginError, ModelfileError, UsageError):
+        raise
+    except Exception as exc:
+        raise PluginError(f"loading plugin {name} failed: {exc!r}") from exc
 
 
 def _check_pending(pm: pluggy.PluginManager) -> None:
@@ -575,6 +577,3 @@ def _readable_name(pm: pluggy.PluginManager, plugin: object) -> str:
         name = f"{base}#{n}"
     return name
 
-
-def _plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
-    return pm.get_name(plugin) or getattr(plugin, "__name__", None) or type(plugin).__name__

@@ -120,6 +120,12 @@ class BuildExecutor:
         self._early: threading.Thread | None = None
         self._early_error: BaseException | None = None
 
+    @property
+    def remote(self) -> bool:
+        """Whether items run elsewhere than this machine's worker processes (any executor but
+        ``local``): then a large file's hash is worth an item of its own (ops/files.py)."""
+        return self.choice.name != DEFAULT
+
     def start_early(self) -> None:
         """Open a remote executor in the background now (the build has started work: its
         first step that is not cached), so that connecting to the cluster and starting its
@@ -198,6 +204,7 @@ class Marker:
     path: str
     token: str
     roots: tuple[str, ...] = ()  # where items read and write: the home (store, sources), the context
+    driver: int = 0  # the build's process id: an executor may run items in it (threads)
 
     @classmethod
     def create(cls, store: Path, context: Path | None = None) -> Marker:
@@ -211,7 +218,7 @@ class Marker:
         tmp.write_text(token)
         os.replace(tmp, path)
         roots = (str(Path(store).resolve().parent),) + ((str(Path(context).resolve()),) if context else ())
-        return cls(str(path), token, roots)
+        return cls(str(path), token, roots, os.getpid())
 
     def remove(self) -> None:
         try:
@@ -222,6 +229,8 @@ class Marker:
 
 _seen: dict[tuple[str, str], str | None] = {}  # (marker, code) → what this process found wrong (None: fine)
 _seen_lock = threading.Lock()
+_running: set[int] = set()  # the items running in this process now (their threads' idents)
+_overlapped: set[int] = set()  # those that ran beside another: whose files are whose is unknown
 
 
 @functools.lru_cache(maxsize=64)
@@ -268,7 +277,9 @@ class Work:
         2. The item runs in a thread of its own, so what a plugin keeps per thread (open
            files, by path) starts fresh for each item; the files it opened under the home or
            the context are closed when it returns: a long-lived worker keeps nothing of a
-           finished build.
+           finished build. Only where the item ran alone in a process of its own: an
+           executor that runs items on threads (or in the build's own process) shares the
+           process with files other threads are writing.
         """
         problem = self._check()
         if problem is not None:
@@ -285,9 +296,19 @@ class Work:
                 outcome.append((False, exc))
 
         worker = threading.Thread(target=call, name="modelbuild-item")
-        worker.start()
+        with _seen_lock:
+            worker.start()
+            ident = worker.ident or 0
+            _running.add(ident)
+            if len(_running) > 1:
+                _overlapped.update(_running)
         worker.join()
-        _close_new_files(before, self.marker.roots)
+        with _seen_lock:
+            _running.discard(ident)
+            alone = ident not in _overlapped
+            _overlapped.discard(ident)
+        if alone and os.getpid() != self.marker.driver:
+            _close_new_files(before, self.marker.roots)
         ok, value = outcome[0]
         if not ok:
             raise value

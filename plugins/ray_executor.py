@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -91,17 +92,19 @@ class RaySession:
         alive = [n for n in ray.nodes() if n.get("Alive")]
         self.nodes = max(1, len(alive))
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self._task = ray.remote(_run_item).options(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False,
-                                                   scheduling_strategy="SPREAD")
+        self._task = ray.remote(_run_item)
         self.items_by_node: Counter[str] = Counter()
         self._restore = _messages_to_log(setup.log)
         self._alive = alive
+        self._lock = threading.Lock()  # map runs from several step threads at once (hashes, transforms)
         self._warming = self._warm_up(("modelbuild.api",))
         setup.log(f"ray cluster at {address}: {self.nodes} node(s), {self.slots} CPU(s)")
 
     def prepare(self, preload: Iterable[str]) -> None:
         """Have a worker on every node import the transform's modules while it plans."""
-        self._warming += self._warm_up(tuple(preload))
+        started = self._warm_up(tuple(preload))
+        with self._lock:
+            self._warming += started
 
     def _warm_up(self, modules: Sequence[str]) -> list[Any]:
         """One warm-up task per CPU of each node, pinned there (softly: a node that is gone
@@ -116,10 +119,16 @@ class RaySession:
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], on_done: Callable[[Any, Any], None], *,
             jobs: int | None = None, preload: Iterable[str] = ()) -> None:
         ray = self._ray
-        if self._warming:  # started at open; usually done by now (a convert ran meanwhile)
-            ray.wait(self._warming, num_returns=len(self._warming), timeout=WARM_UP_S)
-            self._warming = []
+        with self._lock:
+            warming = list(self._warming)
+        if warming:  # started at open; usually done by now. Every map waits, so none finds the CPUs taken
+            ray.wait(warming, num_returns=len(warming), timeout=WARM_UP_S)
+            with self._lock:
+                self._warming = [ref for ref in self._warming if ref not in warming]
         work = ray.put(self._setup.work(fn))  # shipped once, not with every item
+        # named for the item's function: what the dashboard and the state API list
+        task = self._task.options(name=getattr(fn, "__name__", "item"), num_cpus=1, max_retries=MAX_RETRIES,
+                                  retry_exceptions=False, scheduling_strategy="SPREAD")
         window = max(1, jobs or self.slots) * WINDOW
         pending = deque(range(len(items)))
         running: dict[Any, int] = {}
@@ -128,7 +137,7 @@ class RaySession:
             while pending or running:
                 while pending and len(running) < window:
                     index = pending.popleft()
-                    running[self._task.remote(work, items[index])] = index
+                    running[task.remote(work, items[index])] = index
                 done, _ = ray.wait(list(running), num_returns=1)
                 for ref in done:
                     index = running.pop(ref)
@@ -139,7 +148,10 @@ class RaySession:
             for ref in running:
                 ray.cancel(ref, force=False)
             raise
-        self.items_by_node.update(counts)
+        with self._lock:
+            self.items_by_node.update(counts)
+        if len(items) == 1:  # a file's hash: one line per file would only repeat the step's
+            return
         spread = ", ".join(f"{node[:12]}: {n}" for node, n in counts.most_common())
         self._setup.log(f"ray: {sum(counts.values())} items on {len(counts)} node(s) ({spread})")
 

@@ -73,6 +73,7 @@ class CountingExecutor:
         self.maps: list[int | None] = []
         self.closed = 0
         self.prepared: list[tuple[str, ...]] = []
+        self.calls: list[tuple[str, list[Any]]] = []  # (function, items) per map
 
     def open(self, setup: Any) -> Any:
         self.opened.append(setup)
@@ -86,6 +87,7 @@ class CountingExecutor:
         assert Path(setup.marker.path).is_file()  # the data plane's marker exists while items run
         work = setup.work(fn)
         self.maps.append(jobs)
+        self.calls.append((fn.__name__, list(items)))
         for item in items:
             result = work.run(item, "node-a")
             self.items += 1
@@ -97,14 +99,21 @@ class CountingExecutor:
     def close(self) -> None:
         self.closed += 1
 
+    def plugin(self) -> object:
+        """A plugin that registers this executor."""
+        counting = self
+
+        class Plugin:
+            @hookimpl
+            def modelbuild_register_executors(self, registry: Any) -> None:
+                registry.add(counting)
+
+        return Plugin()
+
 
 def test_a_plugin_executor_runs_a_builds_items_with_the_local_digest(project: Path, tmp_path: Path) -> None:
     counting = CountingExecutor()
-
-    class Plugin:
-        @hookimpl
-        def modelbuild_register_executors(self, registry: Any) -> None:
-            registry.add(counting)
+    Plugin = counting.plugin
 
     local = build_with(project, tmp_path / "local", executor="local")
     result = build_with(project, tmp_path / "counting", Plugin(), executor="counting")
@@ -120,6 +129,44 @@ def test_a_plugin_executor_runs_a_builds_items_with_the_local_digest(project: Pa
     # a rebuild runs nothing, so it never opens the executor
     again = build_with(project, tmp_path / "counting", Plugin(), executor="counting")
     assert again.digest == local.digest and len(counting.opened) == 1
+
+
+def test_a_remote_executor_hashes_each_large_file_as_an_item(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an executor other than ``local``, a file of REMOTE_HASH_MIN or more is hashed (and
+    a raw layer's bytes copied into the store) by an item of its own, on a node; a smaller
+    one here. Same digest and same store as a local build; a touched file is only hashed."""
+    from modelbuild.ops import files
+
+    monkeypatch.setattr(files, "REMOTE_HASH_MIN", 1 << 20)
+    data = tmp_path / "ctx" / "data"
+    data.mkdir(parents=True)
+    (data / "a.bin").write_bytes(os.urandom(3 << 20))
+    (data / "b.bin").write_bytes(os.urandom(2 << 20))
+    (data / "small.txt").write_text("small\n")
+    past = 1_700_000_000
+    for f in data.iterdir():
+        os.utime(f, (past, past))
+    modelfile = tmp_path / "ctx" / "Modelfile"
+    modelfile.write_text("FROM ./data\nNAME hashes\nDATASET a.bin b.bin\nDOC small.txt\n")
+    counting = CountingExecutor()
+    Plugin = counting.plugin
+
+    local = build_with(modelfile, tmp_path / "local", executor="local")
+    result = build_with(modelfile, tmp_path / "counting", Plugin(), executor="counting")
+    assert result.digest == local.digest
+    hashed = sorted((item.path, item.store) for fn, items in counting.calls if fn == "hash_on_node" for item in items)
+    store = str(tmp_path / "counting" / "store")
+    assert hashed == [(str(data.resolve() / "a.bin"), store), (str(data.resolve() / "b.bin"), store)]
+    blobs = sorted(p.name for p in (tmp_path / "counting" / "store" / "blobs" / "sha256").iterdir())
+    assert blobs == sorted(p.name for p in (tmp_path / "local" / "store" / "blobs" / "sha256").iterdir())
+    assert result.stats["bytes_written"] == local.stats["bytes_written"] >= 5 << 20
+    # touched, same content: hashed again on a node, not copied (the store has the blob)
+    os.utime(data / "a.bin", (past + 60, past + 60))
+    counting.calls.clear()
+    again = build_with(modelfile, tmp_path / "counting", Plugin(), executor="counting")
+    assert again.digest == local.digest
+    assert [(item.path, item.store) for _, items in counting.calls for item in items] == [
+        (str(data.resolve() / "a.bin"), None)]
 
 
 def test_a_noop_rebuild_never_reaches_the_cluster(project: Path, tmp_path: Path) -> None:
@@ -146,6 +193,52 @@ def _open_and_keep(path: str) -> int:
     return os.open(path, os.O_RDONLY)
 
 
+_A_OPEN, _B_DONE = threading.Event(), threading.Event()
+
+
+def _write_while_b_runs(path: str) -> bool:
+    """Holds a file of the build open while another item runs and ends; True when the file
+    is still open after that (nobody closed it under this item)."""
+    fd = os.open(path, os.O_RDONLY)
+    _A_OPEN.set()
+    try:
+        assert _B_DONE.wait(30)
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def test_items_side_by_side_in_one_process_keep_each_others_files(tmp_path: Path) -> None:
+    """An executor that runs items on threads of one worker process: when item B ends, the
+    file item A is still reading stays open (whose file is whose cannot be told apart)."""
+    import dataclasses
+
+    (tmp_path / "ctx").mkdir()
+    marker = dataclasses.replace(Marker.create(tmp_path / "home" / "store", tmp_path / "ctx"), driver=-1)
+    weights = tmp_path / "ctx" / "weights.bin"
+    weights.write_bytes(b"x")
+    _A_OPEN.clear()
+    _B_DONE.clear()
+    got: list[bool] = []
+    a = threading.Thread(target=lambda: got.append(Work.prepare(_write_while_b_runs, marker).run(str(weights))))
+    a.start()
+    try:
+        assert _A_OPEN.wait(30)
+        fd_b = Work.prepare(_open_and_keep, marker).run(str(weights))
+        os.fstat(fd_b)  # ran beside A: left open too
+        os.close(fd_b)
+    finally:
+        _B_DONE.set()
+        a.join()
+    assert got == [True]
+
+
 def _fail(item: Any) -> None:
     raise BuildError(f"item {item} failed")
 
@@ -161,12 +254,18 @@ def test_work_runs_items_in_a_fresh_thread(tmp_path: Path) -> None:
 def test_work_closes_the_files_an_item_left_open_under_the_build(tmp_path: Path) -> None:
     store = tmp_path / "home" / "store"
     (tmp_path / "ctx").mkdir()
+    import dataclasses
+
     marker = Marker.create(store, tmp_path / "ctx")
     inside = tmp_path / "ctx" / "weights.bin"
     inside.write_bytes(b"x")
     outside = tmp_path / "elsewhere.bin"
     outside.write_bytes(b"y")
-    work = Work.prepare(_open_and_keep, marker)
+    # in the build's own process, nothing is closed: other steps' threads write there too
+    fd_kept = Work.prepare(_open_and_keep, marker).run(str(inside))
+    os.fstat(fd_kept)
+    os.close(fd_kept)
+    work = Work.prepare(_open_and_keep, dataclasses.replace(marker, driver=-1))  # as on a worker process
     fd_in = work.run(str(inside))
     with pytest.raises(OSError):
         os.fstat(fd_in)  # closed: it named a file of the build

@@ -60,7 +60,9 @@ class ExecutorSetup:
 @runtime_checkable
 class ExecutorSession(Protocol):
     """An executor opened for one build: ``map`` may be called many times (once per
-    transform), from the build's step threads, one call at a time per thread.
+    transform, and once per large input file a remote executor hashes: one item, of the
+    core's ``hash_on_node``), from the build's step threads, several threads at once, one
+    call at a time per thread.
 
     ``slots``: how many items may run at once (a cluster's CPUs); transforms split their work
     into at least that many items. ``nodes``: how many machines run items (1 for ``local``).

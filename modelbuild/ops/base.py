@@ -19,6 +19,7 @@ from modelbuild.progress import Emitter, Event
 
 if TYPE_CHECKING:
     from modelbuild.cache import BuildCache
+    from modelbuild.executors import BuildExecutor
     from modelbuild.locks import KeyLocks
     from modelbuild.plugins import PluginHost
     from modelbuild.store import Store
@@ -79,8 +80,9 @@ class ExecEnv:
     stats: Stats = field(default_factory=Stats)
     no_cache: bool = False
     jobs: int = 1
-    # where transforms' work items run (an ExecutorSession, --executor); None: this machine
-    executor: Any = None
+    # where work items run (--executor): a transform's row ranges, a large file's hash;
+    # None: this machine's worker processes
+    executor: "BuildExecutor | None" = None
     locks: "KeyLocks" = field(init=False)
 
     def __post_init__(self) -> None:

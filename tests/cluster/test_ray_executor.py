@@ -107,19 +107,21 @@ ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
 nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
 deadline = time.monotonic() + 60
 while True:  # task events reach the dashboard a moment after the tasks finish
-    tasks = list_tasks(filters=[("func_or_class_name", "=", "_run_item")], limit=10_000, detail=True,
-                       raise_on_missing_output=False)
+    tasks = list_tasks(address=sys.argv[1], filters=[("func_or_class_name", "=", "_run_item"), ("name", sys.argv[2], "hash_on_node")],
+                       limit=10_000, detail=True, raise_on_missing_output=False)
     if tasks and all(t.state in ("FINISHED", "FAILED") for t in tasks) or time.monotonic() > deadline:
         break
     time.sleep(1)
-print(json.dumps({"nodes": nodes, "tasks": [{"state": t.state, "node_id": t.node_id} for t in tasks]}))
+print(json.dumps({"nodes": nodes, "tasks": [{"id": t.task_id, "state": t.state, "node_id": t.node_id} for t in tasks]}))
 """
 
 
-def ray_records(address: str) -> dict[str, Any]:
+def ray_records(address: str, *, hashes: bool = False) -> dict[str, Any]:
     """Ray's own records: its alive nodes, and its tasks of the items (the state API, through
-    the head's dashboard), read by a driver of their own."""
-    proc = subprocess.run([sys.executable, "-c", RECORDS, address], capture_output=True, text=True, timeout=300)
+    the head's dashboard), read by a driver of their own: the transforms' items, or with
+    *hashes* the files' hashes (tasks named for ``hash_on_node``)."""
+    proc = subprocess.run([sys.executable, "-c", RECORDS, address, "=" if hashes else "!="], capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -139,6 +141,35 @@ def test_ray_build_matches_local_and_runs_on_both_nodes(project: Path, cluster: 
     assert set(by_node) <= set(records["nodes"])
     # and the build's own account of the quantize's items agrees
     assert any(line.startswith("ray: ") and " items on 2 node(s)" in line for line in logs), logs
+
+
+def test_separate_files_hash_on_separate_nodes(cluster: Any, tmp_path: Path) -> None:
+    """Two large raw files (a DATASET): each is hashed, and copied into the shared store as it
+    is hashed, by a task of its own; with ``-j 2`` the two run at once, one per node (one CPU
+    each). The store holds what a local build stores, under the same digest."""
+    from modelbuild.ops.files import REMOTE_HASH_MIN
+
+    project = tmp_path / "hash-project"
+    data = project / "data"
+    data.mkdir(parents=True)
+    past = time.time() - 60
+    for name in ("a.bin", "b.bin"):
+        with open(data / name, "wb") as fh:
+            for _ in range(REMOTE_HASH_MIN // (8 << 20) + 2):
+                fh.write(os.urandom(8 << 20))
+        os.utime(data / name, (past, past))
+    (project / "Modelfile").write_text("FROM ./data\nNAME ray-hash-test\nDATASET a.bin b.bin\n")
+    local, _ = run_build(project, tmp_path / "home-local", "--executor", "local")
+    before = {t["id"] for t in ray_records(cluster.address, hashes=True)["tasks"]}  # earlier builds' hashes
+    result, _ = run_build(project, tmp_path / "home-ray", "--executor", "ray", "-j", "2", address=cluster.address)
+    assert result["digest"] == local["digest"]
+    assert result["stats"]["files_hashed"] == ["a.bin", "b.bin"]
+    assert result["stats"]["bytes_written"] == local["stats"]["bytes_written"] > 2 * REMOTE_HASH_MIN
+    stored = sorted(p.name for p in (tmp_path / "home-ray" / "store" / "blobs" / "sha256").iterdir())
+    assert stored == sorted(p.name for p in (tmp_path / "home-local" / "store" / "blobs" / "sha256").iterdir())
+    hashes = [t for t in ray_records(cluster.address, hashes=True)["tasks"]
+              if t["state"] == "FINISHED" and t["id"] not in before]
+    assert len(hashes) == 2 and len({t["node_id"] for t in hashes}) == 2, hashes
 
 
 def test_a_build_submitted_as_a_ray_job_gives_the_same_digest(project: Path, cluster: Any, local_digest: str,

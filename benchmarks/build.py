@@ -228,12 +228,48 @@ def slowest_steps(progress: str, count: int = 4) -> list[tuple[str, float]]:
 
 
 # -- running modelbuild -----------------------------------------------------------------
+MODELBUILD: list[str] = []  # --modelbuild: the executable to time
+
+
 def modelbuild_cmd() -> list[str]:
+    if MODELBUILD:
+        return list(MODELBUILD)
     script = Path(sys.executable).parent / "modelbuild"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
     found = shutil.which("modelbuild")
     return [found] if found else [sys.executable, "-m", "modelbuild"]
+
+
+def _interpreter(cmd: list[str]) -> str:
+    """The Python a modelbuild command runs on: its script's ``#!`` line, else the command."""
+    try:
+        first = Path(cmd[0]).read_bytes()[:300].split(b"\n", 1)[0]
+    except OSError:
+        return cmd[0]
+    return first[2:].decode().strip() if first.startswith(b"#!") else cmd[0]
+
+
+def _install_kind(cmd: list[str]) -> str:
+    """``editable`` when modelbuild is imported through an editable install's hook, which
+    every start of that interpreter runs (about 20 ms here); else ``regular``."""
+    probe = subprocess.run([_interpreter(cmd), "-c", "import sys; print(any('__editable__' in repr(f) for f in "
+                            "sys.meta_path))"], capture_output=True, text=True)
+    return "editable install" if probe.stdout.strip() == "True" else "regular install"
+
+
+def interpreter_start(cmd: list[str], runs: int = 9) -> float:
+    """Median wall time of ``python -c pass`` on modelbuild's own interpreter: the part of a
+    no-op rebuild that is not modelbuild's."""
+    python = _interpreter(cmd)
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([python, "-c", "pass"], env=env, check=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def run_build(workdir: Path, home: Path, label: str) -> dict[str, Any]:
@@ -291,6 +327,10 @@ def benchmark(args: argparse.Namespace, workdir: Path, rep: Report) -> dict[str,
         f"Python {info['python']}; workdir {workdir} on {info['fstype']} "
         f"({info['disk_free_gb']} GB free); MODELBUILD_FSYNC {'on' if info['fsync'] else 'off'}"
     )
+    info["modelbuild"] = {"command": modelbuild_cmd(), "install": _install_kind(modelbuild_cmd()),
+                          "interpreter_start_s": interpreter_start(modelbuild_cmd())}
+    rep.line(f"modelbuild: {' '.join(modelbuild_cmd())} ({info['modelbuild']['install']}); its interpreter "
+             f"starts in {1000 * info['modelbuild']['interpreter_start_s']:.0f} ms (median of 9)")
     total = int(args.size_gb * GiB)
     sizes = file_sizes(total, args.files)
     need = 2 * total + max(sizes) + 256 * MiB  # inputs + store + one re-ingested blob + slack
@@ -473,11 +513,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="cold builds (each with a fresh home) to take the median of (default 1)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the sha256 / copy+fsync baseline measured before the builds")
+    parser.add_argument("--modelbuild", default=None, metavar="PATH",
+                        help="the modelbuild executable to time (default: this virtualenv's); for the numbers a "
+                             "user sees, one from a regular `pip install .`, not an editable install")
     parser.add_argument("--json", action="store_true",
                         help="print machine-readable results on stdout (the report goes to stderr)")
     args = parser.parse_args(argv)
     if args.size_gb <= 0 or args.files < 1 or args.repeat < 1 or args.cold_repeat < 1:
         parser.error("--size-gb must be > 0; --files, --repeat and --cold-repeat >= 1")
+    if args.modelbuild:
+        found = shutil.which(args.modelbuild)
+        if found is None:
+            parser.error(f"--modelbuild {args.modelbuild}: no such executable")
+        MODELBUILD[:] = [found]
 
     if args.workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="modelbuild-bench-", dir="/tmp"))

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from modelbuild.api import BuildError, UsageError, hookimpl
-from modelbuild.executors import Marker, Work, parse_executor
+from modelbuild.dataplane import Marker, Work
+from modelbuild.executors import parse_executor
 from modelbuild.testing import build_with
 
 REPO = Path(__file__).resolve().parents[1]

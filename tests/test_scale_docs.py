@@ -105,7 +105,7 @@ def test_the_jobs_command_is_a_build_that_modelbuild_parses(objects: dict[str, d
 
 def test_the_documented_error_is_what_a_node_without_the_store_says(tmp_path: Path) -> None:
     from modelbuild.api import BuildError
-    from modelbuild.executors import Marker, Work
+    from modelbuild.dataplane import Marker, Work
 
     documented = next(b for b in _blocks("text") if b.startswith("modelbuild: error: node")).strip()
     marker = Marker("/models/home/store/ingest/executor-" + "0" * 32, "0" * 32, ("/models/home",))

@@ -131,7 +131,8 @@ _WHERE = {
                     "modelbuild.api._sources"),
     **dict.fromkeys(("Attestation", "Attester"), "modelbuild.api._provisional"),
     **dict.fromkeys(("Executor", "ExecutorSession", "ExecutorSetup"), "modelbuild.api._executors"),
-    **dict.fromkeys(("Work", "local_executor"), "modelbuild.executors"),
+    "Work": "modelbuild.dataplane",
+    "local_executor": "modelbuild.executors",
     **dict.fromkeys(("SignatureRepository", "Signer", "SigningKey", "Subject", "Verified", "VerifyingKey"),
                     "modelbuild.api._signers"),
     **dict.fromkeys(("BuildDescription", "EngineSpec", "FileKind", "FileSpec", "RuntimeSpec", "StageSpec",
@@ -185,7 +186,8 @@ if _TYPE_CHECKING:
     from modelbuild.api._sources import FetchError, OpenedSource, RemoteFile, RemoteSource, SourceListing, SourcePin
     from modelbuild.api._provisional import Attestation, Attester
     from modelbuild.api._executors import Executor, ExecutorSession, ExecutorSetup
-    from modelbuild.executors import Work, local_executor
+    from modelbuild.dataplane import Work
+    from modelbuild.executors import local_executor
     from modelbuild.api._signers import SignatureRepository, Signer, SigningKey, Subject, Verified, VerifyingKey
     from modelbuild.description import (
         BuildDescription,

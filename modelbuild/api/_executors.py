@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from modelbuild.executors import Marker, Work
+    from modelbuild.dataplane import Marker, Work
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ class ExecutorSetup:
         item, and call ``work.run(item, node)`` there. It checks, once per worker process,
         that the node sees this build's store and context and runs the same code, runs the
         item in a clean thread, and closes the files it opened."""
-        from modelbuild.executors import Work
+        from modelbuild.dataplane import Work
 
         return Work.prepare(fn, self.marker)
 

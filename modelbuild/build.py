@@ -288,15 +288,10 @@ def build(
 
             # its large files wait on the registry as they are hashed: as many at once as a push sends
             solver_jobs = max(jobs, DEFAULT_JOBS)
-        env_args: dict[str, Any] = dict(
-            store=store, cache=cache, host=host, emitter=emitter, no_cache=no_cache, jobs=jobs,
-            executor=_executor(executor, host, jobs=jobs, store=store, context=desc.context, emitter=emitter))
-        if sources is None:
-            env = ExecEnv(**env_args)
-        else:
-            from modelbuild.oci.stream import streaming_env
-
-            env = streaming_env(sources, **env_args)
+        env = ExecEnv(store=store, cache=cache, host=host, emitter=emitter, no_cache=no_cache, jobs=jobs,
+                      executor=_executor(executor, host, jobs=jobs, store=store, context=desc.context,
+                                         emitter=emitter),
+                      sources=sources)
         number = len(graph.order) + 1  # cache import/export show as steps after the graph's
         importer = CacheImporter(cache_from, env, first_number=number) if cache_from and not no_cache else None
         try:

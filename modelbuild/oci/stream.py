@@ -4,7 +4,7 @@ registry, never into the store (``build --push``, ``build --output type=registry
 A raw layer *is* its file, so a build whose result goes to a registry need not copy it into
 the store first. When such a build keeps nothing else locally (no ``type=local``/``type=oci``
 output, no ``--cache-to``, no tag that names no registry: ``modelbuild.build`` decides), the
-ops see a :class:`SourceBlobs` on the environment (:func:`streaming_env`), and:
+ops see a :class:`SourceBlobs` on the environment (``ExecEnv.sources``), and:
 
 * the ``digest`` step of a file larger than :data:`STREAM_MIN` that would have been copied
   into the store while it is hashed is uploaded to the first destination while it is hashed
@@ -29,7 +29,6 @@ are small, or the build made them. What a registry output does with tags is
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import threading
@@ -148,28 +147,6 @@ class SourceBlobs:
                 pass
 
 
-def streaming_env(sources: SourceBlobs, **env_args: Any) -> Any:
-    """The ops' environment (an :class:`~modelbuild.ops.base.ExecEnv`) of a build whose large
-    raw layers stream to a registry: *env_args* are ExecEnv's, plus *sources*."""
-    return _streaming_env_type()(**env_args, sources=sources)
-
-
-@functools.cache
-def _streaming_env_type() -> type:
-    from modelbuild.ops.base import ExecEnv  # here: the ops import this module
-
-    @dataclass
-    class StreamingEnv(ExecEnv):
-        sources: SourceBlobs | None = None
-
-    return StreamingEnv
-
-
-def sources_of(env: Any) -> SourceBlobs | None:
-    """The build's :class:`SourceBlobs`, or None for a build that stores every layer."""
-    return getattr(env, "sources", None)
-
-
 # -- hashing what an upload reads ----------------------------------------------------------
 class _Hashing:
     """The sha256 of a file, fed by the reads of one blob's upload.
@@ -280,4 +257,4 @@ def _opener(path: str, key: StatKey, hashing: _Hashing, changed: str) -> Callabl
     return open_it
 
 
-__all__ = ["STREAM_MIN", "SourceBlobs", "SourceChanged", "SourceFile", "sources_of", "streaming_env"]
+__all__ = ["STREAM_MIN", "SourceBlobs", "SourceChanged", "SourceFile"]

@@ -15,7 +15,6 @@ from modelbuild.digests import canonical_json, key_of
 from modelbuild.errors import ModelbuildError
 from modelbuild.graph import Step
 from modelbuild.oci import mediatypes as mt
-from modelbuild.oci.stream import sources_of
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
 from modelbuild.ops.runtime import AttachedManifest, attach, key_extras
 from modelbuild.results import ConfigBlob, Descriptor, Exported, IndexBlob, Layer, LayerSet, ManifestBlob, Metadata
@@ -213,7 +212,7 @@ class ExportOp(Op):
         desc = descriptor.to_oci()
         entries = tag_entries(step.params["tags"], step.params.get("stages", []), desc,
                               [m.descriptor.to_oci() for m in manifests])
-        if sources_of(ctx.env) is not None and entries:
+        if ctx.env.sources is not None and entries:
             from modelbuild.oci.push import stored_whole
 
             if not stored_whole(ctx.env.store, top.descriptor.to_oci()):

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from modelbuild.cache import BuildCache
     from modelbuild.executors import BuildExecutor
     from modelbuild.locks import KeyLocks
+    from modelbuild.oci.stream import SourceBlobs
     from modelbuild.plugins import PluginHost
     from modelbuild.store import Store
 
@@ -83,6 +84,9 @@ class ExecEnv:
     # where work items run (--executor): a transform's row ranges, a large file's hash;
     # None: this machine's worker processes
     executor: "BuildExecutor | None" = None
+    # a build whose large raw layers stream to a registry (--push): the source files it
+    # found, by digest (modelbuild.oci.stream); None: every layer goes into the store
+    sources: "SourceBlobs | None" = None
     locks: "KeyLocks" = field(init=False)
 
     def __post_init__(self) -> None:

@@ -14,7 +14,6 @@ from modelbuild.digests import key_of
 from modelbuild.errors import BuildError
 from modelbuild.graph import Step
 from modelbuild.ignore import IgnoreRules
-from modelbuild.oci.stream import sources_of
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
 from modelbuild.results import ContextRoot, FileDigest, TreeEntry
 from modelbuild.tarball import normalise_mode
@@ -73,7 +72,7 @@ class DigestOp(Op):
         path = root / rel
         st = os.stat(path)
         digest, cached = self._digest(path, st, rel, ingest, ctx)
-        sources = sources_of(ctx.env)
+        sources = ctx.env.sources
         if sources is not None:
             sources.add(digest, rel, str(path), st)
         return Outcome(FileDigest(rel, ctx.step.params.get("kind", "model"), digest, st.st_size,
@@ -111,7 +110,7 @@ class DigestOp(Op):
         env = ctx.env
         _refuse_lfs_pointer(path, rel, st.st_size)  # checked once: a hashed file is cached by its stat
         ctx.set_total(st.st_size)
-        sources = sources_of(env)
+        sources = env.sources
         fresh = into is not None and (known is not None or not env.cache.seen_inode(st))
         if into == "registry" and fresh and sources is not None:
             digest, size = sources.ingest(rel, str(path), st, ctx.advance), st.st_size
@@ -205,5 +204,5 @@ def _ingest_into(ingest: bool, size: int, env: ExecEnv) -> str | None:
     ``registry`` for a large file of a build that streams to one; None when not a raw layer."""
     if not ingest:
         return None
-    sources = sources_of(env)
+    sources = env.sources
     return "registry" if sources is not None and sources.streams(size) else "store"

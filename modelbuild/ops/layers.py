@@ -17,7 +17,6 @@ from modelbuild.digests import key_of
 from modelbuild.errors import BuildError
 from modelbuild.graph import Step
 from modelbuild.oci import mediatypes as mt
-from modelbuild.oci.stream import sources_of
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
 from modelbuild.results import Descriptor, FileDigest, FileSet, Layer, LayerSet, ModelFile
 from modelbuild.tarball import Member
@@ -51,7 +50,7 @@ def pack_layer(path: str, kind: str, src: FileDigest | ModelFile, codec_name: st
     is_dir = isinstance(src, FileDigest) and src.is_dir
     if is_dir and not codec.archive:
         raise BuildError(f"{path}: layer format {codec.name} cannot hold a directory")
-    sources = sources_of(env)
+    sources = env.sources
     if not codec.archive and (env.blob_ok(src.digest, src.size)
                               or sources is not None and sources.has(src.digest, src.size)):
         # the blob is the file: in the store, or (a build streaming to a registry) where it lies
@@ -109,7 +108,7 @@ class _LayersOp(Op):
     result_type = LayerSet
 
     def valid(self, stored: dict[str, Any], env: ExecEnv) -> bool:
-        sources = sources_of(env)
+        sources = env.sources
         if sources is None:
             return super().valid(stored, env)
         try:
@@ -155,7 +154,7 @@ class LayerSetOp(_LayersOp):
         # one bar for the set: the bytes of the files to encode (a raw layer of a blob the
         # store holds is reused as it is, with nothing to report)
         codec = ctx.env.host.codecs.get(p["codec"])
-        sources = sources_of(ctx.env)
+        sources = ctx.env.sources
         pending = [f for f in fileset.files if codec.archive or not (
             ctx.env.blob_ok(f.digest, f.size) or sources is not None and sources.has(f.digest, f.size))]
         if pending:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -170,6 +171,31 @@ def test_separate_files_hash_on_separate_nodes(cluster: Any, tmp_path: Path) -> 
     hashes = [t for t in ray_records(cluster.address, hashes=True)["tasks"]
               if t["state"] == "FINISHED" and t["id"] not in before]
     assert len(hashes) == 2 and len({t["node_id"] for t in hashes}) == 2, hashes
+
+
+def test_two_drivers_on_one_store_run_the_same_work_once(project: Path, cluster: Any, local_digest: str,
+                                                        tmp_path: Path) -> None:
+    """Two builds of the same Modelfile, started together on one store (two drivers of one
+    cluster, as two CI jobs on a shared volume): each step runs in one of them, the other
+    waits on the step's lock and takes its result, and the cluster quantizes once."""
+    home = tmp_path / "home"
+    env = {**os.environ, "MODELBUILD_HOME": str(home), "RAY_ADDRESS": cluster.address}
+    before = {t["id"] for t in ray_records(cluster.address)["tasks"]}
+    procs = [subprocess.Popen(build_cmd(project, "--executor", "ray"), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [proc.communicate(timeout=600) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    results = [json.loads(out) for out, _ in outs]
+    assert [r["digest"] for r in results] == [local_digest, local_digest]
+    ran = Counter(label for r in results for label in r["stats"]["executed"] if label != "export")  # each tags
+    assert ran["transform:1"] == ran["transform:2"] == 1, ran  # the convert and the quantize: once
+    assert set(ran.values()) == {1}, ran  # and so every other step
+    items = [re.search(r"ray: (\d+) items on", line) for _, err in outs for line in err.splitlines()
+             if line.startswith("{") and "items on" in line]
+    counts = [int(m.group(1)) for m in items if m]
+    assert len(counts) == 1, counts  # one build mapped the quantize's items; the other mapped none
+    new = [t for t in ray_records(cluster.address)["tasks"] if t["id"] not in before and t["state"] == "FINISHED"]
+    assert len(new) == counts[0], (len(new), counts)
 
 
 def test_a_build_submitted_as_a_ray_job_gives_the_same_digest(project: Path, cluster: Any, local_digest: str,

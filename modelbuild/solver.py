@@ -162,7 +162,7 @@ class Solver:
                     self.keyed[step.id] = (op, key, hit[1])
                     return hit[0]
                 self._materialize(inputs)
-                self._prepare_executor(op)
+                self.env.work_starts(op)
                 outcome = op.run(step, inputs, StepContext(self.env, number, step))
                 stored = outcome.result.to_json()
                 self.env.cache.set_step(key, stored)
@@ -178,7 +178,7 @@ class Solver:
     def _run_unkeyed(self, op: Op, step: Any, inputs: list[Any], number: int) -> Outcome:
         """Run a step that has no key; announce it only once it turns out to do work."""
         ctx = _LazyStartContext(self.env, number, step)
-        ctx.on_work = lambda: self._prepare_executor(op)
+        ctx.on_work = lambda: self.env.work_starts(op)
         outcome = op.run(step, inputs, ctx)
         if not outcome.cached and not ctx.announced:
             self.env.emitter.emit(Event("start", number, step.label))
@@ -186,14 +186,6 @@ class Solver:
             self.env.emitter.emit(Event("cached", number, step.label))
             self.env.stats.add(steps_cached=1)
         return outcome
-
-    def _prepare_executor(self, op: Op) -> None:
-        """A step that will use the executor, or says work is coming (a changed input is being
-        hashed), runs: a remote executor starts connecting now, in the background, instead of
-        when the first transform needs it. A build whose steps are all cached never connects."""
-        executor = getattr(self.env, "executor", None)
-        if op.prepares_executor and executor is not None:
-            executor.start_early()
 
     def _materialize(self, inputs: list[Any]) -> None:
         """Fetch the imported blobs the inputs reference, before a step reads them."""

@@ -94,6 +94,14 @@ class ExecEnv:
 
         self.locks = KeyLocks(self.store.root / "locks")
 
+    def work_starts(self, op: "Op") -> None:
+        """A step of *op* is about to do work (it is not cached): what the rest of the build
+        will need starts getting ready in the background. Today that is a remote executor's
+        connection and workers, when the step will hand it items or is hashing a changed
+        input (``Op.prepares_executor``); a build whose steps are all cached never connects."""
+        if op.prepares_executor and self.executor is not None:
+            self.executor.start_early()
+
     def blob_ok(self, digest: str, size: int) -> bool:
         """Whether a blob a result names may be reused as it is (:meth:`Store.check_blob`):
         one found damaged is removed, and a warning names it, so the step runs again."""
@@ -159,7 +167,7 @@ class Op:
     exported = False
     result_type: Any = None  # the results class whose from_json decodes a stored result
     # Whether a step of this kind that runs (not cached) means the build's executor will be
-    # needed: the solver then opens a remote one in the background (modelbuild.executors)
+    # needed: a remote one then opens in the background (ExecEnv.work_starts)
     prepares_executor = False
 
     def key(self, step: Step, inputs: list[Any], env: ExecEnv) -> str | None:

@@ -170,6 +170,45 @@ def test_a_remote_executor_hashes_each_large_file_as_an_item(tmp_path: Path, mon
         (str(data.resolve() / "a.bin"), None)]
 
 
+class LyingExecutor(CountingExecutor):
+    """A node that answers a hash with *answer* instead of running it."""
+
+    name = "lying"
+
+    def __init__(self, answer: Any) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def map(self, fn: Any, items: Any, on_done: Any, *, jobs: int | None = None, preload: Any = ()) -> None:
+        for item in items:
+            on_done(item, self.answer)
+
+
+@pytest.mark.parametrize("answer, says", [
+    (None, "answered None for its hash"),
+    (("sha256:" + "0" * 64, 999, False), "changed while it was being read"),
+    (("sha256:" + "0" * 64, 2 << 20, True), "is not there"),
+    (("md5:abc", 2 << 20, False), "answered ('md5:abc'"),
+])
+def test_a_nodes_answer_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: Any, says: str) -> None:
+    """A node's hash of a file comes back checked: its shape, the file's size, and the blob
+    it says it stored being in the store. Each failure is one line; nothing is tagged."""
+    from modelbuild.ops import files
+
+    monkeypatch.setattr(files, "REMOTE_HASH_MIN", 1 << 20)
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "a.bin").write_bytes(os.urandom(2 << 20))
+    os.utime(tmp_path / "ctx" / "a.bin", (1_700_000_000, 1_700_000_000))
+    modelfile = tmp_path / "ctx" / "Modelfile"
+    modelfile.write_text("NAME lying\nDATASET a.bin\n")
+    with pytest.raises(BuildError) as caught:
+        build_with(modelfile, tmp_path / "home", LyingExecutor(answer).plugin(), executor="lying")
+    line = caught.value.render()
+    assert says in line and "\n" not in line.strip(), line
+    assert not list((tmp_path / "home" / "store").glob("index.json")) or "lying" not in (
+        tmp_path / "home" / "store" / "index.json").read_text()
+
+
 def test_a_noop_rebuild_never_reaches_the_cluster(project: Path, tmp_path: Path) -> None:
     """The executor opens when a transform first runs: a cached build with --executor ray and
     no cluster anywhere succeeds."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from modelbuild import lfs
 from modelbuild.context import walk_tree
-from modelbuild.digests import key_of
+from modelbuild.digests import is_digest, key_of
 from modelbuild.errors import BuildError
 from modelbuild.graph import Step
 from modelbuild.ignore import IgnoreRules
@@ -159,14 +159,32 @@ def _read(path: Path, size: int, ingest: bool, ctx: StepContext) -> tuple[str, i
     executor = env.executor
     if executor is not None and executor.remote and size >= REMOTE_HASH_MIN:
         item = HashItem(str(path), str(env.store.root) if ingest else None)
-        done: list[tuple[str, int, bool]] = []
+        done: list[Any] = []
         executor.map(hash_on_node, [item], lambda _item, result: done.append(result), jobs=1)
-        digest, got, created = done[0]
+        digest, got, created = _node_answer(done, path, size, ingest, env)
         ctx.advance(got)
         return digest, got, created
     if ingest:
         return env.store.ingest_file(path, ctx.advance)
     return (*hash_file(path, ctx.advance), False)
+
+
+def _node_answer(done: list[Any], path: Path, size: int, ingest: bool, env: ExecEnv) -> tuple[str, int, bool]:
+    """What a node said of a file, checked as far as the driver can without reading it: the
+    shape of the answer, the file's size, and a blob it says it stored being in the store."""
+    answer = done[0] if len(done) == 1 else None
+    if not (isinstance(answer, (tuple, list)) and len(answer) == 3 and isinstance(answer[0], str)
+            and is_digest(answer[0]) and type(answer[1]) is int and isinstance(answer[2], bool)):
+        raise BuildError(f"{path.name}: the executor's node answered {answer!r:.200} for its hash",
+                         hint="a node runs other code than this build: check the cluster's installation")
+    digest, got, created = answer
+    if got != size:
+        raise BuildError(f"{path.name} changed while it was being read; build again once it is written")
+    if ingest and not env.blob_ok(digest, got):
+        raise BuildError(f"{path.name}: a node stored {digest} in the store, and it is not there",
+                         hint="every node needs MODELBUILD_HOME at the same path, on one shared filesystem "
+                              "(docs/scale.md)")
+    return digest, got, created
 
 
 @dataclass(frozen=True, slots=True)

@@ -283,15 +283,19 @@ def build(
         push_jobs = jobs
         sources = registry_out.open(cache, cache_to=cache_to)  # not None: large raw layers stream there
         jobs = solver_jobs = jobs or os.cpu_count() or 2
+        build_executor = _executor(executor, host, jobs=jobs, store=store, context=desc.context, emitter=emitter)
         if sources is not None and push_jobs is None:
             from modelbuild.oci.transfer import DEFAULT_JOBS
 
             # its large files wait on the registry as they are hashed: as many at once as a push sends
             solver_jobs = max(jobs, DEFAULT_JOBS)
+        if build_executor.remote and push_jobs is None:
+            from modelbuild.executors import REMOTE_STEPS
+
+            # its large files wait on the cluster's nodes as they are hashed: more at once than local cores
+            solver_jobs = max(solver_jobs, REMOTE_STEPS)
         env = ExecEnv(store=store, cache=cache, host=host, emitter=emitter, no_cache=no_cache, jobs=jobs,
-                      executor=_executor(executor, host, jobs=jobs, store=store, context=desc.context,
-                                         emitter=emitter),
-                      sources=sources)
+                      executor=build_executor, sources=sources)
         number = len(graph.order) + 1  # cache import/export show as steps after the graph's
         importer = CacheImporter(cache_from, env, first_number=number) if cache_from and not no_cache else None
         try:

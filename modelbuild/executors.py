@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from modelbuild.dataplane import Marker
 
 DEFAULT = "local"
+# Steps at once for a build whose executor is not local and that was given no -j: each large
+# input's hash is an item on a node, so the driver's cores no longer bound how many files
+# hash at once (docs/scale.md; -j sets it, for a larger cluster)
+REMOTE_STEPS = 16
 
 
 class LocalExecutor:

@@ -170,6 +170,55 @@ def test_a_remote_executor_hashes_each_large_file_as_an_item(tmp_path: Path, mon
         (str(data.resolve() / "a.bin"), None)]
 
 
+class SlowNodes(CountingExecutor):
+    """Nodes that take a while per hash: counts how many hashes were in flight at once."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.active = self.most = 0
+
+    def map(self, fn: Any, items: Any, on_done: Any, *, jobs: int | None = None, preload: Any = ()) -> None:
+        import time
+
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        time.sleep(0.3)
+        try:
+            super().map(fn, items, on_done, jobs=jobs, preload=preload)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_a_remote_executor_hashes_more_files_at_once_than_local_cores(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without -j, a build whose executor is not local runs up to REMOTE_STEPS steps at once:
+    its large files' hashes wait on nodes, not on the driver's cores. With -j, -j."""
+    from modelbuild.executors import REMOTE_STEPS
+    from modelbuild.ops import files
+
+    monkeypatch.setattr(files, "REMOTE_HASH_MIN", 1 << 20)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    data = tmp_path / "ctx" / "data"
+    data.mkdir(parents=True)
+    names = [f"part-{i}.bin" for i in range(6)]
+    for name in names:
+        (data / name).write_bytes(os.urandom(1 << 20))
+        os.utime(data / name, (1_700_000_000, 1_700_000_000))
+    modelfile = tmp_path / "ctx" / "Modelfile"
+    modelfile.write_text(f"FROM ./data\nNAME wide\nDATASET {' '.join(names)}\n")
+    wide = SlowNodes()
+    build_with(modelfile, tmp_path / "wide", wide.plugin(), executor="slow")
+    assert REMOTE_STEPS >= 6 and wide.most >= 4, wide.most  # more than the 2 "cores"
+    narrow = SlowNodes()
+    build_with(modelfile, tmp_path / "narrow", narrow.plugin(), executor="slow", jobs=2)
+    assert narrow.most <= 2, narrow.most
+
+
 class LyingExecutor(CountingExecutor):
     """A node that answers a hash with *answer* instead of running it."""
 

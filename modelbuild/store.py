@@ -56,7 +56,8 @@ from modelbuild.oci.verify import (
     shown,
 )
 from modelbuild.oci.walk import walk
-from modelbuild.storage.files import atomic_write, copy_stream, flock, os_failure, read_bounded, store_io
+from modelbuild.storage.files import (atomic_write, copy_stream, flock, os_failure, read_bounded, sha256_file,
+                                      store_io)
 from modelbuild.storage.referrers import ReferrerIndex
 from modelbuild.storage.tags import TagIndex
 
@@ -322,9 +323,7 @@ class Store(TagIndex, ReferrerIndex):
     def adopt(self, path: str | Path, progress: Progress | None = None) -> tuple[str, int, bool]:
         """Move a finished file (written under ``ingest/``) into the store: hash it, fsync
         it, rename it under its digest. No copy. Returns digest, size, and whether it is new."""
-        hasher = hashlib.sha256()
-        size = copy_stream(path, hasher.update, progress)
-        digest = "sha256:" + hasher.hexdigest()
+        digest, size = sha256_file(path, progress)
         if fsync_enabled():
             with store_io("write a blob into the store", path):
                 fd = os.open(path, os.O_RDONLY)
@@ -460,6 +459,4 @@ class Store(TagIndex, ReferrerIndex):
             self.forget_referrers(subject, keep=[d["digest"] for d in present])
 
     def verify_blob(self, digest: str) -> bool:
-        hasher = hashlib.sha256()
-        copy_stream(self.blob_path(digest), hasher.update, None)
-        return "sha256:" + hasher.hexdigest() == digest
+        return sha256_file(self.blob_path(digest))[0] == digest

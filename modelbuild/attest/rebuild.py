@@ -16,7 +16,6 @@ platform, parameters) and what it produced. A rebuild:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelbuild.errors import ModelbuildError
+from modelbuild.errors import BuildError, ModelbuildError
 
 from . import provenance
 
@@ -143,13 +142,11 @@ def _context(store: Any, predicate: Mapping[str, Any], records: Sequence[Mapping
 
 
 def _digest_of(path: Path) -> str | None:
+    from modelbuild.storage.files import sha256_file
+
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-        return "sha256:" + h.hexdigest()
-    except OSError:
+        return sha256_file(path)[0]
+    except BuildError:  # unreadable: copy_stream's one line
         return None
 
 

@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelbuild import lfs
 from modelbuild.context import walk_tree
@@ -16,7 +16,11 @@ from modelbuild.graph import Step
 from modelbuild.ignore import IgnoreRules
 from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
 from modelbuild.results import ContextRoot, FileDigest, TreeEntry
+from modelbuild.storage.files import sha256_file
 from modelbuild.tarball import normalise_mode
+
+if TYPE_CHECKING:
+    from modelbuild.store import Store
 
 # A file modified less than this long before it was hashed is not put in the stat cache:
 # file-system clocks are coarse, so a write in the same tick would not change its mtime.
@@ -164,9 +168,14 @@ def _read(path: Path, size: int, ingest: bool, ctx: StepContext) -> tuple[str, i
         digest, got, created = _node_answer(done, path, size, ingest, env)
         ctx.advance(got)
         return digest, got, created
-    if ingest:
-        return env.store.ingest_file(path, ctx.advance)
-    return (*hash_file(path, ctx.advance), False)
+    return _hash_here(path, env.store if ingest else None, ctx.advance)
+
+
+def _hash_here(path: str | Path, store: Store | None, progress: Any = None) -> tuple[str, int, bool]:
+    """Hash a file in this process, copying it into *store* as it is hashed when one is given."""
+    if store is not None:
+        return store.ingest_file(path, progress)
+    return (*sha256_file(path, progress), False)
 
 
 def _node_answer(done: list[Any], path: Path, size: int, ingest: bool, env: ExecEnv) -> tuple[str, int, bool]:
@@ -197,24 +206,11 @@ class HashItem:
 
 
 def hash_on_node(item: HashItem) -> tuple[str, int, bool]:
-    """One executor item: hash a file (and ingest it into the shared store); what
-    :func:`_read` would do here. The store's writer names the blob by the bytes it wrote."""
-    if item.store is not None:
-        from modelbuild.store import Store
+    """One executor item: on a node, what :func:`_read` does here. The store's writer names
+    the blob by the bytes it wrote."""
+    from modelbuild.store import Store
 
-        return Store(Path(item.store)).ingest_file(item.path)
-    return (*hash_file(item.path), False)
-
-
-def hash_file(path: str | Path, progress: Any = None) -> tuple[str, int]:
-    """The sha256 digest and size of a file, read once."""
-    import hashlib
-
-    from modelbuild.storage.files import copy_stream
-
-    hasher = hashlib.sha256()
-    size = copy_stream(path, hasher.update, progress)
-    return "sha256:" + hasher.hexdigest(), size
+    return _hash_here(item.path, Store(Path(item.store)) if item.store is not None else None)
 
 
 def _ingest_into(ingest: bool, size: int, env: ExecEnv) -> str | None:

@@ -106,6 +106,15 @@ def copy_stream(path: str | Path, sink: Callable[[memoryview], Any], progress: P
     return total
 
 
+def sha256_file(path: str | Path, progress: Progress | None = None) -> tuple[str, int]:
+    """The ``sha256:`` digest and the size of a file, read once (:func:`copy_stream`)."""
+    import hashlib
+
+    hasher = hashlib.sha256()
+    size = copy_stream(path, hasher.update, progress)
+    return "sha256:" + hasher.hexdigest(), size
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write *data* to *path* so a reader sees the old or the new file, never half of one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

@@ -44,17 +44,9 @@ from typing import Any, BinaryIO
 
 from modelbuild.digests import hex_of, is_digest
 from modelbuild.errors import BuildError, NotFoundError, StoreError
-from modelbuild.oci.verify import (
-    MAX_JSON,
-    Descriptor,
-    IntegrityError,
-    fsync_enabled,
-    kernel_copy,
-    parse_json_object,
-    read_verified,
-    reflink,
-    shown,
-)
+from modelbuild.oci.filecopy import kernel_copy, reflink
+from modelbuild.oci.verify import (MAX_JSON, Descriptor, IntegrityError, fsync_enabled, parse_json_object, read_verified,
+                                   shown)
 from modelbuild.oci.walk import walk
 from modelbuild.storage.files import (atomic_write, copy_stream, flock, os_failure, read_bounded, sha256_file,
                                       store_io)
@@ -281,9 +273,10 @@ class Store(TagIndex, ReferrerIndex):
 
     def ingest_file(self, path: str | Path, progress: Progress | None = None) -> tuple[str, int, bool]:
         """Copy a file into the store, hashing the copy as it is made: a reflink where the
-        file system can, else the kernel's copy with the hash a few chunks behind it and the
-        write-back started as it goes (:func:`~modelbuild.oci.verify.kernel_copy`), else a
-        stream through Python (from another file system).
+        file system can, else O_DIRECT writes of the buffers hashed (with fsync on), else the
+        kernel's copy with the hash a few chunks behind it
+        (:func:`~modelbuild.oci.filecopy.kernel_copy`), else a stream through Python (from
+        another file system).
 
         Returns the digest, the size, and whether the blob is new to the store.
         """
@@ -293,7 +286,7 @@ class Store(TagIndex, ReferrerIndex):
             return w.commit(), w.size, w.created
 
     def _kernel_ingest(self, path: str | Path, w: BlobWriter, progress: Progress | None) -> bool:
-        """*path* into *w* by :func:`~modelbuild.oci.verify.kernel_copy`, hashing the copy (so
+        """*path* into *w* by :func:`~modelbuild.oci.filecopy.kernel_copy`, hashing the copy (so
         the digest names the bytes stored, even if the source changes meanwhile); False,
         having written nothing, where the kernel cannot."""
         with store_io("write a blob into the store", w.temp):

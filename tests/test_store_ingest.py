@@ -7,6 +7,11 @@
   weights' extents too, and so does a verified copy out of the store.
 * Where it cannot (tmpfs refuses ``FICLONE``; another file system is ``EXDEV``), ingest falls
   back to the kernel's copy, or a stream, and a clone refused half-way leaves nothing behind.
+* Where the copy will be fsync'd, a large file is written with O_DIRECT from the buffers it
+  was read and hashed in: every size around the chunk and block boundaries comes out whole,
+  under the name of the bytes written, with the destination's flags restored; a file system
+  without O_DIRECT (ramfs), or one that refuses the first write, gets the kernel's copy
+  with nothing written or hashed twice; a failure in either thread is one line.
 * The kernel's copy runs in a helper thread a few chunks ahead of the hash, which reads each
   chunk back from the copy: a source rewritten during the copy cannot give a blob a name that
   lies, and a failure in either thread (a full disk is one line) leaves no thread and no
@@ -30,9 +35,10 @@ import pytest
 
 from support import missing, require_tool, safetensors_blob, write_model_dir
 
-import modelbuild.oci.verify as verify
+import modelbuild.oci.filecopy as filecopy
 from modelbuild.errors import BuildError, StoreError
-from modelbuild.oci.verify import FICLONE, IntegrityError, copy_verified, kernel_copy
+from modelbuild.oci.filecopy import FICLONE, kernel_copy
+from modelbuild.oci.verify import IntegrityError, copy_verified
 from modelbuild.store import Store
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -46,7 +52,7 @@ def sha(data: bytes) -> str:
 # -- file systems made for the test -----------------------------------------------------------
 @pytest.fixture
 def mounts(tmp_path):
-    """``mounts.tmpfs(name, size)``, ``mounts.loop(kind)`` (``xfs`` with reflink, ``btrfs``) and
+    """``mounts.tmpfs(name, size)``, ``mounts.ramfs(name)``, ``mounts.loop(kind)`` (``xfs`` with reflink, ``btrfs``) and
     ``mounts.bind(name, source)``: a file system mounted under *tmp_path*, unmounted after."""
     mounted: list[Path] = []
 
@@ -65,6 +71,10 @@ def mounts(tmp_path):
         @staticmethod
         def tmpfs(name: str, size: str = "64m") -> Path:
             return mount(name, "-t", "tmpfs", "-o", f"size={size}", "tmpfs")
+
+        @staticmethod
+        def ramfs(name: str) -> Path:  # a file system without O_DIRECT (EINVAL)
+            return mount(name, "-t", "ramfs", "ramfs")
 
         @staticmethod
         def bind(name: str, source: Path) -> Path:
@@ -155,7 +165,7 @@ def test_ingest_on_a_reflink_file_system_shares_the_extents_and_names_the_clone(
         copy_verified(blob, fd, digest, size)
     finally:
         os.close(fd)
-    assert ioctls[-1] == (verify.FICLONERANGE, None)
+    assert ioctls[-1] == (filecopy.FICLONERANGE, None)
     assert out.read_bytes() == data
     assert_shared(out)
 
@@ -202,7 +212,7 @@ def test_a_layout_on_another_mount_of_the_file_system_gets_reflinks(mounts, ioct
     assert layout.link_from(store, digest, len(data))
     copied = layout.blob_path(digest)
     assert copied.read_bytes() == data and os.stat(copied).st_ino != os.stat(store.blob_path(digest)).st_ino
-    assert (verify.FICLONERANGE, None) in ioctls
+    assert (filecopy.FICLONERANGE, None) in ioctls
     assert_shared(copied)
 
 
@@ -258,7 +268,7 @@ def test_a_clone_given_up_half_way_leaves_nothing_behind(mounts, monkeypatch):
 def small_chunks(monkeypatch):
     """Kernel-copy chunks of 64 KiB, so that a file of a few MiB has many and the copier
     thread does most of the copying."""
-    monkeypatch.setattr(verify, "_KERNEL_CHUNK", 64 * KiB)
+    monkeypatch.setattr(filecopy, "_KERNEL_CHUNK", 64 * KiB)
 
 
 def test_a_source_rewritten_during_the_copy_cannot_make_a_blob_whose_name_lies(mounts, monkeypatch, small_chunks):
@@ -304,7 +314,7 @@ def test_a_failing_sink_stops_the_copier_thread(mounts, small_chunks):
         with pytest.raises(IntegrityError, match="refused"):
             kernel_copy(s.fileno(), d.fileno(), sink, failed=lambda exc: exc, short="short")
     assert not [t for t in threading.enumerate() if t.name == "kernel-copy"]
-    assert os.path.getsize(root / "dst") <= MiB + (verify._AHEAD + 1) * verify._KERNEL_CHUNK  # it stopped
+    assert os.path.getsize(root / "dst") <= MiB + (filecopy._AHEAD + 1) * filecopy._KERNEL_CHUNK  # it stopped
 
 
 def test_a_disk_filling_during_the_copy_is_one_line_and_leaves_no_temp_file(mounts, small_chunks):
@@ -335,8 +345,8 @@ def test_write_back_starts_with_each_chunk_when_blobs_are_fsynced(mounts, monkey
     src = root / "src"
     src.write_bytes(os.urandom(MiB + 5))
     started: list[tuple[int, int]] = []
-    real = verify._start_writeback
-    monkeypatch.setattr(verify, "_start_writeback", lambda fd, off, n: (started.append((off, n)), real(fd, off, n)))
+    real = filecopy._start_writeback
+    monkeypatch.setattr(filecopy, "_start_writeback", lambda fd, off, n: (started.append((off, n)), real(fd, off, n)))
     Store(root / "store").ensure().ingest_file(src)
     if fsync == "0":
         assert started == []
@@ -346,7 +356,7 @@ def test_write_back_starts_with_each_chunk_when_blobs_are_fsynced(mounts, monkey
 
 
 def test_sync_file_range_is_reachable_on_linux(tmp_path):
-    call = verify._sync_file_range()
+    call = filecopy._sync_file_range()
     if not os.uname().sysname == "Linux":
         assert call is None
         return
@@ -355,3 +365,163 @@ def test_sync_file_range_is_reachable_on_linux(tmp_path):
         fh.write(b"x" * 8192)
         fh.flush()
         assert call(fh.fileno(), 0, 8192, 2) == 0
+
+
+# -- O_DIRECT ------------------------------------------------------------------------------------
+@pytest.fixture
+def direct_writes(monkeypatch):
+    """O_DIRECT chunks of 64 KiB for any size of file; yields the list of ``(offset, length)``
+    of every write made while the file had ``O_DIRECT`` set, seen by a spy on ``os.pwritev``."""
+    monkeypatch.setattr(filecopy, "_DIRECT_MIN", 0)
+    monkeypatch.setattr(filecopy, "_DIRECT_CHUNK", 64 * KiB)
+    seen: list[tuple[int, int]] = []
+    real = os.pwritev
+
+    def spy(fd, buffers, offset, *rest):  # noqa: ANN001
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            seen.append((offset, sum(len(b) for b in buffers)))
+        return real(fd, buffers, offset, *rest)
+
+    monkeypatch.setattr(os, "pwritev", spy)
+    return seen
+
+
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 64 * KiB - 1, 64 * KiB, 64 * KiB + 1, 5 * 64 * KiB + 17])
+def test_a_fsynced_ingest_writes_with_o_direct_what_it_hashed(tmp_path, direct_writes, size):
+    data = os.urandom(size)
+    src = tmp_path / "model.safetensors"
+    src.write_bytes(data)
+    store = Store(tmp_path / "store").ensure()
+    progress: list[int] = []
+
+    digest, stored, created = store.ingest_file(src, progress.append)
+
+    assert (digest, stored, created) == (sha(data), size, True) and sum(progress) == size
+    assert store.blob_path(digest).read_bytes() == data  # cut back to its size after the padded last write
+    offsets = [off for off, _ in direct_writes]
+    assert offsets == list(range(0, size, 64 * KiB))  # every chunk, in order, with O_DIRECT
+    assert all(off % 4096 == 0 and n % 4096 == 0 for off, n in direct_writes)
+    assert list(store.ingest_dir.iterdir()) == []
+
+
+def test_o_direct_is_cleared_after_the_copy_and_the_file_positioned_at_its_end(tmp_path, direct_writes):
+    data = os.urandom(3 * 64 * KiB + 5)
+    (tmp_path / "src").write_bytes(data)
+    hashed = hashlib.sha256()
+    with open(tmp_path / "src", "rb") as s, open(tmp_path / "dst", "w+b") as d:
+        flags = fcntl.fcntl(d.fileno(), fcntl.F_GETFL)
+        copied = kernel_copy(s.fileno(), d.fileno(), hashed.update, failed=lambda exc: exc, short="short",
+                             writeback=True)
+        assert copied == len(data) and d.tell() == len(data)
+        assert fcntl.fcntl(d.fileno(), fcntl.F_GETFL) == flags
+        d.write(b"tail")  # a buffered write after it, as a caller may make
+    assert (tmp_path / "dst").read_bytes() == data + b"tail" and hashed.digest() == hashlib.sha256(data).digest()
+    assert len(direct_writes) == 4
+
+
+def test_without_fsync_the_kernel_copies(tmp_path, direct_writes, monkeypatch):
+    monkeypatch.setenv("MODELBUILD_FSYNC", "0")  # nothing waits for the disk: the page cache is faster
+    data = os.urandom(200 * KiB)
+    (tmp_path / "src").write_bytes(data)
+    digest, _, _ = Store(tmp_path / "store").ensure().ingest_file(tmp_path / "src")
+    assert digest == sha(data) and direct_writes == []
+
+
+def test_a_file_system_without_o_direct_gets_the_kernels_copy(mounts, direct_writes):
+    root = mounts.ramfs("ramfs")
+    data = os.urandom(300 * KiB + 3)
+    (root / "src").write_bytes(data)
+    digest, size, _ = Store(root / "store").ensure().ingest_file(root / "src")
+    assert (digest, size) == (sha(data), len(data)) and direct_writes == []
+
+
+def test_a_first_direct_write_refused_leaves_nothing_written_or_hashed_twice(tmp_path, direct_writes, monkeypatch):
+    """A device whose block size O_DIRECT's alignment does not meet says EINVAL at the first
+    write: the kernel's copy starts over from an empty file and a sink that saw nothing."""
+    data = os.urandom(300 * KiB + 3)
+    (tmp_path / "src").write_bytes(data)
+    spy = os.pwritev
+
+    def refuse(fd, buffers, offset, *rest):  # noqa: ANN001
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return spy(fd, buffers, offset, *rest)
+
+    monkeypatch.setattr(os, "pwritev", refuse)
+    store = Store(tmp_path / "store").ensure()
+    progress: list[int] = []
+    digest, size, _ = store.ingest_file(tmp_path / "src", progress.append)
+    assert (digest, size) == (sha(data), len(data)) and sum(progress) == len(data)
+    assert store.blob_path(digest).read_bytes() == data
+
+
+def test_a_source_rewritten_during_a_direct_copy_cannot_make_a_blob_whose_name_lies(tmp_path, direct_writes,
+                                                                                   monkeypatch):
+    src = tmp_path / "model.safetensors"
+    src.write_bytes(os.urandom(16 * 64 * KiB))
+    real = os.preadv
+    reads = []
+
+    def read_then_rewrite(fd, buffers, offset, *rest):  # noqa: ANN001
+        n = real(fd, buffers, offset, *rest)
+        reads.append(offset)
+        if len(reads) == 3:  # a writer changes what was copied already, and what is not yet
+            with open(src, "r+b") as fh:
+                fh.write(b"\0" * (64 * KiB))
+                fh.seek(10 * 64 * KiB)
+                fh.write(b"\1" * (64 * KiB))
+        return n
+
+    monkeypatch.setattr(os, "preadv", read_then_rewrite)
+    store = Store(tmp_path / "store").ensure()
+    digest, size, _ = store.ingest_file(src)
+    stored = store.blob_path(digest).read_bytes()
+    assert digest == sha(stored) and size == len(stored) == 16 * 64 * KiB  # the name is the stored bytes' ...
+    assert stored[:16] != b"\0" * 16 and stored[10 * 64 * KiB:10 * 64 * KiB + 16] == b"\1" * 16  # ... a mix
+    assert digest != sha(src.read_bytes())
+
+
+def test_a_failing_sink_stops_the_direct_writer(tmp_path, direct_writes):
+    (tmp_path / "src").write_bytes(os.urandom(64 * 64 * KiB))
+    seen = 0
+
+    def sink(view: memoryview) -> None:
+        nonlocal seen
+        seen += len(view)
+        if seen > 4 * 64 * KiB:
+            raise IntegrityError("refused")
+
+    with open(tmp_path / "src", "rb") as s, open(tmp_path / "dst", "w+b") as d:
+        with pytest.raises(IntegrityError, match="refused"):
+            kernel_copy(s.fileno(), d.fileno(), sink, failed=lambda exc: exc, short="short", writeback=True)
+    assert not [t for t in threading.enumerate() if t.name == "direct-write"]
+    assert os.path.getsize(tmp_path / "dst") <= (4 + filecopy._DIRECT_BUFFERS) * 64 * KiB  # it stopped
+
+
+def test_a_disk_filling_during_a_direct_copy_is_one_line_and_leaves_no_temp_file(mounts, direct_writes):
+    root = mounts.tmpfs("full-direct", size="1m")
+    src = root / "model.safetensors"
+    src.write_bytes(os.urandom(640 * KiB))  # fits once, not twice
+    store = Store(root / "store").ensure()
+    with pytest.raises(StoreError) as info:
+        store.ingest_file(src)
+    assert "no space left on device" in str(info.value) and "\n" not in str(info.value)
+    assert direct_writes  # it failed in the O_DIRECT writes
+    assert list(store.ingest_dir.iterdir()) == []
+    assert not [t for t in threading.enumerate() if t.name == "direct-write"]
+
+
+def test_a_verified_copy_of_a_lying_blob_is_refused_through_o_direct(tmp_path, direct_writes):
+    data = os.urandom(5 * 64 * KiB)
+    (tmp_path / "blob").write_bytes(data)
+    with open(tmp_path / "dst", "w+b") as d:
+        copy_verified(tmp_path / "blob", d.fileno(), sha(data), len(data), writeback=True)
+        with pytest.raises(IntegrityError, match="does not match"):
+            d.seek(0)
+            d.truncate()
+            copy_verified(tmp_path / "blob", d.fileno(), sha(b"other"), len(data), writeback=True)
+        with pytest.raises(IntegrityError, match="more than"):
+            d.seek(0)
+            d.truncate()
+            copy_verified(tmp_path / "blob", d.fileno(), sha(data[:-1]), len(data) - 1, writeback=True)
+    assert direct_writes

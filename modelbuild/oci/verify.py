@@ -8,9 +8,9 @@ a descriptor (digest and size). Nothing is trusted until it matches both:
   checks digest and size at the end;
 * :func:`read_verified` reads a small blob (a manifest, an index, a config) whole, bounded by a
   size limit, and checks it;
-* :func:`copy_verified` copies a large blob into a file the caller created, as a reflink
-  where the file system can, else with the kernel's ``copy_file_range`` (:func:`kernel_copy`,
-  which the store's ingest uses too), hashing the *copy* (while it is hot in the page cache),
+* :func:`copy_verified` copies a large blob into a file the caller created with
+  :func:`~modelbuild.oci.filecopy.kernel_copy` (a reflink, O_DIRECT or the kernel's copy, as
+  the file system allows; the store's ingest uses it too), checking the bytes of the *copy*,
   so the bytes checked are the bytes written;
 * :class:`Descriptor` is a descriptor parsed from untrusted JSON: a valid digest, a size that is
   a non-negative integer, string annotations; anything else is an :class:`IntegrityError`
@@ -22,13 +22,9 @@ A mismatch is an :class:`IntegrityError` (exit 1) whose message names the digest
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import json
 import os
-import struct
-import sys
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,15 +32,10 @@ from typing import Any
 
 from modelbuild.digests import CHUNK, is_digest
 from modelbuild.errors import BuildError
+from modelbuild.oci.filecopy import kernel_copy
 
 Progress = Callable[[int], None]
 MAX_JSON = 4 << 20  # manifests, indexes, configs: the distribution spec's recommended limit
-_KERNEL_CHUNK = 16 << 20  # one copy_file_range call: the unit the read back follows
-_AHEAD = 4  # chunks the copy may run ahead of the read back (they stay hot in the page cache)
-# errors that mean "the kernel cannot do this for these files", raised before anything is written
-_CANNOT = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTTY)
-FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h: make a file a reflink of another
-FICLONERANGE = 0x4020940D  # _IOW(0x94, 13, struct file_clone_range): the same, for a range
 _MAX_SIZE = (1 << 53) - 1  # a size JSON can state exactly; more is a lie, whatever it says
 
 
@@ -223,10 +214,9 @@ def copy_verified(src: str | Path, dst_fd: int, digest: str, size: int, *, what:
                   progress: Progress | None = None, writeback: bool = False) -> None:
     """Copy blob *src* into the open (read-write), empty file *dst_fd*, checking it against *digest*/*size*.
 
-    The kernel copies (a reflink where the file system shares extents, else ``copy_file_range``;
-    no byte through Python) and the copy is read back and hashed, so what is checked is what
-    was written. Never more than *size* bytes
-    are copied; a source longer or shorter than declared, or with other bytes, raises
+    :func:`~modelbuild.oci.filecopy.kernel_copy` copies (a reflink, O_DIRECT writes or
+    ``copy_file_range``, as the file system allows) and checks the bytes of the copy, so
+    what is checked is what was written. Never more than *size* bytes are copied; a source longer or shorter than declared, or with other bytes, raises
     :class:`IntegrityError` and the caller discards *dst_fd*'s file. *writeback*: the caller
     will ``fsync`` *dst_fd* (:func:`kernel_copy`).
     """
@@ -249,186 +239,6 @@ def copy_verified(src: str | Path, dst_fd: int, digest: str, size: int, *, what:
         os.close(src_fd)
     verifier.check()
 
-
-def kernel_copy(src_fd: int, dst_fd: int, sink: Callable[[memoryview], Any], *, size: int | None = None,
-                progress: Progress | None = None, failed: Callable[[OSError], Exception], short: str,
-                writeback: bool = False) -> int | None:
-    """Copy *src_fd* into the empty *dst_fd* (both from offset 0) in the kernel, no byte
-    through Python, feeding *sink* every byte read back from the *copy*: what *sink* hashes
-    is what was written, even if the source changes meanwhile. At most *size* bytes (None: to
-    the source's end).
-
-    Where the file system shares extents (btrfs, XFS with reflink, bcachefs, ZFS with block
-    cloning), the copy is a reflink (``FICLONE``): no data is written, and the clone is read
-    back. Elsewhere ``copy_file_range`` copies in a helper thread a few chunks ahead of the
-    read back (:class:`_Pipeline`), so copying and hashing overlap; with *writeback* (the
-    caller will ``fsync``) each copied chunk's write-back starts at once, so the disk works
-    while the rest is copied and hashed and the final ``fsync`` has little left to wait for.
-
-    The one kernel copy: :func:`copy_verified` checks a blob with it, the store hashes a
-    file on its way in with it (:meth:`modelbuild.store.Store.ingest_file`). Returns the
-    bytes copied, *dst_fd* positioned after them; or None, having written nothing, where
-    the kernel can do neither (another file system, an old kernel): the caller then streams.
-    A failing copy raises *failed(exc)*; a short read back, a :class:`BuildError` saying *short*.
-    """
-    if size == 0 or not hasattr(os, "copy_file_range"):
-        return 0 if size == 0 else None
-    cloned = reflink(src_fd, dst_fd, size, failed=failed)
-    if cloned is not None:  # the clone's pages are not cached yet: read it back from the disk, ahead
-        os.posix_fadvise(dst_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        _read_back(dst_fd, 0, cloned, sink, progress, short)
-        os.lseek(dst_fd, cloned, os.SEEK_SET)
-        return cloned
-    want = _KERNEL_CHUNK if size is None else min(_KERNEL_CHUNK, size)
-    try:  # the first chunk here: a kernel that cannot copy these files says so now, nothing written
-        first = os.copy_file_range(src_fd, dst_fd, want, 0, 0)
-    except OSError as exc:
-        if exc.errno in _CANNOT:
-            return None
-        raise failed(exc) from None
-    if writeback and first:
-        _start_writeback(dst_fd, 0, first)
-    if first == 0 or first == size:
-        end = first
-        _read_back(dst_fd, 0, end, sink, progress, short)
-    else:
-        end = _Pipeline(src_fd, dst_fd, first, size, failed, writeback).run(sink, progress, short)
-    os.lseek(dst_fd, end, os.SEEK_SET)
-    return end
-
-
-def reflink(src_fd: int, dst_fd: int, size: int | None = None, *,
-            failed: Callable[[OSError], Exception] = lambda exc: exc) -> int | None:
-    """Make the empty *dst_fd* a reflink of *src_fd* (whole, or exactly its first *size*
-    bytes): the bytes it holds then, sharing the source's extents; or None, *dst_fd* left
-    empty, where the file system cannot (``EOPNOTSUPP``: ext4, tmpfs; ``EXDEV``: another
-    file system). Any other failure raises *failed(exc)*."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import fcntl
-
-    try:
-        if size is None:
-            fcntl.ioctl(dst_fd, FICLONE, src_fd)
-        else:  # exactly *size* bytes: a longer source (a lying descriptor) is not cloned (EINVAL)
-            fcntl.ioctl(dst_fd, FICLONERANGE, struct.pack("=qQQQ", src_fd, 0, size, 0))
-    except OSError as exc:
-        if exc.errno in _CANNOT or exc.errno == errno.EAGAIN:  # ZFS: a block not yet synced
-            if os.fstat(dst_fd).st_size:  # a file system that gave up half-way leaves nothing either
-                os.ftruncate(dst_fd, 0)
-            return None
-        raise failed(exc) from None
-    return os.fstat(dst_fd).st_size
-
-
-def _read_back(dst_fd: int, offset: int, end: int, sink: Callable[[memoryview], Any], progress: Progress | None,
-               short: str, buf: memoryview | None = None) -> None:
-    """Feed *sink* the bytes *offset* to *end* of *dst_fd*, read back from it."""
-    view = buf if buf is not None else memoryview(bytearray(CHUNK))
-    while offset < end:
-        got = os.preadv(dst_fd, [view[: min(len(view), end - offset)]], offset)
-        if got <= 0:
-            raise BuildError(short)
-        sink(view[:got])
-        offset += got
-        if progress is not None:
-            progress(got)
-
-
-class _Pipeline:
-    """``copy_file_range`` in a helper thread, at most :data:`_AHEAD` chunks ahead of the
-    caller's thread, which reads each copied chunk back from the copy and feeds it to the
-    sink. ``copy_file_range``, ``preadv`` and hashlib's ``update`` of a large buffer all
-    release the GIL, so the copy and the hash of one file run on two cores."""
-
-    def __init__(self, src_fd: int, dst_fd: int, copied: int, size: int | None,
-                 failed: Callable[[OSError], Exception], writeback: bool) -> None:
-        self.src_fd, self.dst_fd, self.size, self.failed, self.writeback = src_fd, dst_fd, size, failed, writeback
-        self.copied = copied  # bytes in the copy so far
-        self.consumed = 0  # bytes read back so far
-        self.finished = False  # the copier is done (at the end, or by an error)
-        self.stop = False  # the reader gave up: the copier stops
-        self.error: BaseException | None = None
-        self.cond = threading.Condition()
-
-    def run(self, sink: Callable[[memoryview], Any], progress: Progress | None, short: str) -> int:
-        copier = threading.Thread(target=self._copy, name="kernel-copy", daemon=True)
-        copier.start()
-        view = memoryview(bytearray(CHUNK))
-        offset = 0
-        try:
-            while True:
-                with self.cond:
-                    while self.copied <= offset and not self.finished:
-                        self.cond.wait()
-                    end, finished, error = self.copied, self.finished, self.error
-                if error is not None:
-                    raise error
-                if offset >= end and finished:
-                    return offset
-                _read_back(self.dst_fd, offset, end, sink, progress, short, view)
-                offset = end
-                with self.cond:
-                    self.consumed = offset
-                    self.cond.notify_all()
-        finally:
-            with self.cond:
-                self.stop = True
-                self.cond.notify_all()
-            copier.join()
-
-    def _copy(self) -> None:
-        offset = self.copied
-        try:
-            while self.size is None or offset < self.size:
-                with self.cond:
-                    while offset - self.consumed >= _AHEAD * _KERNEL_CHUNK and not self.stop:
-                        self.cond.wait()
-                    if self.stop:
-                        return
-                want = _KERNEL_CHUNK if self.size is None else min(_KERNEL_CHUNK, self.size - offset)
-                try:
-                    n = os.copy_file_range(self.src_fd, self.dst_fd, want, offset, offset)
-                except OSError as exc:
-                    raise self.failed(exc) from None
-                if n == 0:
-                    return
-                if self.writeback:
-                    _start_writeback(self.dst_fd, offset, n)
-                offset += n
-                with self.cond:
-                    self.copied = offset
-                    self.cond.notify_all()
-        except BaseException as exc:  # handed to the reader, which raises it
-            self.error = exc
-        finally:
-            with self.cond:
-                self.finished = True
-                self.cond.notify_all()
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing *fd*'s dirty pages in this range to disk, without waiting for it
-    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``): a later ``fsync`` then has little left to
-    do. Best effort: where the call is missing, or fails, the ``fsync`` does it all."""
-    call = _sync_file_range()
-    if call is not None:
-        call(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE; an error changes nothing that fsync will not do
-
-
-@functools.lru_cache(maxsize=1)
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        func = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    func.restype = ctypes.c_int
-    return func
 
 
 def _stream_copy(src_fd: int, dst_fd: int, verifier: Verifier, progress: Progress | None) -> None:
@@ -454,4 +264,4 @@ def _write_error(exc: OSError, verifier: Verifier) -> BuildError:
 
 
 __all__ = ["Descriptor", "IntegrityError", "MAX_JSON", "ManifestParts", "Verifier", "copy_verified", "fsync_enabled",
-           "json_kind", "kernel_copy", "parse_json_object", "read_verified", "reflink", "shown"]
+           "json_kind", "parse_json_object", "read_verified", "shown"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -64,8 +63,9 @@ def source_date_epoch() -> tuple[str | None, int]:
         epoch = int(raw)
     except ValueError:
         raise UsageError(f"SOURCE_DATE_EPOCH must be an integer, got {raw!r}") from None
-    created = datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return created, epoch
+    from modelbuild.ops.layers import rfc3339
+
+    return rfc3339(epoch), epoch
 
 
 OUTPUT_TYPES = ("local", "oci", "registry")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tarfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,6 +37,8 @@ def normalise_mode(st_mode: int, is_dir: bool = False) -> int:
 
 
 def header(member: Member, mtime: int) -> bytes:
+    import tarfile  # here: a build that writes no tar (a no-op) does not pay for its import
+
     info = tarfile.TarInfo(member.name + ("/" if member.kind == "dir" else ""))
     info.mtime = mtime
     info.uid = info.gid = 0

@@ -23,6 +23,8 @@ from modelbuild.tarball import Member
 
 
 def rfc3339(epoch: int) -> str:
+    """*epoch* as the RFC 3339 UTC time the OCI annotations and the ModelPack config's
+    ``createdAt`` carry: ``2024-06-01T00:00:00Z``."""
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -30,19 +30,20 @@ import os
 import sys
 from typing import Any, Iterator
 
-FORMAT = 1
+FORMAT = 2  # 2: entries' versions recorded
 ENV_SWITCH = "MODELBUILD_PLUGIN_CACHE"
 
-# core register hook → the attributes of its entries the core selects by (recorded when they
-# are strings or sequences of strings, so that selecting needs no import)
+# core register hook → the attributes of its entries the core selects by, or puts in a step's
+# key (``version``); recorded when they are strings or sequences of strings, so that selecting
+# an entry, or the key of a cached step, needs no import
 SELECTORS: dict[str, tuple[str, ...]] = {
     "modelbuild_register_frontends": ("filenames",),
     "modelbuild_register_sources": ("schemes",),
-    "modelbuild_register_layer_codecs": (),
-    "modelbuild_register_formats": ("extensions",),
-    "modelbuild_register_quantizers": ("format", "types"),
-    "modelbuild_register_shard_strategies": (),
-    "modelbuild_register_converters": ("source_format", "target_format"),
+    "modelbuild_register_layer_codecs": ("version",),
+    "modelbuild_register_formats": ("extensions", "version"),
+    "modelbuild_register_quantizers": ("format", "types", "version"),
+    "modelbuild_register_shard_strategies": ("version",),
+    "modelbuild_register_converters": ("source_format", "target_format", "version"),
     "modelbuild_register_targets": (),
     "modelbuild_register_engines": (),
     "modelbuild_register_signers": (),

@@ -232,12 +232,18 @@ class PluginHost:
 
     # -- choosing entries (by the attributes the catalog records: no import of the others)
 
-    def format_for_path(self, path: str) -> WeightFormat | None:
-        """The format handler whose extension *path* has, if any (no file access)."""
+    def format_name_for_path(self, path: str) -> str | None:
+        """The name of the format whose extension *path* has, if any (no file access; from
+        the plugin catalog, so no plugin is imported)."""
         for name in self.formats.names():
             if any(path.endswith(ext) for ext in self.formats.peek(name, "extensions", ()) or ()):
-                return self.formats.get(name)
+                return name
         return None
+
+    def format_for_path(self, path: str) -> WeightFormat | None:
+        """The format handler whose extension *path* has, if any (no file access)."""
+        name = self.format_name_for_path(path)
+        return None if name is None else self.formats.get(name)
 
     def quantizer_for(self, fmt: str, qtype: str) -> Quantizer | None:
         quantizers = self.quantizers

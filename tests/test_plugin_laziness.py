@@ -36,8 +36,8 @@ NOT_CALLED = [
     "modelbuild_plugins.engines", "modelbuild_plugins.ollama", "modelbuild_plugins.kitfile",
     "modelbuild_plugins.oci_source", "modelbuild_plugins.hf_source", "modelbuild_plugins.https_source",
     "modelbuild_plugins.cosign_signer", "modelbuild_plugins.ray_executor", "modelbuild_plugins.targets",
-    # the safetensors plugin's quantizer and shard strategy: the build chooses only its format
-    "modelbuild_plugins.safetensors_format.cast", "modelbuild_plugins.safetensors_format.shard",
+    # the weights' format: a cached step's key takes its name and version from the catalog
+    "modelbuild_plugins.safetensors_format",
     # a build that attests nothing
     "modelbuild.attest.provenance", "modelbuild.attest.sbom",
     # a build that writes no config (jsonschema's import is 60–100 ms)
@@ -93,8 +93,7 @@ def test_a_no_op_rebuild_imports_no_plugin_it_does_not_call(model, tmp_path, nam
     assert result["digest"] == json.loads(first.stdout)["digest"]
     assert result["stats"]["steps_run"] == 0 and result["stats"]["bytes_hashed"] == 0
     # the plugins it calls are imported (the probe sees imports at all)...
-    for used in ("modelbuild_plugins.frontends", "modelbuild_plugins.sources", "modelbuild_plugins.layers",
-                 "modelbuild_plugins.safetensors_format"):
+    for used in ("modelbuild_plugins.frontends", "modelbuild_plugins.sources", "modelbuild_plugins.layers"):
         assert used in modules, used
     # ...and none of the others
     assert [m for prefix in NOT_CALLED for m in _imported(modules, prefix)] == []

@@ -317,7 +317,10 @@ def test_a_failing_sink_stops_the_copier_thread(mounts, small_chunks):
     assert os.path.getsize(root / "dst") <= MiB + (filecopy._AHEAD + 1) * filecopy._KERNEL_CHUNK  # it stopped
 
 
-def test_a_disk_filling_during_the_copy_is_one_line_and_leaves_no_temp_file(mounts, small_chunks):
+@pytest.mark.parametrize("way, thread", [("small_chunks", "kernel-copy"), ("direct_writes", "direct-write")],
+                         ids=["kernel-copy", "o-direct"])
+def test_a_disk_filling_during_the_copy_is_one_line_and_leaves_no_temp_file(mounts, request, way, thread):
+    direct_writes = request.getfixturevalue(way)
     root = mounts.tmpfs("full", size="1m")
     src = root / "model.safetensors"
     src.write_bytes(os.urandom(640 * KiB))  # fits once, not twice
@@ -327,7 +330,9 @@ def test_a_disk_filling_during_the_copy_is_one_line_and_leaves_no_temp_file(moun
     assert "no space left on device" in str(info.value) and "\n" not in str(info.value)
     assert str(store.ingest_dir) in str(info.value)
     assert list(store.ingest_dir.iterdir()) == []
-    assert not [t for t in threading.enumerate() if t.name == "kernel-copy"]
+    assert not [t for t in threading.enumerate() if t.name == thread]
+    if way == "direct_writes":
+        assert direct_writes  # it failed in the O_DIRECT writes
 
 
 def test_a_source_that_vanishes_is_a_build_error(tmp_path):
@@ -496,19 +501,6 @@ def test_a_failing_sink_stops_the_direct_writer(tmp_path, direct_writes):
             kernel_copy(s.fileno(), d.fileno(), sink, failed=lambda exc: exc, short="short", writeback=True)
     assert not [t for t in threading.enumerate() if t.name == "direct-write"]
     assert os.path.getsize(tmp_path / "dst") <= (4 + filecopy._DIRECT_BUFFERS) * 64 * KiB  # it stopped
-
-
-def test_a_disk_filling_during_a_direct_copy_is_one_line_and_leaves_no_temp_file(mounts, direct_writes):
-    root = mounts.tmpfs("full-direct", size="1m")
-    src = root / "model.safetensors"
-    src.write_bytes(os.urandom(640 * KiB))  # fits once, not twice
-    store = Store(root / "store").ensure()
-    with pytest.raises(StoreError) as info:
-        store.ingest_file(src)
-    assert "no space left on device" in str(info.value) and "\n" not in str(info.value)
-    assert direct_writes  # it failed in the O_DIRECT writes
-    assert list(store.ingest_dir.iterdir()) == []
-    assert not [t for t in threading.enumerate() if t.name == "direct-write"]
 
 
 def test_a_verified_copy_of_a_lying_blob_is_refused_through_o_direct(tmp_path, direct_writes):

@@ -197,8 +197,8 @@ def _weights_format(transforms: Sequence[TransformSpec], desc: BuildDescription,
     """The one format of the MODEL files (by extension), or None when there are no weights of
     a known format and no transforms asks for them."""
     dirs = [f.path for f in desc.files if f.kind == FileKind.MODEL and f.is_dir]
-    formats = sorted({h.name for f in model_set(desc) if f.kind == FileKind.MODEL
-                      and (h := host.format_for_path(f.path)) is not None})
+    formats = sorted({name for f in model_set(desc) if f.kind == FileKind.MODEL
+                      and (name := host.format_name_for_path(f.path)) is not None})
     if len(formats) > 1 and transforms:
         raise _at(transforms[0], f"{transforms[0].directive} needs weights of one format, "
                                  f"found {' and '.join(formats)}")

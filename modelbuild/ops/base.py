@@ -145,6 +145,17 @@ class StepContext:
         self.env.emitter.emit(Event("log", self.number, self.step.label, message=message))
 
 
+def plugin_identity(registry: Any, name: str, env: ExecEnv) -> dict[str, Any]:
+    """What of a registry entry (a format, a quantizer, a layer codec…) enters a cache key:
+    its name and version, its plugin and the plugin's version. Read from the plugin catalog
+    where it recorded them, so that computing the key of a cached step imports no plugin."""
+    if name not in registry.names():
+        registry.get(name)  # unknown: the one-line error, with a "did you mean"
+    owner = registry.owner(name)
+    return {"name": name, "version": registry.peek(name, "version"), "plugin": owner,
+            "plugin_version": env.host.plugin_version(owner)}
+
+
 @dataclass
 class Outcome:
     result: Any  # a typed result (modelbuild.results)

@@ -17,7 +17,7 @@ from modelbuild.digests import key_of
 from modelbuild.errors import BuildError
 from modelbuild.graph import Step
 from modelbuild.oci import mediatypes as mt
-from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
+from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext, plugin_identity
 from modelbuild.results import Descriptor, FileDigest, FileSet, Layer, LayerSet, ModelFile
 from modelbuild.tarball import Member
 
@@ -29,11 +29,8 @@ def rfc3339(epoch: int) -> str:
 
 
 def codec_identity(codec_name: str, env: ExecEnv) -> dict[str, Any]:
-    """What of a codec enters a cache key: its name, version, plugin and plugin version."""
-    codec = env.host.codecs.get(codec_name)
-    owner = env.host.codecs.owner(codec.name)
-    return {"name": codec.name, "version": codec.version, "plugin": owner,
-            "plugin_version": env.host.plugin_version(owner)}
+    """What of a codec enters a cache key (:func:`~modelbuild.ops.base.plugin_identity`)."""
+    return plugin_identity(env.host.codecs, codec_name, env)
 
 
 def content_of(src: FileDigest | ModelFile) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 from modelbuild.digests import key_of
 from modelbuild.errors import BuildError, PluginError
 from modelbuild.graph import Step
-from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext
+from modelbuild.ops.base import ExecEnv, Op, Outcome, StepContext, plugin_identity
 from modelbuild.results import FileDigest, FileSet, Metadata, ModelFile
 
 
@@ -43,12 +43,6 @@ def model_set(inputs: list[Any]) -> list[ModelFile]:
 
 def identity(files: list[ModelFile]) -> list[dict[str, Any]]:
     return [{"path": f.path, "kind": f.kind, "digest": f.digest, "size": f.size} for f in files]
-
-
-def plugin_identity(registry: Any, name: str, env: ExecEnv) -> dict[str, Any]:
-    obj = registry.get(name)
-    owner = registry.owner(name)
-    return {"name": name, "version": obj.version, "plugin": owner, "plugin_version": env.host.plugin_version(owner)}
 
 
 def weight_files(files: list[ModelFile]) -> list[Any]:
@@ -157,8 +151,8 @@ class DescribeOp(Op):
     def key(self, step: Step, inputs: list[Any], env: ExecEnv) -> str | None:
         # only the formats this model set's files have: another format plugin changes nothing
         files = model_set(inputs)
-        consulted = sorted({h.name for f in files if f.kind == "model"
-                            and (h := env.host.format_for_path(f.path)) is not None})
+        consulted = sorted({name for f in files if f.kind == "model"
+                            and (name := env.host.format_name_for_path(f.path)) is not None})
         formats = [plugin_identity(env.host.formats, name, env) for name in consulted]
         return key_of({**step.definition(), "formats": formats, "files": identity(files)})
 

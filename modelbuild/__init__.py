@@ -9,4 +9,4 @@ Importing this package has no side effects and imports nothing heavy. Plugins im
 hookspecs' ``Since:`` tags refer to.
 """
 
-__version__ = "1.4.0"
+__version__ = "1.5.0"

@@ -40,21 +40,23 @@ class LocalExecutor:
         if setup.address:
             raise UsageError(f"--executor local takes no address (got local://{setup.address})",
                              hint="a cluster is another executor: --executor ray://HOST:PORT")
-        return LocalSession(setup.jobs)
+        return LocalSession(setup)
 
 
 class LocalSession:
     name = "local"
     nodes = 1
 
-    def __init__(self, jobs: int) -> None:
-        self.slots = max(1, jobs)
+    def __init__(self, setup: ExecutorSetup) -> None:
+        self.slots = max(1, setup.jobs)
+        self._setup = setup
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], on_done: Callable[[Any, Any], None], *,
             jobs: int | None = None, preload: Iterable[str] = ()) -> None:
         from modelbuild.workers import run_processes
 
-        run_processes(fn, items, on_done, jobs=self.slots if jobs is None else max(1, jobs), preload=preload)
+        run_processes(fn, items, on_done, jobs=self.slots if jobs is None else max(1, jobs), preload=preload,
+                      timeout=self._setup.item_timeout, stalled=self._setup.stalled)
 
     def prepare(self, preload: Iterable[str]) -> None:
         from modelbuild.workers import mp_context
@@ -63,6 +65,18 @@ class LocalSession:
 
     def close(self) -> None:
         pass
+
+
+ITEM_TIMEOUT_S = 3600.0  # MODELBUILD_ITEM_TIMEOUT's default: a 40 GB GGUF hashed on a slow NFS node fits
+
+
+def item_timeout() -> float | None:
+    """``MODELBUILD_ITEM_TIMEOUT``: how long a map waits for the next running item to finish
+    (seconds; 0 for no bound), the one reading of that setting. A bad value is a usage error."""
+    from modelbuild.limits import env_number
+
+    seconds = env_number("MODELBUILD_ITEM_TIMEOUT", ITEM_TIMEOUT_S, integer=False, zero_ok=True)
+    return seconds or None
 
 
 def local_executor() -> LocalExecutor:
@@ -112,6 +126,7 @@ class BuildExecutor:
         self.name = choice.name
         self._registry = registry  # the executor's plugin is imported when it is first opened
         self._args = (max(1, jobs), Path(store), context, log)
+        self._item_timeout = item_timeout()  # read now: a bad value is a usage error before any work
         self._session: ExecutorSession | None = None
         self._marker: Marker | None = None
         self._lock = threading.Lock()
@@ -153,7 +168,7 @@ class BuildExecutor:
                 jobs, store, context, log = self._args
                 self._marker = Marker.create(store, context)
                 setup = ExecutorSetup(address=self.choice.address, jobs=jobs, store=store, context=context, log=log,
-                                      marker=self._marker)
+                                      marker=self._marker, item_timeout=self._item_timeout)
                 executor: Executor = self._registry.get(self.choice.name)
                 try:
                     self._session = executor.open(setup)

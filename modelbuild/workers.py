@@ -92,7 +92,8 @@ def mp_context(modules: Iterable[str] = ()) -> BaseContext:
 
 
 def run_processes(fn: Callable[[T], R], items: Sequence[T], on_done: Callable[[T, R], None], *, jobs: int,
-                  preload: Iterable[str] = ()) -> None:
+                  preload: Iterable[str] = (), timeout: float | None = None,
+                  stalled: Callable[[Callable[[T], R]], Exception] | None = None) -> None:
     """Call ``fn(item)`` for every item on up to *jobs* worker processes; ``on_done(item,
     result)`` runs in the calling thread as each finishes (in no particular order).
 
@@ -100,7 +101,10 @@ def run_processes(fn: Callable[[T], R], items: Sequence[T], on_done: Callable[[T
     out from the front of the list: put the big ones first. Until the workers are up (the
     forkserver's first start costs an interpreter and its imports), the calling thread runs
     items itself, from the back of the list, so *fn* must also be safe to call here. A
-    worker's exception is raised here; the workers are then stopped.
+    worker's exception is raised here; the workers are then stopped. So is *stalled(fn)*,
+    given with a *timeout*, when no worker finishes an item within *timeout* seconds (the
+    executor's ``item_timeout``); items the calling thread runs while the workers start are
+    not bounded.
     """
     pending = deque(items)
     if jobs <= 1 or len(pending) <= 1:
@@ -136,7 +140,14 @@ def run_processes(fn: Callable[[T], R], items: Sequence[T], on_done: Callable[[T
         raise started[0]
     rest = list(pending)
     with started[0] as pool:  # leaving the block early terminates the workers
-        for index, result in pool.imap_unordered(_call, [(fn, i, item) for i, item in enumerate(rest)]):
+        results = pool.imap_unordered(_call, [(fn, i, item) for i, item in enumerate(rest)])
+        bound = timeout if stalled is not None else None
+        for _ in rest:
+            try:
+                index, result = results.next(bound)
+            except context.TimeoutError:
+                assert stalled is not None  # only waited for with a bound
+                raise stalled(fn) from None
             on_done(rest[index], result)
         pool.close()
         pool.join()

@@ -138,7 +138,12 @@ class RaySession:
                 while pending and len(running) < window:
                     index = pending.popleft()
                     running[task.remote(work, items[index])] = index
-                done, _ = ray.wait(list(running), num_returns=1)
+                done, _ = ray.wait(list(running), num_returns=1, timeout=self._setup.item_timeout)
+                if not done:  # nothing finished in item_timeout: stuck items, or a node that hangs
+                    for ref in running:
+                        ray.cancel(ref, force=True)  # kills their workers: a stuck item never returns
+                    running.clear()
+                    raise self._setup.stalled(fn)
                 for ref in done:
                     index = running.pop(ref)
                     node, result = self._result(ref)

@@ -118,3 +118,47 @@ def require_module(name: str, install_hint: str):
         return importlib.import_module(name)
     except ImportError:
         missing(f"{name} is not installed ({install_hint})")
+
+
+# -- processes, from /proc ------------------------------------------------------------------------
+
+def _parents() -> dict[int, int]:
+    """Every live (not zombie) process's parent."""
+    from pathlib import Path
+
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parents[int(entry.name)] = int(fields[1])
+    return parents
+
+
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is *pid*."""
+    return [p for p, parent in _parents().items() if parent == pid]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process under *pid*, children first."""
+    parents = _parents()
+    found, frontier = [], {pid}
+    while frontier:
+        kids = [p for p, parent in parents.items() if parent in frontier]
+        found += kids
+        frontier = set(kids)
+    return found
+
+
+def cmdline(pid: int) -> bytes:
+    """*pid*'s command line (NUL-separated), or b"" when it is gone."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

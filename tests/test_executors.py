@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from modelbuild.api import BuildError, UsageError, hookimpl
 from modelbuild.dataplane import Marker, Work
 from modelbuild.executors import parse_executor
 from modelbuild.testing import build_with
+from support import cmdline, descendants
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "Modelfile.examples" / "convert-quantize"
@@ -386,3 +388,64 @@ def test_a_node_with_other_code_refuses(tmp_path: Path) -> None:
     other = Work(_note_thread, marker, work.code.replace("modelbuild ", "modelbuild 0.0.0-", 1))
     with pytest.raises(BuildError, match="it runs modelbuild .*, the build modelbuild 0.0.0-"):
         other.run(1, "n2")
+
+
+# -- a stuck item --------------------------------------------------------------------------------
+
+def _hang_in_a_worker(item: tuple[int, int]) -> int:
+    """Module-level, so that workers can run it: returns after a moment in the test process,
+    which runs items while the workers start, and never in a worker."""
+    parent, x = item
+    time.sleep(0.2 if os.getpid() == parent else 3600)
+    return x
+
+
+def test_a_stuck_item_on_the_local_executor_stops_its_workers_in_one_line(tmp_path: Path) -> None:
+    from modelbuild.api import ExecutorSetup, local_executor
+
+    setup = ExecutorSetup(address=None, jobs=2, store=tmp_path / "store", context=None, log=lambda line: None,
+                          marker=Marker.create(tmp_path / "store"), item_timeout=1.5)
+    session = local_executor().open(setup)
+    done: list[int] = []
+    raised: list[BaseException] = []
+
+    def run() -> None:  # in a thread: without the bound the map would wait for an hour
+        try:
+            session.map(_hang_in_a_worker, [(os.getpid(), x) for x in range(40)], lambda item, result: done.append(result))
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            raised.append(exc)
+
+    mapper = threading.Thread(target=run, daemon=True)
+    mapper.start()
+    mapper.join(60)
+    assert not mapper.is_alive(), "the map went on waiting for a stuck item"
+    [error] = raised
+    assert isinstance(error, BuildError)
+    info = pytest.ExceptionInfo.from_exc_info((type(error), error, error.__traceback__))
+    message = str(info.value)
+    assert message.startswith("no work item of _hang_in_a_worker finished in 1.5 s") and "\n" not in message
+    assert "MODELBUILD_ITEM_TIMEOUT" in (info.value.hint or "")
+    assert len(done) < 40  # the workers' items never came back
+    servers = [p for p in descendants(os.getpid()) if b"multiprocessing.forkserver" in cmdline(p)]
+    assert servers  # the workers came from this process's forkserver...
+    deadline = time.monotonic() + 10
+    while any(descendants(server) for server in servers):  # ...and none of them is left
+        assert time.monotonic() < deadline, "a stuck worker outlived the map"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("value, bound", [("", 3600.0), ("0", None), ("2.5", 2.5)])
+def test_the_item_bound_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch, value: str,
+                                                     bound: float | None) -> None:
+    from modelbuild.executors import item_timeout
+
+    monkeypatch.setenv("MODELBUILD_ITEM_TIMEOUT", value)
+    assert item_timeout() == bound
+
+
+def test_a_bad_item_bound_is_a_usage_error(project: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "MODELBUILD_HOME": str(tmp_path / "home"), "MODELBUILD_ITEM_TIMEOUT": "soon"}
+    proc = subprocess.run([sys.executable, "-m", "modelbuild", "build", "-f", str(project), "--progress", "quiet"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "MODELBUILD_ITEM_TIMEOUT must be a non-negative number, got 'soon'" in proc.stderr

@@ -24,7 +24,7 @@ import pytest
 from modelbuild import workers
 from modelbuild.solver import Solver
 
-from support import age
+from support import age, children, cmdline
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -109,7 +109,7 @@ def test_the_forkserver_is_single_threaded_and_caps_blas_threads():
     context = workers.mp_context(["numpy"])  # numpy starts OpenBLAS threads when it loads
     with context.Pool(1) as pool:
         assert pool.apply(_env, ("OPENBLAS_NUM_THREADS",)) == "1"
-    servers = [pid for pid in _children(os.getpid()) if b"multiprocessing.forkserver" in _cmdline(pid)]
+    servers = [pid for pid in children(os.getpid()) if b"multiprocessing.forkserver" in cmdline(pid)]
     assert len(servers) == 1
     assert _threads(servers[0]) == 1
 
@@ -124,26 +124,6 @@ def test_the_solver_declares_the_modules_its_ops_name():
     solver._declare_worker_modules()
     assert {"json", "decimal"} <= set(workers.preload())
     assert workers.preload()[0] == workers.BOOT_MODULE
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def _threads(pid: int) -> int:

@@ -59,7 +59,8 @@ Signers (since 1.3): signature schemes for artifacts in a registry
 
 Executors (since 1.4): where a build's work items run (``build --executor``; docs/scale.md)
     ``Executor``        ``open(setup)`` for a build: gets an ``ExecutorSetup`` (address, ``-j``,
-                        store and context directories, log), returns an ``ExecutorSession``
+                        store and context directories, log; since 1.5 ``item_timeout``, and
+                        ``stalled(fn)``, the error ``map`` raises past it), returns an ``ExecutorSession``
                         (``slots``, ``nodes``, ``map(fn, items, on_done)``, ``prepare(preload)``,
                         ``close()``)
     ``local_executor``  the core's ``local`` executor (worker processes of this machine), which

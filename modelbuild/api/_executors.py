@@ -37,7 +37,10 @@ class ExecutorSetup:
     directories transforms write in; ``context``: the build context's directory (None for a
     build without one). ``log``: one line for the build's progress output. ``marker``: a
     file under the store that only this build wrote, by which a worker proves it sees the
-    same store (the core removes it after the build).
+    same store (the core removes it after the build). ``item_timeout`` (since 1.5): the
+    longest ``map`` waits for the next of its running items to finish, in seconds, or None
+    for no bound (``MODELBUILD_ITEM_TIMEOUT``; 0 there); past it, ``map`` stops the items in
+    flight and raises :meth:`stalled`.
     """
 
     address: str | None
@@ -46,6 +49,18 @@ class ExecutorSetup:
     context: Path | None
     log: Callable[[str], None]
     marker: Marker
+    item_timeout: float | None = None
+
+    def stalled(self, fn: Callable[[Any], Any]) -> Exception:
+        """The one-line error ``map`` raises when none of its running items of *fn* finished
+        within ``item_timeout`` seconds (an item stuck in a plugin, or a node that hangs
+        without dying), after stopping them."""
+        from modelbuild.errors import BuildError
+
+        return BuildError(f"no work item of {getattr(fn, '__name__', 'a transform')} finished in "
+                          f"{self.item_timeout:g} s: the items in flight were stopped",
+                          hint="an item is stuck, or takes longer here: MODELBUILD_ITEM_TIMEOUT=SECONDS raises "
+                               "the bound (0: none)")
 
     def work(self, fn: Callable[[Any], Any]) -> Work:
         """*fn* packed for a remote worker: send the :class:`~modelbuild.api.Work` with each
@@ -82,8 +97,9 @@ class ExecutorSession(Protocol):
         ``setup.work(fn).run(item)`` on its worker. *preload*: modules *fn* needs, for an executor that
         can import them before the first item. An item whose worker or node is lost is run
         again elsewhere; an item that raises fails the call with that exception (a
-        ``ModelbuildError`` unchanged), once the items in flight are stopped. Returns when
-        every item is done.
+        ``ModelbuildError`` unchanged), once the items in flight are stopped; so does
+        ``setup.stalled(fn)`` when no running item finishes within ``setup.item_timeout``.
+        Returns when every item is done.
         """
         ...
 

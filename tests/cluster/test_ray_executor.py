@@ -7,6 +7,7 @@ and a second node joined to it (``ray start --address``), one CPU each.
   the lost items again on the head, and the digest is the same;
 - SIGKILL of the build itself in the middle of the quantize: the next build takes the
   convert from the cache and only quantizes, with the same digest;
+- an item that hangs is stopped after ``item_timeout``, in one line, its task cancelled;
 - a cluster that is not there is one line, exit 1.
 """
 
@@ -276,6 +277,50 @@ def test_killed_worker_node_gives_the_same_digest(project: Path, cluster: Any, l
     assert json.loads(out)["digest"] == local_digest, out
     assert cluster.pids(cluster.worker) == []  # the node's raylet and workers are gone
     assert any(p for p in cluster.pids(cluster.tokens[0])), "the head is still up"
+
+
+STUCK = """
+import json, os, sys, time
+from pathlib import Path
+from ray.util.state import list_tasks
+from modelbuild.api import BuildError, ExecutorSetup
+from modelbuild.dataplane import Marker
+from modelbuild_plugins.ray_executor import RayExecutor
+
+os.environ["RAY_ADDRESS"] = sys.argv[1]
+store = Path(sys.argv[2])
+setup = ExecutorSetup(address=None, jobs=2, store=store, context=None, log=lambda line: None,
+                      marker=Marker.create(store), item_timeout=3)
+session = RayExecutor().open(setup)
+started = time.monotonic()
+try:
+    session.map(time.sleep, [3600, 3600], lambda item, result: None)
+    out = {"error": None}
+except BuildError as exc:
+    out = {"error": str(exc), "hint": exc.hint, "seconds": time.monotonic() - started}
+deadline = time.monotonic() + 60
+while True:  # the cancelled tasks' records: none may still be running
+    tasks = list_tasks(address=sys.argv[1], filters=[("name", "=", "sleep")], limit=1000, raise_on_missing_output=False)
+    out["states"] = sorted(t.state for t in tasks)
+    if tasks and all(t.state in ("FINISHED", "FAILED") for t in tasks) or time.monotonic() > deadline:
+        break
+    time.sleep(1)
+session.close()
+print(json.dumps(out))
+"""
+
+
+def test_a_stuck_item_is_stopped_after_the_bound(cluster: Any, tmp_path: Path) -> None:
+    """Two items that would sleep for an hour, with ``item_timeout`` 3 s: ``map`` gives up in
+    one line after about 3 s, and Ray's records show both tasks ended (cancelled, their
+    workers killed), none left running on the cluster."""
+    proc = subprocess.run([sys.executable, "-c", STUCK, cluster.address, str(tmp_path / "store")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["error"] == "no work item of sleep finished in 3 s: the items in flight were stopped", out
+    assert "MODELBUILD_ITEM_TIMEOUT" in out["hint"] and 3 <= out["seconds"] < 30, out
+    assert out["states"] == ["FAILED", "FAILED"], out
 
 
 def test_no_cluster_is_one_line(project: Path, tmp_path: Path) -> None:

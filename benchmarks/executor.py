@@ -18,7 +18,10 @@ build's wall time, the ratio ray/local (target <= 1.5x), and that both give one 
 
 Per-task costs, for the build-time model of docs/scale.md: the items of the quantize (their
 count, parameters, mean seconds per item on one core, from the local run), and Ray's own
-cost per task, from --empty-tasks empty tasks run through the cluster.
+cost per task, from --empty-tasks empty tasks run through the cluster. And what Ray costs
+once per build, whatever its size (what separates the whole build's ratio from the
+quantize step's): a driver process that imports ray, connects, starts a worker on each
+node and shuts down.
 
 Run:  .venv/bin/python benchmarks/executor.py [--size-gb 1.05] [--repeat 2] [--json]
 Exit status: 0 when the digests match and the target holds, 1 when one does not, 2 when a
@@ -131,6 +134,44 @@ def ray_task_cost(address: str, n: int) -> dict[str, float]:
         ray.shutdown()
 
 
+FIXED_COST = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import ray
+t1 = time.perf_counter()
+ray.init(address=sys.argv[1], namespace="modelbuild", log_to_driver=False, logging_level="ERROR")
+t2 = time.perf_counter()
+
+@ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
+def warm(modules):
+    import importlib
+    for name in modules:
+        importlib.import_module(name)
+
+ray.get([warm.remote(("modelbuild.api",)) for _ in range(2)])  # a worker per node, as a build starts them
+t3 = time.perf_counter()
+ray.shutdown()
+t4 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "init": t2 - t1, "workers": t3 - t2, "shutdown": t4 - t3}))
+"""
+
+
+def ray_fixed_cost(address: str, n: int = 3) -> dict[str, float]:
+    """What Ray costs a build once, whatever its size: a driver process of its own (as the
+    build is) that imports ray, connects, starts a worker on each node, and shuts down; the
+    medians of *n*, and of the whole process from spawn to exit."""
+    import statistics
+
+    runs = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", FIXED_COST, address], capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise SystemExit(f"ray fixed-cost driver failed: {proc.stderr[-500:]}")
+        runs.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "process": time.perf_counter() - t0})
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-gb", type=float, default=1.05, help="GGUF size in GB (float32; default 1.05)")
@@ -164,6 +205,7 @@ def main() -> int:
                          + (f"  [{r['spread'][-1]}]" if r["spread"] else ""))
                 runs.append(r)
         cost = ray_task_cost(cluster.address, args.empty_tasks)
+        fixed = ray_fixed_cost(cluster.address)
     finally:
         cluster.stop()
         if not args.workdir:
@@ -179,6 +221,9 @@ def main() -> int:
     rep.line(f"items: {n_items} ({items}); {per_item * 1000:.0f} ms per item on one core; "
              f"{gen['params'] / 1e6 / (best['local']['quantize_s'] * 2):.1f} Mparams/s per core")
     rep.line(f"ray: {cost['s_per_task'] * 1e3:.2f} ms per empty task ({cost['tasks']} tasks, 2 nodes)")
+    rep.line(f"ray, once per build (a driver of its own, medians of 3): import ray {fixed['import']:.2f} s, "
+             f"connect {fixed['init']:.2f} s, a worker on each node {fixed['workers']:.2f} s, "
+             f"shutdown {fixed['shutdown']:.2f} s; the process {fixed['process']:.2f} s from spawn to exit")
     rep.line(f"float8_e4m3 cast (safetensors-cast, local): {fp8['params'] / 1e6:.0f} M params in "
              f"{fp8['quantize_s']:.2f} s = {fp8['mparams_per_core']:.1f} Mparams/s per core")
     rep.line(f"sha256: {sha:.2f} GB/s on one core")
@@ -187,7 +232,7 @@ def main() -> int:
     rep.check(f"ray quantize <= {TARGET_RATIO}x local", ratio <= TARGET_RATIO, f"{ratio:.2f}x")
     result = {"input_bytes": gen["bytes"], "params": gen["params"], "runs": runs, "ratio": ratio,
               "wall_ratio": wall_ratio, "items": n_items, "s_per_item_per_core": per_item,
-              "ray_s_per_empty_task": cost["s_per_task"], "fp8": fp8, "sha256_gbps": sha, "checks": rep.checks}
+              "ray_s_per_empty_task": cost["s_per_task"], "ray_fixed_s": fixed, "fp8": fp8, "sha256_gbps": sha, "checks": rep.checks}
     if args.json:
         print(json.dumps(result, indent=2))
     return 0 if all(c["ok"] for c in rep.checks) else 1

@@ -13,8 +13,8 @@ Ingests the same files into a fresh store, two at a time (as ``build -j 2`` does
 
 Each round ``sync``s first, so no write-back is left over, and removes the last round's
 copies; with ``--keep`` it keeps them, as a store keeps its blobs, so the page cache grows
-by each copy the kernel makes (the O_DIRECT way adds none). Reports, per way, the median wall time and the CPU time (user, system) of this process
-over the rounds. The inputs stay in the page cache (they were just written), as in
+by each copy the kernel makes (the O_DIRECT way adds none). Reports, per way, the median
+wall time and the CPU time (user, system) of this process over the rounds. The inputs stay in the page cache (they were just written), as in
 ``benchmarks/build.py``'s cold build.
 
 Run:  .venv/bin/python benchmarks/ingest.py [--size-gb 2] [--files 4] [--rounds 5] [--json]

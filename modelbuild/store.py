@@ -45,8 +45,8 @@ from typing import Any, BinaryIO
 from modelbuild.digests import hex_of, is_digest
 from modelbuild.errors import BuildError, NotFoundError, StoreError
 from modelbuild.oci.filecopy import kernel_copy, reflink
-from modelbuild.oci.verify import (MAX_JSON, Descriptor, IntegrityError, fsync_enabled, parse_json_object, read_verified,
-                                   shown)
+from modelbuild.oci.verify import (MAX_JSON, Descriptor, IntegrityError, fsync_enabled, parse_json_object,
+                                   read_verified, shown)
 from modelbuild.oci.walk import walk
 from modelbuild.storage.files import (atomic_write, copy_stream, flock, os_failure, read_bounded, sha256_file,
                                       store_io)

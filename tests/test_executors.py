@@ -411,7 +411,8 @@ def test_a_stuck_item_on_the_local_executor_stops_its_workers_in_one_line(tmp_pa
 
     def run() -> None:  # in a thread: without the bound the map would wait for an hour
         try:
-            session.map(_hang_in_a_worker, [(os.getpid(), x) for x in range(40)], lambda item, result: done.append(result))
+            items = [(os.getpid(), x) for x in range(40)]
+            session.map(_hang_in_a_worker, items, lambda item, result: done.append(result))
         except BaseException as exc:  # noqa: BLE001 - checked below
             raised.append(exc)
 

@@ -271,24 +271,30 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(filecopy, "_KERNEL_CHUNK", 64 * KiB)
 
 
-def test_a_source_rewritten_during_the_copy_cannot_make_a_blob_whose_name_lies(mounts, monkeypatch, small_chunks):
+@pytest.mark.parametrize("way, call", [("small_chunks", "copy_file_range"), ("direct_writes", "preadv")],
+                         ids=["kernel-copy", "o-direct"])
+def test_a_source_rewritten_during_the_copy_cannot_make_a_blob_whose_name_lies(mounts, monkeypatch, request, way,
+                                                                               call):
+    """The source is rewritten after the third chunk has been copied (the kernel's copy) or
+    read (O_DIRECT): what was copied already, and what was not yet."""
+    direct_writes = request.getfixturevalue(way)
     root = mounts.tmpfs("racy")
     src = root / "model.safetensors"
     src.write_bytes(os.urandom(4 * MiB))
-    real = os.copy_file_range
+    real = getattr(os, call)
     calls = []
 
-    def copy_then_rewrite(src_fd, dst_fd, count, offset_src=None, offset_dst=None):  # noqa: ANN001
-        n = real(src_fd, dst_fd, count, offset_src, offset_dst)
+    def then_rewrite(*args):  # noqa: ANN002
+        n = real(*args)
         calls.append(n)
-        if len(calls) == 3:  # a writer changes what was copied already, and what is not yet
+        if len(calls) == 3:
             with open(src, "r+b") as fh:
                 fh.write(b"\0" * (256 * KiB))
                 fh.seek(3 * MiB)
                 fh.write(b"\1" * (256 * KiB))
         return n
 
-    monkeypatch.setattr(os, "copy_file_range", copy_then_rewrite)
+    monkeypatch.setattr(os, call, then_rewrite)
     store = Store(root / "store").ensure()
     digest, size, _ = store.ingest_file(src)
     stored = store.blob_path(digest).read_bytes()
@@ -296,6 +302,8 @@ def test_a_source_rewritten_during_the_copy_cannot_make_a_blob_whose_name_lies(m
     assert digest == sha(stored)  # the name is the stored bytes' ...
     assert stored[:256 * KiB] != b"\0" * (256 * KiB) and stored[3 * MiB:3 * MiB + 16] == b"\1" * 16  # ... a mix
     assert digest != sha(src.read_bytes())
+    if way == "direct_writes":
+        assert direct_writes  # through O_DIRECT
 
 
 def test_a_failing_sink_stops_the_copier_thread(mounts, small_chunks):
@@ -458,32 +466,6 @@ def test_a_first_direct_write_refused_leaves_nothing_written_or_hashed_twice(tmp
     digest, size, _ = store.ingest_file(tmp_path / "src", progress.append)
     assert (digest, size) == (sha(data), len(data)) and sum(progress) == len(data)
     assert store.blob_path(digest).read_bytes() == data
-
-
-def test_a_source_rewritten_during_a_direct_copy_cannot_make_a_blob_whose_name_lies(tmp_path, direct_writes,
-                                                                                   monkeypatch):
-    src = tmp_path / "model.safetensors"
-    src.write_bytes(os.urandom(16 * 64 * KiB))
-    real = os.preadv
-    reads = []
-
-    def read_then_rewrite(fd, buffers, offset, *rest):  # noqa: ANN001
-        n = real(fd, buffers, offset, *rest)
-        reads.append(offset)
-        if len(reads) == 3:  # a writer changes what was copied already, and what is not yet
-            with open(src, "r+b") as fh:
-                fh.write(b"\0" * (64 * KiB))
-                fh.seek(10 * 64 * KiB)
-                fh.write(b"\1" * (64 * KiB))
-        return n
-
-    monkeypatch.setattr(os, "preadv", read_then_rewrite)
-    store = Store(tmp_path / "store").ensure()
-    digest, size, _ = store.ingest_file(src)
-    stored = store.blob_path(digest).read_bytes()
-    assert digest == sha(stored) and size == len(stored) == 16 * 64 * KiB  # the name is the stored bytes' ...
-    assert stored[:16] != b"\0" * 16 and stored[10 * 64 * KiB:10 * 64 * KiB + 16] == b"\1" * 16  # ... a mix
-    assert digest != sha(src.read_bytes())
 
 
 def test_a_failing_sink_stops_the_direct_writer(tmp_path, direct_writes):

@@ -216,7 +216,8 @@ def copy_verified(src: str | Path, dst_fd: int, digest: str, size: int, *, what:
 
     :func:`~modelbuild.oci.filecopy.kernel_copy` copies (a reflink, O_DIRECT writes or
     ``copy_file_range``, as the file system allows) and checks the bytes of the copy, so
-    what is checked is what was written. Never more than *size* bytes are copied; a source longer or shorter than declared, or with other bytes, raises
+    what is checked is what was written. Never more than *size* bytes are copied; a source
+    longer or shorter than declared, or with other bytes, raises
     :class:`IntegrityError` and the caller discards *dst_fd*'s file. *writeback*: the caller
     will ``fsync`` *dst_fd* (:func:`kernel_copy`).
     """

@@ -3,12 +3,13 @@ and a second node joined to it (``ray start --address``), one CPU each.
 
 - CONVERT gguf + QUANTIZE q4_k_m gives the local executor's digest, and Ray's own task
   records (the state API) show the items ran on both nodes;
+- ``--executor ray://HOST:PORT`` (Ray Client, no RAY_ADDRESS) gives the same digest;
 - SIGKILL of the second node's processes (by PID) in the middle of the quantize: Ray runs
   the lost items again on the head, and the digest is the same;
 - SIGKILL of the build itself in the middle of the quantize: the next build takes the
   convert from the cache and only quantizes, with the same digest;
 - an item that hangs is stopped after ``item_timeout``, in one line, its task cancelled;
-- a cluster that is not there is one line, exit 1.
+- a cluster that is not there (by RAY_ADDRESS or by ray://) is one line, exit 1.
 """
 
 from __future__ import annotations
@@ -218,6 +219,23 @@ def test_a_build_submitted_as_a_ray_job_gives_the_same_digest(project: Path, clu
     assert re.search(r"#0 ray: \d+ items on \d node\(s\)", proc.stdout), proc.stdout[-3000:]
 
 
+def test_a_build_through_ray_client_gives_the_same_digest(project: Path, cluster: Any, local_digest: str,
+                                                          tmp_path: Path) -> None:
+    """``--executor ray://HOST:PORT``: the driver reaches the cluster through Ray Client (the
+    head's client server), as a build on a laptop or a CI runner outside the cluster does;
+    no RAY_ADDRESS is set. The items still run on both nodes."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["MODELBUILD_HOME"] = str(tmp_path / "home")
+    address = f"ray://127.0.0.1:{cluster.client_port}"
+    proc = subprocess.run(build_cmd(project, "--executor", address), env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["digest"] == local_digest
+    logs = _logs([json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")])
+    assert f"ray cluster at {address}: 2 node(s), 2 CPU(s)" in logs, logs
+    assert any(re.fullmatch(r"ray: \d+ items on 2 node\(s\) \(.*\)", line) for line in logs), logs
+
+
 def _build_until_quantize(project: Path, home: Path, address: str, when_quantizing: Any) -> subprocess.Popen:
     """Start a build; call *when_quantizing(proc)* once the quantize step has done some items."""
     env = {**os.environ, "MODELBUILD_HOME": str(home), "RAY_ADDRESS": address}
@@ -323,16 +341,22 @@ def test_a_stuck_item_is_stopped_after_the_bound(cluster: Any, tmp_path: Path) -
     assert out["states"] == ["FAILED", "FAILED"], out
 
 
-def test_no_cluster_is_one_line(project: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["RAY_ADDRESS", "ray://"])
+def test_no_cluster_is_one_line(project: Path, tmp_path: Path, how: str) -> None:
     from raycluster import free_port
 
-    env = {**os.environ, "MODELBUILD_HOME": str(tmp_path / "home"), "RAY_ADDRESS": f"127.0.0.1:{free_port()}"}
+    address = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "MODELBUILD_HOME": str(tmp_path / "home"), "RAY_ADDRESS": address}
+    executor = "ray"
+    if how == "ray://":  # Ray Client, a port nothing listens on
+        executor = address = f"ray://{address}"
+        del env["RAY_ADDRESS"]
     proc = subprocess.run([sys.executable, "-m", "modelbuild", "build", "-f", str(project / "Modelfile"),
-                           "--executor", "ray", "--progress", "quiet"], env=env, capture_output=True, text=True,
+                           "--executor", executor, "--progress", "quiet"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 1, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     # the failed step's line, then the build's one-line error
-    assert lines[-1].startswith("modelbuild: error: cannot reach a Ray cluster at 127.0.0.1:"), proc.stderr
+    assert lines[-1].startswith(f"modelbuild: error: cannot reach a Ray cluster at {address}: "), proc.stderr
     assert "Connection refused" in lines[-1] and "ray start --head" in lines[-1]
     assert len(lines) <= 2 and "Traceback" not in proc.stderr

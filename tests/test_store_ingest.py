@@ -384,8 +384,11 @@ def test_sync_file_range_is_reachable_on_linux(tmp_path):
 @pytest.fixture
 def direct_writes(monkeypatch):
     """O_DIRECT chunks of 64 KiB for any size of file; yields the list of ``(offset, length)``
-    of every write made while the file had ``O_DIRECT`` set, seen by a spy on ``os.pwritev``."""
+    of every write made while the file had ``O_DIRECT`` set, seen by a spy on ``os.pwritev``.
+    No reflink is tried, so that the tests mean the same under a ``/tmp`` that has them
+    (XFS, btrfs) as under this one (ext4)."""
     monkeypatch.setattr(filecopy, "_DIRECT_MIN", 0)
+    monkeypatch.setattr(filecopy, "reflink", lambda *args, **kwargs: None)
     monkeypatch.setattr(filecopy, "_DIRECT_CHUNK", 64 * KiB)
     seen: list[tuple[int, int]] = []
     real = os.pwritev
@@ -465,6 +468,22 @@ def test_a_first_direct_write_refused_leaves_nothing_written_or_hashed_twice(tmp
     progress: list[int] = []
     digest, size, _ = store.ingest_file(tmp_path / "src", progress.append)
     assert (digest, size) == (sha(data), len(data)) and sum(progress) == len(data)
+    assert store.blob_path(digest).read_bytes() == data
+
+
+def test_buffers_that_cannot_be_had_leave_the_copy_to_the_kernel(tmp_path, direct_writes, monkeypatch):
+    """Under a tight address-space limit (``ulimit -v``) the O_DIRECT buffers fail with
+    ENOMEM: the kernel's copy does the ingest, not a crash (exit 70)."""
+    data = os.urandom(300 * KiB + 3)
+    (tmp_path / "src").write_bytes(data)
+
+    def no_memory(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(filecopy.mmap, "mmap", no_memory)
+    store = Store(tmp_path / "store").ensure()
+    digest, size, created = store.ingest_file(tmp_path / "src")
+    assert (digest, size, created) == (sha(data), len(data), True) and direct_writes == []
     assert store.blob_path(digest).read_bytes() == data
 
 

@@ -222,7 +222,8 @@ def _large(src_fd: int, size: int | None) -> bool:
 def _direct_copy(src_fd: int, dst_fd: int, size: int | None, sink: Sink, progress: Progress | None,
                  failed: Callable[[OSError], Exception]) -> int | None:
     """:class:`_DirectCopy` with ``O_DIRECT`` set on *dst_fd* for the copy, and cleared
-    after it; None, having written nothing, where the file system refuses ``O_DIRECT``."""
+    after it; None, having written nothing, where the file system refuses ``O_DIRECT`` or
+    its buffers cannot be had."""
     direct = getattr(os, "O_DIRECT", 0)
     if not direct:
         return None
@@ -234,7 +235,11 @@ def _direct_copy(src_fd: int, dst_fd: int, size: int | None, sink: Sink, progres
     except OSError:  # EINVAL: this file system has no O_DIRECT
         return None
     try:
-        return _DirectCopy(src_fd, dst_fd, size, failed).run(sink, progress)
+        try:
+            copy = _DirectCopy(src_fd, dst_fd, size, failed)
+        except OSError:  # ENOMEM for its buffers (a tight RLIMIT_AS): nothing written yet
+            return None
+        return copy.run(sink, progress)
     finally:
         fcntl.fcntl(dst_fd, fcntl.F_SETFL, flags)
 

@@ -1,5 +1,3 @@
-import sys
+from modelbuild.cli import run
 
-from modelbuild.cli import main
-
-sys.exit(main())
+run()

@@ -169,3 +169,50 @@ def test_the_plan_is_a_networkx_dag_in_networkx_order():
     assert sorted(p for p, _ in g.in_edges("describe")) == [
         "digest:config.json", "digest:generation_config.json", "digest:model.safetensors", "digest:tokenizer.json",
         "digest:tokenizer_config.json"]
+
+
+EXIT_NOW = r"""
+import atexit, sys, threading, time
+from pathlib import Path
+from modelbuild.cli import exit_now
+
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+
+def late() -> None:  # not a daemon: the process waits for it, as Python's own exit does
+    time.sleep(0.3)
+    (out / "thread").write_text("done")
+
+threading.Thread(target=late).start()
+sys.stdout.write("x" * 100_000)  # buffered, no newline: flushed on the way out
+exit_now(3)
+"""
+
+
+def test_the_command_ends_the_process_as_python_would_without_its_teardown(tmp_path):
+    """``modelbuild`` skips the interpreter's teardown (``cli.exit_now``), and loses nothing
+    of what Python's exit does that is seen outside the process: the exit code, a thread
+    still running, an ``atexit`` handler, buffered standard output; a reader that closed
+    the pipe is not an error."""
+    import shlex
+    import sys
+
+    script = tmp_path / "exit_now.py"
+    script.write_text(EXIT_NOW)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "x" * 100_000 and proc.stderr == ""
+    assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "ran"
+    closed = subprocess.run(f"{shlex.quote(sys.executable)} {script} {tmp_path} | head -c 10", shell=True,
+                            capture_output=True, text=True, timeout=60)
+    assert closed.stdout == "x" * 10 and closed.stderr == "", closed.stderr
+
+
+def test_python_m_modelbuild_and_the_console_script_go_the_same_way(mb):
+    import sys
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "modelbuild"]
+    assert script.value == "modelbuild.cli:run"
+    proc = subprocess.run([sys.executable, "-m", "modelbuild", "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("modelbuild ")

@@ -132,6 +132,7 @@ class BuildExecutor:
         self._lock = threading.Lock()
         self._early: threading.Thread | None = None
         self._early_error: BaseException | None = None
+        self._driver_file = threading.Lock()  # held for good by the one file the driver hashes (below)
 
     @property
     def remote(self) -> bool:
@@ -148,6 +149,18 @@ class BuildExecutor:
             return
         self._early = threading.Thread(target=self._open_early, name="modelbuild-executor", daemon=True)
         self._early.start()
+
+    def hash_here_while_connecting(self) -> bool:
+        """Whether a large file that would hash on a node hashes on this machine instead:
+        True for one file per build, asked for while the remote executor is still opening
+        (importing its client, connecting, starting a worker on each node: 2–3 s). The
+        driver would sit idle through that wait, and the file's hash waits on it; a build
+        of one large input (a GGUF to quantize) gets its hash for free. Never more than one:
+        a large model's other files hash on the nodes, which read them in parallel, rather
+        than queue on the driver's disk or link."""
+        if not self.remote or self._session is not None or self._early is None:
+            return False
+        return self._driver_file.acquire(blocking=False)
 
     def _open_early(self) -> None:
         try:

@@ -134,7 +134,18 @@ def test_a_plugin_executor_runs_a_builds_items_with_the_local_digest(project: Pa
     assert again.digest == local.digest and len(counting.opened) == 1
 
 
-def test_a_remote_executor_hashes_each_large_file_as_an_item(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def nodes_hash_every_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test executors open at once: whether the first large file would be asked for
+    while one still connects (and so hash on the driver) is a race. Tests of the nodes'
+    side of hashing take that out; the driver's side is tested on its own, below."""
+    from modelbuild.executors import BuildExecutor
+
+    monkeypatch.setattr(BuildExecutor, "hash_here_while_connecting", lambda self: False)
+
+
+def test_a_remote_executor_hashes_each_large_file_as_an_item(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            nodes_hash_every_file: None) -> None:
     """With an executor other than ``local``, a file of REMOTE_HASH_MIN or more is hashed (and
     a raw layer's bytes copied into the store) by an item of its own, on a node; a smaller
     one here. Same digest and same store as a local build; a touched file is only hashed."""
@@ -196,8 +207,8 @@ class SlowNodes(CountingExecutor):
                 self.active -= 1
 
 
-def test_a_remote_executor_hashes_more_files_at_once_than_local_cores(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_remote_executor_hashes_more_files_at_once_than_local_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      nodes_hash_every_file: None) -> None:
     """Without -j, a build whose executor is not local runs up to REMOTE_STEPS steps at once:
     its large files' hashes wait on nodes, not on the driver's cores. With -j, -j."""
     from modelbuild.executors import REMOTE_STEPS
@@ -221,6 +232,45 @@ def test_a_remote_executor_hashes_more_files_at_once_than_local_cores(tmp_path: 
     assert narrow.most <= 2, narrow.most
 
 
+class SlowToConnect(CountingExecutor):
+    """An executor whose open takes a second, as a cluster's does (import, connect, workers)."""
+
+    name = "slow-to-connect"
+
+    def open(self, setup: Any) -> Any:
+        import time
+
+        time.sleep(1.0)
+        return super().open(setup)
+
+
+def test_the_driver_hashes_one_file_while_the_cluster_connects(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Of three large files asked for at once while the executor is still opening, the
+    driver hashes one itself instead of waiting (and copies it into the store: it is a raw
+    layer); the other two wait for the nodes. Same digest and store as a local build."""
+    from modelbuild.ops import files
+
+    monkeypatch.setattr(files, "REMOTE_HASH_MIN", 1 << 20)
+    data = tmp_path / "ctx" / "data"
+    data.mkdir(parents=True)
+    names = ["a.bin", "b.bin", "c.bin"]
+    for name in names:
+        (data / name).write_bytes(os.urandom(2 << 20))
+        os.utime(data / name, (1_700_000_000, 1_700_000_000))
+    modelfile = tmp_path / "ctx" / "Modelfile"
+    modelfile.write_text(f"FROM ./data\nNAME connecting\nDATASET {' '.join(names)}\n")
+    local = build_with(modelfile, tmp_path / "local", executor="local")
+    slow = SlowToConnect()
+    result = build_with(modelfile, tmp_path / "slow", slow.plugin(), executor="slow-to-connect")
+    assert result.digest == local.digest
+    on_nodes = [Path(item.path).name for fn, items in slow.calls if fn == "hash_on_node" for item in items]
+    assert len(on_nodes) == 2 and len(set(on_nodes)) == 2 and set(on_nodes) < set(names), on_nodes
+    assert result.stats["files_hashed"] == names
+    assert sorted(p.name for p in (tmp_path / "slow" / "store" / "blobs" / "sha256").iterdir()) == sorted(
+        p.name for p in (tmp_path / "local" / "store" / "blobs" / "sha256").iterdir())
+
+
 class LyingExecutor(CountingExecutor):
     """A node that answers a hash with *answer* instead of running it."""
 
@@ -241,7 +291,8 @@ class LyingExecutor(CountingExecutor):
     (("sha256:" + "0" * 64, 2 << 20, True), "is not there"),
     (("md5:abc", 2 << 20, False), "answered ('md5:abc'"),
 ])
-def test_a_nodes_answer_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: Any, says: str) -> None:
+def test_a_nodes_answer_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: Any, says: str,
+                                   nodes_hash_every_file: None) -> None:
     """A node's hash of a file comes back checked: its shape, the file's size, and the blob
     it says it stored being in the store. Each failure is one line; nothing is tagged."""
     from modelbuild.ops import files
@@ -334,12 +385,42 @@ def _fail(item: Any) -> None:
     raise BuildError(f"item {item} failed")
 
 
-def test_work_runs_items_in_a_fresh_thread(tmp_path: Path) -> None:
+def _name_thread(item: Any) -> str:
+    return threading.current_thread().name
+
+
+def _keep_open_and_name(path: str) -> tuple[int, str]:
+    return os.open(path, os.O_RDONLY), threading.current_thread().name
+
+
+def test_a_function_that_keeps_no_file_runs_its_later_items_in_the_calling_thread(tmp_path: Path) -> None:
+    """Its first item in this process runs in a thread of its own; it left no file open,
+    so the next ones run in the calling thread (no thread start, no fresh heap)."""
     marker = Marker.create(tmp_path / "store", tmp_path)
-    work = Work.prepare(_note_thread, marker)
-    assert work.run(1) == "modelbuild-item" and threading.current_thread().name != "modelbuild-item"
+    work = Work.prepare(_name_thread, marker)
+    here = threading.current_thread().name
+    assert here != "modelbuild-item"
+    assert [work.run(i) for i in range(3)] == ["modelbuild-item", here, here]
     with pytest.raises(BuildError, match="item 7 failed"):
         Work.prepare(_fail, marker).run(7)
+
+
+def test_a_function_that_keeps_files_open_gets_a_fresh_thread_for_every_item(tmp_path: Path) -> None:
+    """A plugin that keeps its files per thread (open across items): each item in a new
+    thread, whose files are closed behind it, so no item finds another's closed descriptor
+    in its cache."""
+    import dataclasses
+
+    (tmp_path / "ctx").mkdir()
+    weights = tmp_path / "ctx" / "weights.bin"
+    weights.write_bytes(b"x")
+    marker = dataclasses.replace(Marker.create(tmp_path / "home" / "store", tmp_path / "ctx"), driver=-1)
+    work = Work.prepare(_keep_open_and_name, marker)
+    for _ in range(3):
+        fd, name = work.run(str(weights))
+        assert name == "modelbuild-item"
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed behind it
 
 
 def test_work_closes_the_files_an_item_left_open_under_the_build(tmp_path: Path) -> None:

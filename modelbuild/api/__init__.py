@@ -67,7 +67,8 @@ Executors (since 1.4): where a build's work items run (``build --executor``; doc
                         the built-in ``local`` plugin registers
     ``Work``            ``setup.work(fn)``: a transform's function packed for a remote worker;
                         ``work.run(item, node)`` there checks the node sees the build's store
-                        and context and runs the same code, then runs the item in a clean thread
+                        and context and runs the same code, then runs the item (a function's
+                        first item in a clean thread) and closes the files it left open
 
 Provisional kinds: contracts for the next issues, no hook registers them yet
     ``Attester``        attests a pushed artifact (provenance, an SBOM); ``Subject`` is what

@@ -157,11 +157,13 @@ def _read(path: Path, size: int, ingest: bool, ctx: StepContext) -> tuple[str, i
     """Hash a file, and with *ingest* copy it into the store as it is hashed: here, or on a
     node of the build's cluster when it runs one (``--executor ray``) and the file is large
     enough to be worth a task. Separate files then hash on separate nodes, each node reading
-    its file from the shared filesystem. Returns the digest, the size, and whether the store
-    gained a blob."""
+    its file from the shared filesystem; the first one asked for while the cluster is still
+    connecting hashes here (:meth:`BuildExecutor.hash_here_while_connecting`). Returns the
+    digest, the size, and whether the store gained a blob."""
     env = ctx.env
     executor = env.executor
-    if executor is not None and executor.remote and size >= REMOTE_HASH_MIN:
+    if (executor is not None and executor.remote and size >= REMOTE_HASH_MIN
+            and not executor.hash_here_while_connecting()):
         item = HashItem(str(path), str(env.store.root) if ingest else None)
         done: list[Any] = []
         executor.map(hash_on_node, [item], lambda _item, result: done.append(result), jobs=1)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 import struct
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,29 +34,17 @@ WORKER_MODULES = ("numpy", "gguf.quants", __name__, f"{__package__}.kquants")
 
 # -- work items: copy or quantize a byte range (run in worker processes) ----------------------
 
-# Open files by (path, flags), per thread: a worker opens each file its items name once (they
-# close when it exits); a thread of the build that runs items itself closes them with _close_fds.
-_OPEN = threading.local()
-
-
-def _open_files() -> dict[tuple[str, int], int]:
-    if not hasattr(_OPEN, "fds"):
-        _OPEN.fds = {}
-    return _OPEN.fds
-
-
-def _fd(path: str, flags: int) -> int:
-    fds = _open_files()
-    fd = fds.get((path, flags))
-    if fd is None:
-        fd = fds[(path, flags)] = os.open(path, flags)
-    return fd
-
-
-def _close_fds() -> None:
-    fds = _open_files()
-    while fds:
-        os.close(fds.popitem()[1])
+@contextmanager
+def _opened(path: str, flags: int) -> Iterator[int]:
+    """A file of the item, open for the item alone: an item keeps nothing open after it
+    returns, so a worker that runs it in a thread it reuses holds no file of a finished
+    build, and what it wrote is closed (and so on NFS, written back) before the driver reads
+    it. Two opens per item of a fraction of a second."""
+    fd = os.open(path, flags)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def to_float32(data: bytes, ggml_type: int) -> Any:
@@ -92,11 +80,13 @@ def _run_task(task: tuple) -> int:
     ("convert", src, src_off, src_type, dst, dst_off, dst_type, rows, cols, n). Returns n."""
     if task[0] == "copy":
         _, src, src_off, dst, dst_off, nbytes, n = task
-        copy_range(_fd(src, os.O_RDONLY), _fd(dst, os.O_WRONLY), src_off, dst_off, nbytes)
+        with _opened(src, os.O_RDONLY) as src_fd, _opened(dst, os.O_WRONLY) as dst_fd:
+            copy_range(src_fd, dst_fd, src_off, dst_off, nbytes)
         return n
     _, src, src_off, src_type, dst, dst_off, dst_type, rows, cols, n = task
     item = {G_F32: 4, G_F16: 2, G_BF16: 2}[src_type]
-    values = to_float32(_pread_all(_fd(src, os.O_RDONLY), rows * cols * item, src_off), src_type)
+    with _opened(src, os.O_RDONLY) as src_fd:
+        values = to_float32(_pread_all(src_fd, rows * cols * item, src_off), src_type)
     kquant = _KQUANTS.get(dst_type)
     if kquant is not None:  # llama.cpp's reference k-quantizers
         out = _kquant_function()(values.reshape(rows, cols), kquant)
@@ -105,7 +95,8 @@ def _run_task(task: tuple) -> int:
         from gguf.quants import quantize
 
         out = quantize(values.reshape(rows, cols), GGMLQuantizationType(dst_type))
-    _pwrite_all(_fd(dst, os.O_WRONLY), out.reshape(-1).view("uint8"), dst_off)
+    with _opened(dst, os.O_WRONLY) as dst_fd:
+        _pwrite_all(dst_fd, out.reshape(-1).view("uint8"), dst_off)
     return n
 
 
@@ -116,10 +107,7 @@ def run_tasks(tasks: list[tuple], ctx: TransformContext) -> None:
     jobs = min(ctx.jobs, sum(1 for t in tasks if t[0] == "convert") or 1, len(tasks) or 1)
     # big items first, so that the last ones keep every worker busy
     tasks = sorted(tasks, key=lambda t: -t[-1])
-    try:
-        ctx.run_processes(_run_task, tasks, preload=WORKER_MODULES, jobs=jobs)
-    finally:
-        _close_fds()  # those of the items this thread ran itself
+    ctx.run_processes(_run_task, tasks, preload=WORKER_MODULES, jobs=jobs)
 
 
 

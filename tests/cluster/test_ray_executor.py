@@ -147,27 +147,29 @@ def test_ray_build_matches_local_and_runs_on_both_nodes(project: Path, cluster: 
 
 
 def test_separate_files_hash_on_separate_nodes(cluster: Any, tmp_path: Path) -> None:
-    """Two large raw files (a DATASET): each is hashed, and copied into the shared store as it
-    is hashed, by a task of its own; with ``-j 2`` the two run at once, one per node (one CPU
-    each). The store holds what a local build stores, under the same digest."""
+    """Three large raw files (a DATASET): the first hashes on the driver while the cluster
+    connects; each other one is hashed, and copied into the shared store as it is hashed, by
+    a task of its own; with ``-j 2`` those two run at once, one per node (one CPU each). The
+    store holds what a local build stores, under the same digest."""
     from modelbuild.ops.files import REMOTE_HASH_MIN
 
     project = tmp_path / "hash-project"
     data = project / "data"
     data.mkdir(parents=True)
     past = time.time() - 60
-    for name in ("a.bin", "b.bin"):
+    names = ["a.bin", "b.bin", "c.bin"]
+    for name in names:
         with open(data / name, "wb") as fh:
             for _ in range(REMOTE_HASH_MIN // (8 << 20) + 2):
                 fh.write(os.urandom(8 << 20))
         os.utime(data / name, (past, past))
-    (project / "Modelfile").write_text("FROM ./data\nNAME ray-hash-test\nDATASET a.bin b.bin\n")
+    (project / "Modelfile").write_text(f"FROM ./data\nNAME ray-hash-test\nDATASET {' '.join(names)}\n")
     local, _ = run_build(project, tmp_path / "home-local", "--executor", "local")
     before = {t["id"] for t in ray_records(cluster.address, hashes=True)["tasks"]}  # earlier builds' hashes
     result, _ = run_build(project, tmp_path / "home-ray", "--executor", "ray", "-j", "2", address=cluster.address)
     assert result["digest"] == local["digest"]
-    assert result["stats"]["files_hashed"] == ["a.bin", "b.bin"]
-    assert result["stats"]["bytes_written"] == local["stats"]["bytes_written"] > 2 * REMOTE_HASH_MIN
+    assert result["stats"]["files_hashed"] == names
+    assert result["stats"]["bytes_written"] == local["stats"]["bytes_written"] > 3 * REMOTE_HASH_MIN
     stored = sorted(p.name for p in (tmp_path / "home-ray" / "store" / "blobs" / "sha256").iterdir())
     assert stored == sorted(p.name for p in (tmp_path / "home-local" / "store" / "blobs" / "sha256").iterdir())
     hashes = [t for t in ray_records(cluster.address, hashes=True)["tasks"]

@@ -1,8 +1,14 @@
-"""What the benchmark scripts share: a report that prints lines and collects checks."""
+"""What the benchmark scripts share: a report that prints lines and collects checks, and a
+build run as a user runs it, with its result and progress events."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 
@@ -26,3 +32,25 @@ class Report:
 
 def gb(n: float) -> float:
     return n / 1e9
+
+
+def json_build(modelfile: Path, home: Path, *args: str, env: dict[str, str] | None = None
+               ) -> tuple[float, dict[str, Any], list[dict[str, Any]]]:
+    """``python -m modelbuild build -f MODELFILE --json --progress json ARGS`` with
+    ``MODELBUILD_HOME=home`` (and *env*): the wall time from spawn to exit, the result, and
+    the progress events. A failed build prints the end of its standard error and exits 2."""
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "modelbuild", "build", "-f", str(modelfile), "--json",
+                           "--progress", "json", *args], env={**os.environ, **(env or {}), "MODELBUILD_HOME": str(home)},
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(2)
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    return wall, json.loads(proc.stdout), events
+
+
+def step_done(events: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """The "done" event of the first step whose label starts with *label*."""
+    return next(e for e in events if e.get("kind") == "done" and str(e.get("label", "")).startswith(label))

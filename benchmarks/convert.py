@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from _report import Report, gb  # noqa: E402
+from _report import Report, gb, json_build, step_done  # noqa: E402
 from quantize import machine  # noqa: E402
 
 GEOMETRY = {"hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 16, "num_key_value_heads": 16,
@@ -83,18 +82,10 @@ def floor(src: Path, work: Path) -> float:
 
 
 def build(project: Path, home: Path, jobs: int) -> dict[str, Any]:
-    env = {**os.environ, "MODELBUILD_HOME": str(home)}
-    os.sync()
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "modelbuild", "build", "-f", str(project / "Modelfile"), "--json",
-                           "--progress", "json", "-j", str(jobs)], env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(2)
-    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
-    done = next(e for e in events if e.get("kind") == "done" and str(e.get("label", "")).startswith("convert"))
-    return {"jobs": jobs, "wall_s": wall, "convert_s": done["duration"], "digest": json.loads(proc.stdout)["digest"]}
+    os.sync()  # no build pays for flushing the last one's output
+    wall, result, events = json_build(project / "Modelfile", home, "-j", str(jobs))
+    return {"jobs": jobs, "wall_s": wall, "convert_s": step_done(events, "convert")["duration"],
+            "digest": result["digest"]}
 
 
 def main() -> int:

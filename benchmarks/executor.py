@@ -45,7 +45,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from _report import Report, gb  # noqa: E402
+from _report import Report, gb, json_build, step_done  # noqa: E402
 from quantize import generate, machine  # noqa: E402
 from raycluster import RayCluster  # noqa: E402
 
@@ -54,23 +54,13 @@ MODELFILE = "FROM ./model\nNAME executor-bench\nMODEL model.gguf\nQUANTIZE q4_k_
 
 
 def build(project: Path, home: Path, executor: str, address: str | None) -> dict[str, Any]:
-    env = {**os.environ, "MODELBUILD_HOME": str(home)}
-    if address:
-        env["RAY_ADDRESS"] = address
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "modelbuild", "build", "-f", str(project / "Modelfile"), "--json",
-                           "--progress", "json", "--executor", executor], env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(2)
-    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
-    quantize = next(e for e in events if e.get("kind") == "done" and str(e.get("label", "")).startswith("quantize"))
+    wall, result, events = json_build(project / "Modelfile", home, "--executor", executor,
+                                      env={"RAY_ADDRESS": address} if address else None)
     items = next((e.get("message", "") for e in events if e.get("kind") == "log"
                   and "work items" in e.get("message", "")), "")
     spread = [e.get("message", "") for e in events if e.get("kind") == "log" and e.get("message", "").startswith("ray: ")]
-    return {"executor": executor, "wall_s": wall, "quantize_s": quantize["duration"],
-            "digest": json.loads(proc.stdout)["digest"], "items_line": items, "spread": spread}
+    return {"executor": executor, "wall_s": wall, "quantize_s": step_done(events, "quantize")["duration"],
+            "digest": result["digest"], "items_line": items, "spread": spread}
 
 
 def fp8_rate(work: Path, size_gb: float) -> dict[str, float]:

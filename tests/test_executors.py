@@ -385,19 +385,19 @@ def _fail(item: Any) -> None:
     raise BuildError(f"item {item} failed")
 
 
-def _name_thread(item: Any) -> str:
-    return threading.current_thread().name
-
-
 def _keep_open_and_name(path: str) -> tuple[int, str]:
     return os.open(path, os.O_RDONLY), threading.current_thread().name
 
 
-def test_a_function_that_keeps_no_file_runs_its_later_items_in_the_calling_thread(tmp_path: Path) -> None:
+def test_a_function_that_keeps_no_file_runs_its_later_items_in_the_calling_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Its first item in this process runs in a thread of its own; it left no file open,
     so the next ones run in the calling thread (no thread start, no fresh heap)."""
+    from modelbuild import dataplane
+
+    monkeypatch.setattr(dataplane, "_inline", {})  # what earlier tests' items taught this process
     marker = Marker.create(tmp_path / "store", tmp_path)
-    work = Work.prepare(_name_thread, marker)
+    work = Work.prepare(_note_thread, marker)
     here = threading.current_thread().name
     assert here != "modelbuild-item"
     assert [work.run(i) for i in range(3)] == ["modelbuild-item", here, here]
